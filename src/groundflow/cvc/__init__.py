@@ -1,0 +1,1 @@
+"""CVC method logic: ingest, entities, causality, instructions."""

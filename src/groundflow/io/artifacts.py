@@ -1,0 +1,83 @@
+"""Atomic file writes and Parquet tables.
+
+Every artifact is written to a temporary name in the destination folder and renamed into place,
+so a killed job never leaves a half-written file that a later step would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REJECT_COLUMNS = ["stage", "id", "reason"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the real suffix last so libraries that infer the format from the name (PIL) still work.
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix or path.suffix}"
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_table(
+    df: pd.DataFrame, path: str | os.PathLike, schema: pa.Schema | None = None
+) -> None:
+    """Write a DataFrame as Parquet, atomically. With `schema`, columns are cast (and checked)."""
+    if schema is not None:
+        missing = [name for name in schema.names if name not in df.columns]
+        if missing:
+            raise ValueError(f"table for {path} lacks columns {missing}")
+        table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    else:
+        table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def concat_tables(paths: list[str | os.PathLike]) -> pd.DataFrame:
+    """Concatenate Parquet files (shards) in the order given; empty shards keep their columns."""
+    frames = [read_table(p) for p in paths]
+    non_empty = [f for f in frames if len(f)]
+    if not non_empty:
+        return frames[0].iloc[0:0] if frames else pd.DataFrame()
+    return pd.concat(non_empty, ignore_index=True)

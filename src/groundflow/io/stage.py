@@ -1,0 +1,150 @@
+"""What every stage shares: its result (kept + rejected), the accounting invariant, and
+chunked, resumable execution of a shard.
+
+Invariant of every stage: each input record id ends up either among the kept records' parents
+or in the rejects, never both and never neither (in = out + rejected).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from groundflow.io.artifacts import REJECT_COLUMNS, atomic_write_json, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+
+def rejects_frame(stage: str, rows: Iterable[tuple[str, str]] = ()) -> pd.DataFrame:
+    """A rejects table from (id, reason) pairs."""
+    rows = list(rows)
+    return pd.DataFrame(
+        {"stage": [stage] * len(rows), "id": [r[0] for r in rows], "reason": [r[1] for r in rows]},
+        columns=REJECT_COLUMNS,
+    ).astype({"stage": str, "id": str, "reason": str})
+
+
+@dataclass
+class StageResult:
+    """Kept records and rejected ids of one stage over some input records.
+
+    `parent_column` names the kept column that holds the input id each kept row came from, for
+    stages whose output rows are not one-to-one with their input (a list column is allowed: one
+    output row may stand for several inputs).
+    """
+
+    kept: pd.DataFrame
+    rejects: pd.DataFrame = field(default_factory=lambda: rejects_frame(""))
+    parent_column: str = "id"
+
+    def kept_parent_ids(self) -> set[str]:
+        if self.kept.empty:
+            return set()
+        col = self.kept[self.parent_column]
+        ids: set[str] = set()
+        for value in col:
+            if isinstance(value, str):
+                ids.add(value)
+            else:
+                ids.update(str(v) for v in value)
+        return ids
+
+
+class AccountingError(RuntimeError):
+    pass
+
+
+def check_accounting(stage: str, input_ids: Iterable[str], result: StageResult) -> dict:
+    """Raise unless every input id is kept or rejected, exactly once; return the counts."""
+    inputs = list(input_ids)
+    input_set = set(inputs)
+    kept = result.kept_parent_ids()
+    rejected = list(result.rejects["id"])
+    rejected_set = set(rejected)
+    problems = []
+    if len(rejected) != len(rejected_set):
+        problems.append(f"{len(rejected) - len(rejected_set)} ids rejected twice")
+    if kept & rejected_set:
+        problems.append(f"ids both kept and rejected: {sorted(kept & rejected_set)[:5]}")
+    lost = input_set - kept - rejected_set
+    if lost:
+        problems.append(f"{len(lost)} input ids neither kept nor rejected: {sorted(lost)[:5]}")
+    unknown = (kept | rejected_set) - input_set
+    if unknown:
+        problems.append(f"ids not among the inputs: {sorted(unknown)[:5]}")
+    if problems:
+        raise AccountingError(f"stage {stage}: " + "; ".join(problems))
+    return {"stage": stage, "in": len(input_set), "out": len(kept), "rejected": len(rejected_set)}
+
+
+def fingerprint(params: dict) -> str:
+    """A short stable hash of what produces a stage's output (model, prompt version, params)."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def run_chunked(
+    records: pd.DataFrame,
+    process: Callable[[pd.DataFrame], StageResult],
+    *,
+    chunk_size: int,
+    progress_dir: str | Path | None,
+    params: dict,
+    parent_column: str = "id",
+) -> tuple[StageResult, dict]:
+    """Run `process` over `records` in chunks, checkpointing each finished chunk.
+
+    Finished chunks are kept in `progress_dir` under a fingerprint of `params`; a restarted job
+    skips them, so a killed job loses at most one chunk. Chunks written under other params are
+    stale and are removed. Returns the combined result and stats (including how many chunks were
+    recomputed versus reused).
+    """
+    stats = {"chunks": 0, "chunks_reused": 0, "items_recomputed": 0}
+    n = len(records)
+    bounds = [(start, min(start + chunk_size, n)) for start in range(0, n, max(chunk_size, 1))]
+    kept_parts: list[pd.DataFrame] = []
+    reject_parts: list[pd.DataFrame] = []
+    pdir = Path(progress_dir) if progress_dir else None
+    if pdir is not None:
+        fp = fingerprint({"params": params, "ids": list(records["id"]), "chunk": chunk_size})
+        manifest = pdir / "manifest.json"
+        if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != fp:
+            log.info("progress in %s is stale (params or inputs changed); starting over", pdir)
+            shutil.rmtree(pdir)
+        pdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(manifest, {"fingerprint": fp, "params": params})
+    for index, (start, stop) in enumerate(bounds):
+        stats["chunks"] += 1
+        kept_file = pdir / f"chunk-{index:05d}.kept.parquet" if pdir else None
+        rej_file = pdir / f"chunk-{index:05d}.rejects.parquet" if pdir else None
+        if kept_file is not None and kept_file.exists() and rej_file.exists():
+            kept_parts.append(read_table(kept_file))
+            reject_parts.append(read_table(rej_file))
+            stats["chunks_reused"] += 1
+            continue
+        chunk = records.iloc[start:stop]
+        result = process(chunk)
+        stats["items_recomputed"] += len(chunk)
+        if kept_file is not None:
+            # rejects first, kept last: kept's presence marks the chunk as finished
+            write_table(result.rejects, rej_file)
+            write_table(result.kept, kept_file)
+        kept_parts.append(result.kept)
+        reject_parts.append(result.rejects)
+    kept = _concat(kept_parts, records.iloc[0:0])
+    rejects = _concat(reject_parts, rejects_frame(""))
+    return StageResult(kept=kept, rejects=rejects, parent_column=parent_column), stats
+
+
+def _concat(parts: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return empty
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,128 @@
+"""Tokenizers for the tiny models of the embedded default, trained locally with `tokenizers`.
+
+Each flavour mirrors the real model family's tokenizer kind and special tokens, so the code that
+handles real checkpoints (chat templates, mask tokens, offsets, padding) runs unchanged:
+- "llama": byte-level BPE with Llama-3-style special tokens and chat template,
+- "roberta": byte-level BPE with RoBERTa's <s> </s> <pad> <unk> <mask>,
+- "bert": WordPiece with [CLS] [SEP] [PAD] [UNK] [MASK] (Grounding DINO's text side).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import BertTokenizerFast, PreTrainedTokenizerFast, RobertaTokenizerFast
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+LLAMA_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|finetune_right_pad_id|>",
+    "<image>",
+]
+
+# A small English corpus: enough for BPE merges of everyday words; byte-level BPE encodes anything.
+BASE_CORPUS = """
+A man is riding a bicycle down the street next to a red car.
+Two dogs are playing with a ball on the green grass in the park.
+A woman holds an umbrella while walking past a yellow taxi.
+A cat sleeps on a wooden chair beside the kitchen table.
+There is a plate of food with a fork and a knife on the table.
+A boat floats on the lake under a blue sky with white clouds.
+A child flies a kite near a tall tree and a small house.
+A cup of coffee sits next to a laptop and a cell phone on the desk.
+A train arrives at the station while people wait on the platform.
+An airplane flies over the city at sunset.
+A bus stops at the corner near a traffic light and a stop sign.
+A horse stands in a field beside a fence and a barn.
+A teddy bear sits on a bed with a pillow and a blanket.
+A pizza with cheese and tomato is on a wooden board.
+The sun shines over the mountains and the river.
+A skier goes down a snowy slope with long poles.
+Rowers pull long oars on a narrow boat.
+An apple, a banana and an orange lie in a bowl.
+A clock hangs on the wall above the television.
+A person is holding a surfboard on the beach by the ocean.
+Entities are concrete objects, people, places and products that can be seen.
+Extract every entity from the caption and give its label.
+In the given image, there is an object heavily occluded by a cluster of gray blocks.
+Please answer the following question. What might the object occluded by the gray blocks be?
+Please provide your reasoning process and confirm a unique answer. Let's think step by step.
+The answer is a cup. The occluded object is probably a dog because it has a leash.
+Question: Context: Answer: Passage: Document: Title: yes no true false
+"""
+
+
+def corpus_lines(extra: Iterable[str] = ()) -> list[str]:
+    lines = [l.strip() for l in BASE_CORPUS.strip().splitlines() if l.strip()]
+    return lines + [l for l in extra if l]
+
+
+def build_tokenizer(flavor: str, out_dir: str | Path, texts: Iterable[str] = (), vocab_size: int = 1024):
+    """Train a tokenizer of `flavor` on the base corpus plus `texts`; save it to `out_dir`."""
+    lines = corpus_lines(texts)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if flavor == "llama":
+        tok = _byte_level_bpe(lines, vocab_size, LLAMA_SPECIALS)
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A",
+            pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+            special_tokens=[("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))],
+        )
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<|begin_of_text|>",
+            eos_token="<|eot_id|>",
+            pad_token="<|finetune_right_pad_id|>",
+            model_max_length=2048,
+        )
+        fast.chat_template = LLAMA3_CHAT_TEMPLATE
+    elif flavor == "roberta":
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok = _byte_level_bpe(lines, vocab_size, specials)
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=True, trim_offsets=True)
+        fast = RobertaTokenizerFast(tokenizer_object=tok, model_max_length=512)
+    elif flavor == "bert":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+        )
+        tok.decoder = decoders.WordPiece()
+        fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=256)
+    else:
+        raise ValueError(f"unknown tokenizer flavor {flavor!r}")
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def _byte_level_bpe(lines: list[str], vocab_size: int, specials: list[str]) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(lines, trainer)
+    return tok

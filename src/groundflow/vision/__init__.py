@@ -1,0 +1,1 @@
+"""Vision stages: image IO, grounding detection, SAM segmentation, occlusion."""

@@ -1,0 +1,54 @@
+"""Image loading shared by every vision stage: always RGB uint8, or a clear error.
+
+CMYK, greyscale, palette, 16-bit and alpha images are converted, not rejected; unreadable or
+truncated files raise ImageError with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+# Truncated files must fail loudly rather than be silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; str(error) is the reason."""
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image fully and return it as 8-bit RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"missing image file {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except UnidentifiedImageError:
+        raise ImageError(f"unreadable image {path}: not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"unreadable image {path}: {e}") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; 16/32-bit greyscale is scaled down to 8 bits, not clipped."""
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr8 = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def image_stem(image: str) -> str:
+    return Path(image).stem
