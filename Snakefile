@@ -1,0 +1,19 @@
+# groundflow: one reproducible DAG for grounded, knowledge-intensive VLM training.
+# `snakemake --cores N` runs the embedded default (config.yaml); presets live in configs/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/cvc_data.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

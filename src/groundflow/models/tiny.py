@@ -1,0 +1,50 @@
+"""Tiny randomly initialised models of the real architectures, for the embedded default.
+
+Each is saved the way its real checkpoint is (save_pretrained, or safetensors + config.json for
+SAM) and loads through the same loader that takes the paper preset's hub id or checkpoint path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def _builders():
+    from groundflow.models.causal_lm import build_tiny_causal_lm
+    from groundflow.models.grounding_dino import build_tiny_grounding_dino
+    from groundflow.models.llava import build_tiny_llava
+    from groundflow.models.masked_lm import build_tiny_masked_lm
+    from groundflow.models.sam import build_tiny_sam
+
+    return {
+        "llama": build_tiny_causal_lm,
+        "roberta": build_tiny_masked_lm,
+        "grounding-dino": build_tiny_grounding_dino,
+        "sam": build_tiny_sam,
+        "llava": build_tiny_llava,
+    }
+
+
+TINY_KINDS = ("llama", "roberta", "grounding-dino", "sam", "llava")
+
+
+def build_tiny_model(kind: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Build `kind` into `out_dir` atomically: a killed build never leaves a half model."""
+    builders = _builders()
+    if kind not in builders:
+        raise ValueError(f"unknown tiny model kind {kind!r}; one of {sorted(builders)}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        builders[kind](tmp, seed=seed)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir

@@ -1,0 +1,101 @@
+"""The adapter every Snakemake stage script goes through.
+
+A script builds its models once, then hands `StageJob.run` a function over a chunk of records.
+The job reads the input table, runs the chunks with resume checkpoints, checks the accounting
+invariant (in = out + rejected), and writes kept records, rejects and counts atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from groundflow.io.artifacts import atomic_write_json, read_table, write_table
+from groundflow.io.stage import StageResult, check_accounting, run_chunked
+from groundflow.models.spec import ModelSpec, offline_hub
+
+log = logging.getLogger("groundflow")
+
+
+def setup_logging(log_file: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+class StageJob:
+    """One Snakemake job of one stage (usually one shard)."""
+
+    def __init__(self, stage: str, *, records: str, kept: str, rejects: str, counts: str,
+                 progress_dir: str | None = None, models: dict | None = None, log_file: str | None = None):
+        self.stage = stage
+        self.records_path = records
+        self.kept_path = kept
+        self.rejects_path = rejects
+        self.counts_path = counts
+        self.progress_dir = progress_dir
+        self.models = models or {}
+        setup_logging(log_file)
+        offline_hub()
+
+    @classmethod
+    def from_snakemake(cls, smk, stage: str) -> "StageJob":
+        return cls(
+            stage,
+            records=smk.input.records,
+            kept=smk.output.kept,
+            rejects=smk.output.rejects,
+            counts=smk.output.counts,
+            progress_dir=smk.params.get("progress_dir"),
+            models=smk.params.get("models", {}),
+            log_file=smk.log[0] if smk.log else None,
+        )
+
+    def model(self, name: str) -> ModelSpec:
+        return ModelSpec.from_config(self.models[name])
+
+    def run(self, process: Callable[[pd.DataFrame], StageResult], *, produced_by: dict,
+            chunk_size: int = 1 << 30, parent_column: str = "id") -> dict:
+        start = time.perf_counter()
+        records = read_table(self.records_path)
+        log.info("%s: %d input records from %s", self.stage, len(records), self.records_path)
+        result, stats = run_chunked(
+            records, process, chunk_size=chunk_size, progress_dir=self.progress_dir,
+            params=produced_by, parent_column=parent_column,
+        )
+        counts = check_accounting(self.stage, records["id"], result)
+        write_table(result.rejects, self.rejects_path)
+        write_table(result.kept, self.kept_path)
+        summary = {**counts, "kept_rows": len(result.kept), **stats,
+                   "seconds": round(time.perf_counter() - start, 3), "produced_by": produced_by}
+        atomic_write_json(self.counts_path, summary)
+        log.info("%s: in %d = out %d + rejected %d (%d output rows; %d/%d chunks reused)",
+                 self.stage, counts["in"], counts["out"], counts["rejected"], len(result.kept),
+                 stats["chunks_reused"], stats["chunks"])
+        if len(result.rejects):
+            top = result.rejects["reason"].str.slice(0, 60).value_counts().head(3)
+            log.info("%s: top reject reasons:\n%s", self.stage, top.to_string())
+        if self.progress_dir:
+            shutil.rmtree(self.progress_dir, ignore_errors=True)
+        return summary
+
+
+def read_counts(paths: list[str]) -> pd.DataFrame:
+    """Sum per-shard counts files into one row per stage, in first-seen order."""
+    rows = [json.loads(Path(p).read_text()) for p in paths]
+    df = pd.DataFrame([{k: r[k] for k in ("stage", "in", "out", "rejected")} for r in rows])
+    return df.groupby("stage", sort=False, as_index=False).sum()

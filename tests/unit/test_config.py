@@ -1,0 +1,54 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from groundflow.config import ConfigError, validate_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(name):
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def test_default_config_is_valid_and_gets_defaults():
+    config = validate_config(load("config.yaml"))
+    assert config["cvc"]["grounding"]["backend"] == "grounding_dino"
+    assert config["cvc"]["occlusion"]["fill"] == [123, 116, 103]
+    assert config["models"]["sam"]["dtype"] == "auto"
+
+
+def test_paper_preset_merged_over_default_is_valid():
+    config = load("config.yaml")
+    preset = load("configs/cvc-paper.yaml")
+    for key, value in preset.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    validate_config(config)
+    assert config["cvc"]["causality"]["ppl_high"] == 3.33
+    assert config["cvc"]["grounding"]["box_threshold"] == 0.6
+
+
+def test_unknown_key_is_named_with_its_path():
+    config = load("config.yaml")
+    config["cvc"]["grounding"]["box_treshold"] = 0.3
+    with pytest.raises(ConfigError, match=r"unknown key 'cvc\.grounding\.box_treshold'"):
+        validate_config(config)
+
+
+def test_wrong_type_is_named_with_its_path():
+    config = load("config.yaml")
+    config["shards"] = "four"
+    with pytest.raises(ConfigError, match=r"'shards': 'four' is not of type 'integer'"):
+        validate_config(config)
+
+
+def test_defaults_are_not_shared_between_configs():
+    a = validate_config({k: copy.deepcopy(v) for k, v in load("config.yaml").items() if k != "resources"})
+    b = validate_config({k: copy.deepcopy(v) for k, v in load("config.yaml").items() if k != "resources"})
+    a["resources"]["cpu_job"]["mem_mb"] = 1
+    assert b["resources"]["cpu_job"]["mem_mb"] != 1
