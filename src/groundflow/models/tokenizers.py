@@ -9,6 +9,8 @@ handles real checkpoints (chat templates, mask tokens, offsets, padding) runs un
 
 from __future__ import annotations
 
+import string
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -96,18 +98,7 @@ def build_tokenizer(flavor: str, out_dir: str | Path, texts: Iterable[str] = (),
         tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=True, trim_offsets=True)
         fast = RobertaTokenizerFast(tokenizer_object=tok, model_max_length=512)
     elif flavor == "bert":
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]",
-            pair="[CLS] $A [SEP] $B [SEP]",
-            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-        )
-        tok.decoder = decoders.WordPiece()
-        fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=256)
+        fast = _wordpiece(lines, vocab_size)
     else:
         raise ValueError(f"unknown tokenizer flavor {flavor!r}")
     fast.save_pretrained(out_dir)
@@ -126,3 +117,28 @@ def _byte_level_bpe(lines: list[str], vocab_size: int, specials: list[str]) -> T
     )
     tok.train_from_iterator(lines, trainer)
     return tok
+
+
+def _wordpiece(lines: list[str], vocab_size: int) -> BertTokenizerFast:
+    """A WordPiece vocabulary built by counting, not by WordPieceTrainer, whose ties break in
+    hash order (its vocabulary differs between runs): every character alone and as a
+    continuation, so any word encodes, then whole words, most frequent first."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(
+        word for line in lines for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))
+    )
+    chars = sorted({c for word in counts for c in word} | set(string.ascii_lowercase + string.digits + string.punctuation))
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    tokens = list(dict.fromkeys(specials + chars + ["##" + c for c in chars] + words))[:vocab_size]
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    tok.decoder = decoders.WordPiece()
+    return BertTokenizerFast(tokenizer_object=tok, model_max_length=256)

@@ -20,7 +20,8 @@ class ImageError(ValueError):
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image fully and return it as 8-bit RGB."""
+    """Decode an image fully and return it as 8-bit RGB, in its stored orientation (EXIF rotation
+    is not applied, so every stage and every box agrees on the same pixel grid)."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"missing image file {path}")
@@ -28,6 +29,8 @@ def load_rgb(path: str | Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"unusable image {path}: {e}") from None
     except UnidentifiedImageError:
         raise ImageError(f"unreadable image {path}: not a recognised image format") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -40,7 +43,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return im.copy()
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        # 16-bit data scale by the 16-bit range; only wider data fall back to the image's own maximum
+        hi = 65535.0 if im.mode.startswith("I;16") or float(arr.max()) <= 65535.0 else float(arr.max())
         arr8 = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr8, mode="L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):

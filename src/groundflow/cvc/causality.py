@@ -1,0 +1,308 @@
+"""Causality tagging (CVC step 1-1): how strongly the rest of a caption implies an entity.
+
+For each mention of an entity (a caption and the entity's full form in it) two masked copies of
+the caption are scored by a masked LM:
+- the full form's tokens masked in the caption itself,
+- the caption with the label in place of the full form, the label's tokens masked.
+An entity's perplexity is exp(-mean log p(true token at each masked position)); a low label
+perplexity means the context predicts the label well (high causality).
+
+Masking works on character spans: the UNMASKED text is tokenised with offsets and the ids of the
+tokens inside the span are replaced by the mask id. The masked sequence therefore has exactly the
+true text's tokenisation, which the seed only approximated by encoding a prefix and a prefix plus
+the entity separately and re-joining CoreNLP words with spaces.
+
+A row (one image's entity) may have several mentions (one per caption that yielded it); the
+mention with the lowest label perplexity represents the row. When the full form occurs several
+times in one caption, the first occurrence is masked (the seed scored every occurrence, but the
+stage keeps a single mention per row, and the first one is the one a reader resolves first).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from groundflow.cvc.words import find_phrase_spans
+from groundflow.io.stage import StageResult, rejects_frame
+
+log = logging.getLogger(__name__)
+
+STAGE = "causality"
+ADDED_COLUMNS = {
+    "caption_id": str,
+    "caption": str,
+    "full_form": str,
+    "causality_ppl": float,
+    "full_form_ppl": float,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# pure core
+
+
+@dataclass(frozen=True)
+class SpanText:
+    """A text and the character span [start, end) of it that is to be masked and scored."""
+
+    text: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One scorable mention of an entity: both masked copies of its caption."""
+
+    caption_id: str
+    caption: str
+    full_form: str
+    full_form_text: SpanText
+    label_text: SpanText
+
+
+def mention_texts(caption: str, full_form: str, label: str) -> tuple[SpanText, SpanText] | None:
+    """The full-form and label span texts of the first word-aligned occurrence of `full_form`.
+
+    None when the full form does not occur in the caption (matching ignores case).
+    """
+    spans = find_phrase_spans(caption, full_form)
+    if not spans:
+        return None
+    start, end = spans[0]
+    label_caption = caption[:start] + label + caption[end:]
+    return SpanText(caption, start, end), SpanText(label_caption, start, start + len(label))
+
+
+def span_token_positions(
+    offsets: Sequence[tuple[int, int]], special: Sequence[int], start: int, end: int
+) -> list[int]:
+    """Indices of the tokens that cover characters [start, end).
+
+    A token belongs to the span when it overlaps it. Byte-level BPE can emit the space before a
+    word as a token of its own whose trimmed offsets are empty and sit at the word's first
+    character; such a token belongs to the word that follows, as in the seed (which encoded
+    " " + entity). Special tokens (<s>, </s>, with offsets (0, 0)) never belong to a span.
+    """
+    positions = []
+    for index, ((tok_start, tok_end), is_special) in enumerate(zip(offsets, special)):
+        if is_special:
+            continue
+        if tok_start < tok_end:
+            inside = tok_start < end and tok_end > start
+        else:
+            inside = start <= tok_start < end
+        if inside:
+            positions.append(index)
+    return positions
+
+
+def mask_positions(
+    input_ids: Sequence[int], positions: Sequence[int], mask_token_id: int
+) -> tuple[list[int], list[int]]:
+    """(masked ids, true ids at the masked positions)."""
+    masked = list(input_ids)
+    targets = [masked[p] for p in positions]
+    for p in positions:
+        masked[p] = mask_token_id
+    return masked, targets
+
+
+def perplexity(log_probs: Sequence[float]) -> float:
+    """exp(-mean log p) over the masked tokens; NaN when nothing was masked."""
+    values = np.asarray(log_probs, dtype=np.float64)
+    if values.size == 0:
+        return math.nan
+    return float(np.exp(-values.mean()))
+
+
+def in_causality_window(ppl: float, ppl_low: float, ppl_high: float) -> bool:
+    """High causality: ppl_low < ppl < ppl_high, both bounds excluded (NaN is never inside)."""
+    return bool(ppl_low < ppl < ppl_high)
+
+
+def window_reason(ppl: float, ppl_low: float, ppl_high: float, label: str, caption_id: str) -> str:
+    return (
+        f"causality ppl {ppl:.2f} outside ({float(ppl_low)}, {float(ppl_high)}) "
+        f"for '{label}' in caption {caption_id}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# model scoring
+
+
+def _max_tokens(model, tokenizer) -> int:
+    limits = [int(tokenizer.model_max_length)] if tokenizer.model_max_length < 1_000_000 else []
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions:
+        # RoBERTa's position ids start after the padding index, so 2 positions are never usable
+        roberta_like = getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
+        limits.append(int(max_positions) - (2 if roberta_like else 0))
+    return min(limits) if limits else 512
+
+
+def score_span_texts(model, tokenizer, items: Sequence[SpanText], *, batch_size: int) -> list[float]:
+    """Perplexity of the masked span of each item, scored in padded batches of `batch_size`.
+
+    NaN for an item whose span covers no token or whose text is longer than the model accepts.
+    Items are grouped by token length so batches carry little padding; the result is in input
+    order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    results = [math.nan] * len(items)
+    if not items:
+        return results
+    encoded = tokenizer(
+        [item.text for item in items],
+        add_special_tokens=True,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        truncation=False,
+    )
+    limit = _max_tokens(model, tokenizer)
+    prepared: list[tuple[int, list[int], list[int], list[int]]] = []
+    for index, item in enumerate(items):
+        ids = encoded["input_ids"][index]
+        if len(ids) > limit:
+            log.warning("text of %d tokens exceeds the model's %d: %r", len(ids), limit, item.text[:80])
+            continue
+        positions = span_token_positions(
+            encoded["offset_mapping"][index], encoded["special_tokens_mask"][index], item.start, item.end
+        )
+        if not positions:
+            continue
+        masked, targets = mask_positions(ids, positions, tokenizer.mask_token_id)
+        prepared.append((index, masked, positions, targets))
+
+    prepared.sort(key=lambda entry: len(entry[1]))
+    device = model.device
+    pad_id = tokenizer.pad_token_id
+    with torch.inference_mode():
+        for batch_start in range(0, len(prepared), batch_size):
+            batch = prepared[batch_start : batch_start + batch_size]
+            width = max(len(entry[1]) for entry in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            rows, cols, targets, counts = [], [], [], []
+            for row, (_, masked, positions, target_ids) in enumerate(batch):
+                input_ids[row, : len(masked)] = torch.tensor(masked)
+                attention_mask[row, : len(masked)] = 1
+                rows += [row] * len(positions)
+                cols += positions
+                targets += target_ids
+                counts.append(len(positions))
+            logits = model(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
+            ).logits
+            masked_logits = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+            log_probs = torch.log_softmax(masked_logits.float(), dim=-1)
+            target_log_probs = log_probs.gather(-1, torch.tensor(targets, device=device)[:, None])[:, 0]
+            per_item = torch.split(target_log_probs.cpu(), counts)
+            for (index, *_), values in zip(batch, per_item):
+                results[index] = perplexity(values.double().numpy())
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# stage
+
+
+def tag_causality(
+    entities_df: pd.DataFrame,
+    model,
+    tokenizer,
+    *,
+    batch_size: int,
+    ppl_low: float,
+    ppl_high: float,
+) -> StageResult:
+    """Score every mention of every entity row; keep rows whose best label ppl is in the window.
+
+    All masked texts of the whole frame (two per mention) are scored together in batches of
+    `batch_size`. Kept rows gain caption_id, caption, full_form (of the best mention),
+    causality_ppl (its label perplexity) and full_form_ppl.
+    """
+    rows_mentions: list[list[Mention]] = []
+    rows_problems: list[list[str]] = []
+    for row in entities_df.itertuples(index=False):
+        mentions, problems = _row_mentions(row)
+        rows_mentions.append(mentions)
+        rows_problems.append(problems)
+
+    span_texts = [
+        text for mentions in rows_mentions for m in mentions for text in (m.full_form_text, m.label_text)
+    ]
+    scores = iter(score_span_texts(model, tokenizer, span_texts, batch_size=batch_size))
+
+    kept_positions: list[int] = []
+    added: dict[str, list] = {column: [] for column in ADDED_COLUMNS}
+    rejects: list[tuple[str, str]] = []
+    for position, (row, mentions, problems) in enumerate(
+        zip(entities_df.itertuples(index=False), rows_mentions, rows_problems)
+    ):
+        best: tuple[float, float, Mention] | None = None
+        for mention in mentions:
+            full_form_ppl, label_ppl = next(scores), next(scores)
+            if math.isnan(full_form_ppl) or math.isnan(label_ppl):
+                problems.append(f"caption {mention.caption_id}: no scorable tokens (empty or too long)")
+                continue
+            if best is None or label_ppl < best[0]:
+                best = (label_ppl, full_form_ppl, mention)
+        label = str(row.label)
+        if best is None:
+            rejects.append((str(row.id), f"no scorable mention of '{label}': " + "; ".join(problems)))
+            continue
+        label_ppl, full_form_ppl, mention = best
+        if not in_causality_window(label_ppl, ppl_low, ppl_high):
+            reason = window_reason(label_ppl, ppl_low, ppl_high, label, mention.caption_id)
+            rejects.append((str(row.id), reason))
+            continue
+        kept_positions.append(position)
+        added["caption_id"].append(mention.caption_id)
+        added["caption"].append(mention.caption)
+        added["full_form"].append(mention.full_form)
+        added["causality_ppl"].append(label_ppl)
+        added["full_form_ppl"].append(full_form_ppl)
+
+    kept = entities_df.iloc[kept_positions].reset_index(drop=True).copy()
+    for column, dtype in ADDED_COLUMNS.items():
+        pandas_dtype = "float64" if dtype is float else "str"
+        kept[column] = pd.Series(added[column], dtype=pandas_dtype, index=kept.index)
+    skipped = sum(len(problems) for problems in rows_problems)
+    if skipped:
+        log.warning("causality: %d mentions could not be scored (rows left with none are rejected)", skipped)
+    log.info(
+        "causality: %d rows in, %d kept, %d rejected (window %s..%s)",
+        len(entities_df), len(kept), len(rejects), ppl_low, ppl_high,
+    )
+    return StageResult(kept=kept, rejects=rejects_frame(STAGE, rejects))
+
+
+def _row_mentions(row) -> tuple[list[Mention], list[str]]:
+    """The scorable mentions of one entity row, and why the others are not scorable."""
+    label = str(row.label).strip()
+    caption_ids, captions, full_forms = list(row.caption_ids), list(row.captions), list(row.full_forms)
+    if not (len(caption_ids) == len(captions) == len(full_forms)):
+        return [], [
+            f"caption_ids, captions and full_forms differ in length "
+            f"({len(caption_ids)}, {len(captions)}, {len(full_forms)})"
+        ]
+    if not label:
+        return [], ["empty label"]
+    mentions, problems = [], []
+    for caption_id, caption, full_form in zip(caption_ids, captions, full_forms):
+        texts = mention_texts(str(caption), str(full_form), label)
+        if texts is None:
+            problems.append(f"full form '{full_form}' not found in caption {caption_id}")
+            continue
+        mentions.append(Mention(str(caption_id), str(caption), str(full_form), *texts))
+    return mentions, problems

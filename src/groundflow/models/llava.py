@@ -1,0 +1,168 @@
+"""LLaVA: the tiny random LLaVA of the embedded default, the loader, and square padding.
+
+`load_llava` takes a hub id ("llava-hf/llava-1.5-7b-hf") or a local folder. The tiny builder
+saves a real LlavaForConditionalGeneration (CLIP vision tower, MLP projector, Llama text model)
+and a LlavaProcessor with LLaVA-1.5's chat template, so the demo runs the same loading,
+prompting and generation code as the real model.
+
+LLaVA-1.5 trains on images padded to a square with the CLIP mean colour, while the HF processor
+resizes and centre-crops: an object near the border (e.g. an occluded entity) can be cropped out.
+Callers pad with `pad_to_square` before handing images to the processor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from PIL import Image
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+from groundflow.models.masked_lm import atomic_directory, seeded
+from groundflow.models.spec import ModelSpec
+from groundflow.models.tokenizers import build_tokenizer
+
+IMAGE_TOKEN = "<image>"
+
+# The chat template shipped with llava-hf/llava-1.5-*-hf: "USER: <image>\n{text} ASSISTANT:".
+LLAVA_15_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{# Render all text next #}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}"
+    "{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}"
+    "{% endfor %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# CLIP's normalisation mean, the colour LLaVA-1.5 pads with (expand2square).
+CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+TINY_IMAGE_SIZE = 64
+TINY_PATCH_SIZE = 16
+
+
+def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[str] = ()) -> Path:
+    """Save a randomly initialised LlavaForConditionalGeneration and its processor to `out_dir`."""
+    with atomic_directory(out_dir) as tmp:
+        build_tokenizer("llama", tmp, texts=texts)
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if image_token_id is None or image_token_id == tokenizer.unk_token_id:
+            raise AssertionError(f"tokenizer lacks the {IMAGE_TOKEN} token")
+
+        vision_config = CLIPVisionConfig(
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=TINY_PATCH_SIZE,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            projection_dim=32,
+        )
+        text_config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=2048,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        num_patches = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2
+        config = LlavaConfig(
+            vision_config=vision_config,
+            text_config=text_config,
+            image_token_index=image_token_id,
+            image_seq_length=num_patches,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+            projector_hidden_act="gelu",
+        )
+        with seeded(seed):
+            model = LlavaForConditionalGeneration(config)
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(tmp)
+
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": TINY_IMAGE_SIZE},
+            crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+            do_center_crop=True,
+            image_mean=list(CLIP_IMAGE_MEAN),
+            image_std=list(CLIP_IMAGE_STD),
+        )
+        processor = LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=TINY_PATCH_SIZE,
+            vision_feature_select_strategy="default",
+            chat_template=LLAVA_15_CHAT_TEMPLATE,
+            image_token=IMAGE_TOKEN,
+            num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+        )
+        processor.save_pretrained(tmp)
+    return Path(out_dir)
+
+
+def load_llava(spec: ModelSpec):
+    """(model, processor) for a LLaVA named by `spec`, in eval mode, tokenizer padding on the left.
+
+    Left padding keeps every prompt's last token at the end of the batch row, which batched
+    generation with a decoder-only model needs.
+    """
+    processor = AutoProcessor.from_pretrained(spec.path)
+    processor.tokenizer.padding_side = "left"
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    model = LlavaForConditionalGeneration.from_pretrained(spec.path, dtype=spec.torch_dtype())
+    model.to(spec.torch_device())
+    model.eval()
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    return model, processor
+
+
+def mean_fill(image_mean: Sequence[float] = CLIP_IMAGE_MEAN) -> tuple[int, int, int]:
+    """An image processor's normalisation mean as an RGB colour, as LLaVA-1.5 pads with."""
+    return tuple(int(channel * 255) for channel in image_mean)  # type: ignore[return-value]
+
+
+def pad_to_square(image: Image.Image, fill: Sequence[int] | None = None) -> Image.Image:
+    """Pad `image` to a square with `fill`, the original centred (LLaVA-1.5's expand2square).
+
+    The default fill is the CLIP mean colour, which LLaVA-1.5's training data used. A square
+    image is returned unchanged.
+    """
+    width, height = image.size
+    if width == height:
+        return image
+    colour = tuple(fill) if fill is not None else mean_fill()
+    if image.mode == "L" or image.mode == "I" or image.mode == "F":
+        colour = colour[0]
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), colour)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
