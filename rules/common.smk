@@ -38,8 +38,13 @@ def job_threads(kind):
     return config["resources"][kind]["threads"]
 
 
+def tiny_model_targets():
+    """Every tiny model the config names, so the demo builds (and checks) all of them."""
+    return sorted({p for name in config["models"] for p in [model_input(name)] if p})
+
+
 def all_targets():
-    targets = []
+    targets = tiny_model_targets()
     if "cvc" in config["methods"]:
         targets += cvc_targets()
     return targets

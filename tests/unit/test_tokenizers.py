@@ -17,7 +17,7 @@ def test_tokenizers_are_deterministic_and_reload(tmp_path, flavor):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     tok = AutoTokenizer.from_pretrained(tmp_path / "a")
     ids = tok("A red ball next to a house.")["input_ids"]
-    expected = "a red ball next to a house ." if flavor == "bert" else "A red ball next to a house."
+    expected = "a red ball next to a house." if flavor == "bert" else "A red ball next to a house."
     assert tok.decode(ids, skip_special_tokens=True).strip() == expected
     assert tok.pad_token_id is not None
 
