@@ -1,0 +1,190 @@
+"""Segmentation with Segment Anything (CVC step 2-2, first half).
+
+Per image the (expensive) image embedding is computed once, then every box of every entity of that
+image is decoded in one batched `predict_torch` call. Each entity's mask is the union of its boxes'
+masks, written as a 1-bit PNG.
+
+Differences from the original, on purpose: the best-scoring of SAM's three candidates is taken
+(`mask_choice="best"`; "first" reproduces the original, which took candidate 0), inference runs
+under `torch.inference_mode`, and one embedding serves all entities of an image.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+
+from groundflow.io import StageResult, atomic_path, rejects_frame
+from groundflow.models.spec import resolve_dtype
+from groundflow.vision.image_io import ImageError, image_stem, load_rgb
+
+STAGE = "segmentation"
+MASK_CHOICES = ("best", "first")
+# predict_torch upsamples all candidates to full resolution as float32 before thresholding; this
+# caps that tensor so a 4000x3000 image with many boxes cannot exhaust memory.
+UPSAMPLE_BUDGET_BYTES = 2 << 30
+
+
+def output_file_name(image: str, label: str, suffix: str) -> str:
+    """f"{image stem}-{label}{suffix}", with anything that would leave the folder replaced."""
+    name = f"{image_stem(image)}-{label}{suffix}"
+    for bad in ("/", "\\", os.sep, "\x00"):
+        name = name.replace(bad, "_")
+    if name.startswith("."):
+        name = "_" + name[1:]
+    return name
+
+
+def relative_posix(path: str | Path, relative_to: str | Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), Path(relative_to).resolve())).as_posix()
+
+
+def save_mask(path: str | Path, mask: np.ndarray) -> None:
+    """A bool mask as a 1-bit PNG, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(mask, dtype=bool)).save(tmp, format="PNG", optimize=True)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A mask PNG (1-bit or 8-bit) as a bool (H, W) array; raises ImageError when unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"missing mask file {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("L")) >= 128
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"unreadable mask {path}: {e}") from None
+
+
+def choose_candidates(masks: torch.Tensor, iou_predictions: torch.Tensor, choice: str) -> torch.Tensor:
+    """(B, C, H, W) candidates -> (B, H, W): the highest predicted IoU ("best") or candidate 0."""
+    if choice == "first":
+        return masks[:, 0]
+    if choice == "best":
+        best = iou_predictions.float().argmax(dim=1)
+        return masks[torch.arange(masks.shape[0], device=masks.device), best]
+    raise ValueError(f"mask_choice must be one of {MASK_CHOICES}, not {choice!r}")
+
+
+def boxes_array(value) -> np.ndarray:
+    """A (n, 4) float array from a list of boxes (Python lists or Parquet's arrays of arrays)."""
+    if value is None:
+        return np.zeros((0, 4))
+    rows = [np.asarray(b, dtype=np.float64).reshape(-1) for b in value]
+    return np.stack(rows).reshape(-1, 4) if rows else np.zeros((0, 4))
+
+
+def _boxes_per_call(batch_boxes: int, height: int, width: int, n_candidates: int = 3) -> int:
+    per_box = n_candidates * height * width * 4
+    return max(1, min(batch_boxes, UPSAMPLE_BUDGET_BYTES // per_box))
+
+
+def predict_entity_masks(
+    predictor: SamPredictor,
+    entity_boxes: list[np.ndarray],
+    *,
+    mask_choice: str,
+    batch_boxes: int,
+) -> np.ndarray:
+    """Masks (n_entities, H, W) bool on the image set in `predictor`: per entity, the union of its
+    boxes' masks. All boxes of all entities go through `predict_torch` together, `batch_boxes` (or
+    fewer for very large images) at a time."""
+    h, w = predictor.original_size
+    owner = torch.as_tensor(
+        np.repeat(np.arange(len(entity_boxes)), [len(b) for b in entity_boxes]), device=predictor.device
+    )
+    boxes = torch.as_tensor(np.concatenate(entity_boxes), dtype=torch.float32, device=predictor.device)
+    boxes = predictor.transform.apply_boxes_torch(boxes, predictor.original_size)
+    out = torch.zeros((len(entity_boxes), h, w), dtype=torch.bool, device=predictor.device)
+    step = _boxes_per_call(batch_boxes, h, w)
+    for start in range(0, len(boxes), step):
+        masks, iou, _ = predictor.predict_torch(
+            None, None, boxes=boxes[start : start + step], multimask_output=True
+        )
+        chosen = choose_candidates(masks, iou, mask_choice)
+        chunk_owner = owner[start : start + step]
+        for entity in torch.unique(chunk_owner).tolist():
+            out[entity] |= chosen[chunk_owner == entity].any(dim=0)
+    return out.cpu().numpy()
+
+
+def segment(
+    instances_df: pd.DataFrame,
+    image_root: str | Path,
+    sam: Sam,
+    *,
+    mask_dir: str | Path,
+    relative_to: str | Path,
+    mask_choice: str = "best",
+    min_mask_area: int,
+    batch_boxes: int = 64,
+    compute_dtype: torch.dtype | None = None,
+) -> StageResult:
+    """One mask per (image, entity) row from all of its `boxes`; adds mask_path and mask_area.
+
+    `compute_dtype` None follows the device policy (bf16 autocast on GPU, fp32 on CPU); pass
+    `spec.torch_dtype()` to follow a model spec. Rejected: unreadable image, no boxes, or a mask
+    smaller than `min_mask_area` pixels.
+    """
+    if mask_choice not in MASK_CHOICES:
+        raise ValueError(f"mask_choice must be one of {MASK_CHOICES}, not {mask_choice!r}")
+    image_root, mask_dir = Path(image_root), Path(mask_dir)
+    df = instances_df.reset_index(drop=True)
+    device = sam.device
+    dtype = compute_dtype or resolve_dtype("auto", device)
+    autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
+    predictor = SamPredictor(sam)
+    rejects: list[tuple[str, str]] = []
+    results: dict[int, tuple[str, int]] = {}
+    written: dict[str, str] = {}
+    with torch.inference_mode(), autocast:
+        for image, rows in df.groupby("image", sort=False):
+            ids = [str(i) for i in rows["id"]]
+            try:
+                pixels = np.asarray(load_rgb(image_root / image))
+            except ImageError as e:
+                rejects.extend((rid, f"image of '{rid}': {e}") for rid in ids)
+                continue
+            entity_boxes = [boxes_array(b) for b in rows["boxes"]]
+            for rid, label, boxes in zip(ids, rows["label"], entity_boxes):
+                if len(boxes) == 0:
+                    rejects.append((rid, f"no boxes for '{label}' in {image}"))
+            todo = [k for k, b in enumerate(entity_boxes) if len(b)]
+            if not todo:
+                continue
+            predictor.set_image(pixels, image_format="RGB")
+            masks = predict_entity_masks(
+                predictor, [entity_boxes[k] for k in todo], mask_choice=mask_choice, batch_boxes=batch_boxes
+            )
+            predictor.reset_image()
+            for k, mask in zip(todo, masks):
+                pos, rid, label = rows.index[k], ids[k], rows["label"].iloc[k]
+                area = int(mask.sum())
+                if area < min_mask_area:
+                    rejects.append(
+                        (rid, f"mask area {area} < min {min_mask_area} for '{label}' in {image}")
+                    )
+                    continue
+                name = output_file_name(image, label, ".png")
+                if name in written:
+                    rejects.append(
+                        (rid, f"mask file {name} of '{rid}' is already written for '{written[name]}'")
+                    )
+                    continue
+                target = mask_dir / name
+                save_mask(target, mask)
+                written[name] = rid
+                results[pos] = (relative_posix(target, relative_to), area)
+    kept = df.loc[[i for i in df.index if i in results]].copy()
+    kept["mask_path"] = pd.Series([results[i][0] for i in kept.index], index=kept.index, dtype=object)
+    kept["mask_area"] = pd.Series([results[i][1] for i in kept.index], index=kept.index, dtype="int64")
+    return StageResult(kept=kept.reset_index(drop=True), rejects=rejects_frame(STAGE, rejects))

@@ -1,0 +1,319 @@
+"""Segmentation (tiny random SAM, real segment_anything classes) and occlusion, end to end."""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from segment_anything import SamPredictor
+
+import groundflow.models.sam as sam_module
+from groundflow.io import check_accounting, read_table, write_table
+from groundflow.models.sam import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    build_tiny_sam,
+    checkpoint_model_type,
+    load_sam,
+    sam_from_config,
+)
+from groundflow.models.spec import ModelSpec
+from groundflow.vision.occlusion import IMAGENET_MEAN_RGB, occlude, occlusion_mask, record_rng
+from groundflow.vision.segmentation import (
+    choose_candidates,
+    load_mask,
+    output_file_name,
+    save_mask,
+    segment,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_sam_dir(tmp_path_factory):
+    return build_tiny_sam(tmp_path_factory.mktemp("models") / "sam-tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def sam(tiny_sam_dir):
+    return load_sam(ModelSpec(path=str(tiny_sam_dir), device="cpu"))
+
+
+def _make_image(path, width, height, seed):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    pixels[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = (30, 180, 60)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    root = tmp_path / "images"
+    _make_image(root / "train" / "COCO_a.jpg", 96, 64, seed=1)
+    _make_image(root / "val" / "COCO_b.png", 80, 72, seed=2)
+    rows = [
+        ("train/COCO_a", "train/COCO_a.jpg", 96, 64, "dog", [[10.0, 8.0, 60.0, 50.0], [50.0, 20, 90, 60]]),
+        ("train/COCO_a", "train/COCO_a.jpg", 96, 64, "tennis ball", [[20.0, 16.0, 70.0, 48.0]]),
+        ("val/COCO_b", "val/COCO_b.png", 80, 72, "cat", [[5.0, 5.0, 75.0, 70.0]]),
+    ]
+    df = pd.DataFrame(
+        {
+            "id": [f"{r[0]}-{r[4]}" for r in rows],
+            "image": [r[1] for r in rows],
+            "image_id": [r[0] for r in rows],
+            "width": [r[2] for r in rows],
+            "height": [r[3] for r in rows],
+            "label": [r[4] for r in rows],
+            "boxes": [r[5] for r in rows],
+            "box": [r[5][0] for r in rows],
+        }
+    )
+    # Through Parquet, as between Snakemake jobs: list columns come back as arrays of arrays.
+    write_table(df, tmp_path / "grounded.parquet")
+    return tmp_path, root, read_table(tmp_path / "grounded.parquet")
+
+
+def _count_set_image(monkeypatch):
+    calls = []
+    original = SamPredictor.set_image
+
+    def counting(self, image, image_format="RGB"):
+        calls.append(image.shape)
+        return original(self, image, image_format)
+
+    monkeypatch.setattr(SamPredictor, "set_image", counting)
+    return calls
+
+
+def _count_box_batches(monkeypatch):
+    sizes = []
+    original = SamPredictor.predict_torch
+
+    def counting(self, point_coords, point_labels, boxes=None, *args, **kwargs):
+        sizes.append(len(boxes))
+        return original(self, point_coords, point_labels, boxes, *args, **kwargs)
+
+    monkeypatch.setattr(SamPredictor, "predict_torch", counting)
+    return sizes
+
+
+# ------------------------------------------------------------------ model loading
+
+
+def test_tiny_sam_round_trips_through_the_loader(tiny_sam_dir, sam):
+    assert (tiny_sam_dir / CONFIG_NAME).is_file() and (tiny_sam_dir / WEIGHTS_NAME).is_file()
+    again = build_tiny_sam(tiny_sam_dir.parent / "again", seed=0)
+    reloaded = load_sam(str(again))
+    for (name, a), (_, b) in zip(sam.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert type(sam).__module__.startswith("segment_anything")
+    assert sam.image_encoder.img_size == 256
+
+
+def test_official_style_checkpoint_loads_with_weights_only(tmp_path, sam, monkeypatch):
+    config = {"image_size": 256}
+    # the real registry would build the 90M-parameter ViT-B; the loading path is what is tested
+    monkeypatch.setitem(
+        sam_module.sam_model_registry, "vit_b", lambda checkpoint=None: sam_from_config(config)
+    )
+    checkpoint = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save(sam.state_dict(), checkpoint)
+    loaded = load_sam(str(checkpoint))
+    assert torch.equal(loaded.mask_decoder.iou_token.weight, sam.mask_decoder.iou_token.weight)
+    # anything but plain tensors is refused by torch.load(weights_only=True)
+    hostile = tmp_path / "sam_vit_b_hostile.pth"
+    with open(hostile, "wb") as f:
+        pickle.dump({"x": pd.Timestamp("2020-01-01")}, f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError):
+        load_sam(str(hostile))
+    other = tmp_path / "weights.bin"
+    other.write_bytes(b"")
+    with pytest.raises(ValueError, match="neither a folder"):
+        load_sam(str(other))
+
+
+def test_checkpoint_model_type_from_file_name():
+    assert checkpoint_model_type("/ckpt/sam_vit_h_4b8939.pth") == "vit_h"
+    assert checkpoint_model_type("sam_vit_l_0b3195.pth") == "vit_l"
+    assert checkpoint_model_type("SAM-ViT-B.pth") == "vit_b"
+    with pytest.raises(ValueError, match="model_type"):
+        checkpoint_model_type("sam_huge.pth")
+
+
+def test_choose_candidates_best_and_first():
+    masks = torch.zeros(2, 3, 2, 2, dtype=torch.bool)
+    masks[0, 1, 0, 0] = True
+    masks[1, 2, 1, 1] = True
+    iou = torch.tensor([[0.1, 0.9, 0.5], [0.2, 0.3, 0.8]])
+    best = choose_candidates(masks, iou, "best")
+    assert best[0, 0, 0] and best[1, 1, 1] and best.sum() == 2
+    assert not choose_candidates(masks, iou, "first").any()
+
+
+def test_output_file_names_stay_in_their_folder():
+    assert output_file_name("train/COCO_1.jpg", "tennis ball", ".png") == "COCO_1-tennis ball.png"
+    assert output_file_name("COCO_1.jpg", "AC/DC", ".jpg") == "COCO_1-AC_DC.jpg"
+    assert output_file_name("a/.hidden.jpg", "x", ".png") == "_hidden-x.png"
+
+
+# ------------------------------------------------------------------ segmentation + occlusion
+
+
+def test_segment_then_occlude(workspace, sam, monkeypatch):
+    base, image_root, rows = workspace
+    calls = _count_set_image(monkeypatch)
+    box_batches = _count_box_batches(monkeypatch)
+    mask_dir = base / "work" / "masks"
+    result = segment(
+        rows, image_root, sam, mask_dir=mask_dir, relative_to=base / "work", min_mask_area=0
+    )
+    check_accounting("segmentation", rows["id"], result)
+    assert len(calls) == 2  # one embedding per image, not per entity or box
+    assert sorted(calls) == [(64, 96, 3), (72, 80, 3)]
+    assert box_batches == [3, 1]  # all boxes of an image's entities in one decoder call
+    kept = result.kept
+    assert list(kept["id"]) == list(rows["id"]) and result.rejects.empty
+    assert set(rows.columns) < set(kept.columns)
+    assert kept["mask_path"].tolist() == [
+        "masks/COCO_a-dog.png",
+        "masks/COCO_a-tennis ball.png",
+        "masks/COCO_b-cat.png",
+    ]
+    for record in kept.itertuples():
+        mask = load_mask(base / "work" / record.mask_path)
+        assert mask.shape == (record.height, record.width)
+        assert int(mask.sum()) == record.mask_area
+        with Image.open(base / "work" / record.mask_path) as im:
+            assert im.mode == "1"
+
+    # The batched union equals one predictor call per box, best candidate each.
+    predictor = SamPredictor(sam)
+    with torch.inference_mode():
+        predictor.set_image(np.asarray(Image.open(image_root / "train/COCO_a.jpg").convert("RGB")))
+        union = np.zeros((64, 96), dtype=bool)
+        for box in rows["boxes"].iloc[0]:
+            masks, scores, _ = predictor.predict(box=np.asarray(box), multimask_output=True)
+            union |= masks[int(np.argmax(scores))]
+    dog = load_mask(base / "work" / kept["mask_path"].iloc[0])
+    assert (dog != union).mean() < 1e-3
+
+    # Boxes split over several decoder calls still union into the same entity masks.
+    box_batches.clear()
+    chunked = segment(
+        rows, image_root, sam, mask_dir=base / "chunked", relative_to=base, min_mask_area=0, batch_boxes=1
+    )
+    assert box_batches == [1, 1, 1, 1]
+    for a, b in zip(kept["mask_path"], chunked.kept["mask_path"]):
+        np.testing.assert_array_equal(load_mask(base / "work" / a), load_mask(base / b))
+
+    # min_mask_area: the smallest masks are rejected with the area in the reason, the others kept.
+    areas = dict(zip(kept["id"], kept["mask_area"]))
+    assert max(areas.values()) > min(areas.values())
+    threshold = min(areas.values()) + 1
+    strict = segment(
+        rows, image_root, sam, mask_dir=base / "strict", relative_to=base, min_mask_area=threshold
+    )
+    check_accounting("segmentation", rows["id"], strict)
+    rejected = {i for i, a in areas.items() if a < threshold}
+    assert set(strict.rejects["id"]) == rejected and len(strict.kept) == 3 - len(rejected)
+    for reason in strict.rejects["reason"]:
+        assert re.fullmatch(rf"mask area \d+ < min {threshold} for '[a-z ]+' in \S+", reason), reason
+    assert (strict.rejects["stage"] == "segmentation").all()
+
+    # "first" (the original's choice) gives different masks from "best" on this model
+    first = segment(
+        rows, image_root, sam, mask_dir=base / "first", relative_to=base, mask_choice="first", min_mask_area=0
+    )
+    assert first.kept["mask_area"].tolist() != kept["mask_area"].tolist()
+
+    # ---- occlusion of the segmented rows
+    out_dir = base / "work" / "occluded"
+    occluded = occlude(
+        kept, image_root, mask_root=base / "work", out_dir=out_dir, relative_to=base / "work",
+        seed=0, min_coverage=0.0,
+    )
+    check_accounting("occlusion", kept["id"], occluded)
+    assert len(occluded.kept) == 3
+    assert occluded.kept["occluded_image"].tolist() == [
+        "occluded/COCO_a-dog.jpg",
+        "occluded/COCO_a-tennis ball.jpg",
+        "occluded/COCO_b-cat.jpg",
+    ]
+    for record in occluded.kept.itertuples():
+        mask = load_mask(base / "work" / record.mask_path)
+        expected = occlusion_mask(mask, record.boxes, record_rng(0, record.id))
+        assert record.n_patches == expected.n_patches > 0
+        assert record.occluded_fraction == pytest.approx((expected.painted & mask).sum() / mask.sum())
+        assert 0 < record.occluded_fraction <= 1
+        with Image.open(base / "work" / record.occluded_image) as im:
+            assert im.format == "JPEG" and im.size == (record.width, record.height)
+            pixels = np.asarray(im.convert("RGB")).astype(float)
+        # JPEG is lossy: the painted area is the ImageNet mean on average, untouched pixels are not
+        painted_mean = pixels[expected.painted].mean(axis=0)
+        assert np.abs(painted_mean - IMAGENET_MEAN_RGB).max() < 6
+
+    # Same seed and id -> same result, whatever the order of the rows.
+    again = occlude(
+        kept.iloc[::-1], image_root, mask_root=base / "work", out_dir=base / "again",
+        relative_to=base, seed=0, min_coverage=0.0,
+    )
+    by_id = again.kept.set_index("id")
+    for record in occluded.kept.itertuples():
+        assert by_id.loc[record.id, "n_patches"] == record.n_patches
+        assert by_id.loc[record.id, "occluded_fraction"] == record.occluded_fraction
+
+    # min_coverage: rows below it are rejected with id and numbers in the reason.
+    fractions = dict(zip(occluded.kept["id"], occluded.kept["occluded_fraction"]))
+    assert max(fractions.values()) > min(fractions.values())
+    cut = sorted(fractions.values())[1]
+    strict_occ = occlude(
+        kept, image_root, mask_root=base / "work", out_dir=base / "strict-occ", relative_to=base,
+        seed=0, min_coverage=cut,
+    )
+    check_accounting("occlusion", kept["id"], strict_occ)
+    low = {i for i, f in fractions.items() if f < cut}
+    assert set(strict_occ.rejects["id"]) == low and len(strict_occ.kept) == 3 - len(low)
+    for rid, reason in zip(strict_occ.rejects["id"], strict_occ.rejects["reason"]):
+        assert reason.startswith(f"occluded fraction {fractions[rid]:.3f} < min {cut} for '{rid}'")
+    names = dict(zip(kept["id"], ["COCO_a-dog.jpg", "COCO_a-tennis ball.jpg", "COCO_b-cat.jpg"]))
+    for rid, name in names.items():
+        assert (base / "strict-occ" / name).exists() == (rid not in low)
+
+
+def test_occlude_rejects_when_no_patch_lands(workspace):
+    base, image_root, rows = workspace
+    row = rows.iloc[[2]].copy()
+    # one mask pixel off every grid point (box 70x65 -> p = 21, stride 4): no patch can land
+    mask = np.zeros((72, 80), dtype=bool)
+    mask[1, 1] = True
+    save_mask(base / "masks" / "speck.png", mask)
+    row["mask_path"] = ["masks/speck.png"]
+    result = occlude(
+        row, image_root, mask_root=base, out_dir=base / "out", relative_to=base, seed=0, min_coverage=0.0
+    )
+    check_accounting("occlusion", row["id"], result)
+    assert result.kept.empty
+    assert result.rejects["reason"].tolist() == [
+        "no patch landed inside the 1-pixel mask of 'val/COCO_b-cat'"
+    ]
+    assert not (base / "out" / "COCO_b-cat.jpg").exists()
+
+
+def test_segment_rejects_missing_images_and_boxless_rows_without_running_sam(workspace, sam, monkeypatch):
+    base, image_root, rows = workspace
+    calls = _count_set_image(monkeypatch)
+    broken = rows.copy()
+    broken.loc[0, "image"] = "train/missing.jpg"
+    broken.loc[1, "image"] = "train/missing.jpg"
+    broken["boxes"] = [[] if i == 2 else b for i, b in enumerate(broken["boxes"])]
+    result = segment(broken, image_root, sam, mask_dir=base / "m", relative_to=base, min_mask_area=0)
+    check_accounting("segmentation", broken["id"], result)
+    assert result.kept.empty and calls == []
+    reasons = dict(zip(result.rejects["id"], result.rejects["reason"]))
+    assert reasons["train/COCO_a-dog"].startswith("image of 'train/COCO_a-dog': missing image file")
+    assert reasons["val/COCO_b-cat"] == "no boxes for 'cat' in val/COCO_b.png"

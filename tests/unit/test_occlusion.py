@@ -1,0 +1,274 @@
+"""Occlusion geometry: exact masks on small arrays, and vectorised == the original's loop."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from groundflow.vision.occlusion import (
+    draw_skips,
+    occlusion_mask,
+    occlusion_mask_reference,
+    paint_squares,
+    patch_centres,
+    patch_geometry,
+    placement_indices,
+    record_rng,
+)
+
+
+class FixedSkips(random.Random):
+    """A random.Random whose randint returns a given sequence (checked against its bounds)."""
+
+    def __init__(self, values):
+        super().__init__(0)
+        self.values = list(values)
+        self.used = 0
+
+    def randint(self, a, b):
+        value = self.values[self.used]
+        assert a <= value <= b, (value, a, b)
+        self.used += 1
+        return value
+
+
+def seed_loop_lazy(mask: np.ndarray, box, rng: random.Random) -> np.ndarray:
+    """The original's loop verbatim, drawing each skip only when needed (as the original did)."""
+    x1, y1, x2, y2 = box
+    patch_size = max(int(min(abs(x2 - x1), abs(y2 - y1)) // 3 * 1), 4)
+    out = np.zeros(mask.shape, dtype=bool)
+    cur_step = 0
+    next_step = rng.randint(0, patch_size // 1)
+    gap = int(math.sqrt(patch_size))
+    for i in range(0, mask.shape[0], gap):
+        for j in range(0, mask.shape[1], gap):
+            if cur_step == next_step:
+                cur_step = 0
+                next_step = rng.randint(0, patch_size // 1)
+                if mask[i, j]:
+                    left_i = max(0, i - (patch_size // 2))
+                    right_i = min(mask.shape[0] - 1, i + (patch_size // 2))
+                    left_j = max(0, j - (patch_size // 2))
+                    right_j = min(mask.shape[1] - 1, j + (patch_size // 2))
+                    out[left_i : right_i + 1, left_j : right_j + 1] = True
+            else:
+                cur_step += 1
+    return out
+
+
+# ------------------------------------------------------------------ patch size and stride
+
+
+@pytest.mark.parametrize(
+    "box, expected",
+    [
+        ([0, 0, 30, 12], (4, 2)),  # 12 // 3 = 4
+        ([0, 0, 9, 9], (4, 2)),  # 3 -> at least 4
+        ([0, 0, 100, 60], (20, 4)),
+        ([10, 50, 110, 0], (16, 4)),  # reversed corners: abs sides 100 x 50 -> 16
+        ([0.5, 0.0, 20.9, 19.7], (6, 2)),  # floats: 19.7 // 3 = 6.0
+        ([0, 0, 300, 300], (100, 10)),
+    ],
+)
+def test_patch_geometry(box, expected):
+    assert patch_geometry(box) == expected
+
+
+# ------------------------------------------------------------------ skips -> placements
+
+
+def test_placement_indices_follow_the_counter():
+    # first placement after skipping 0 points, then 0, then 2 (indices 2, 3), then 1 (index 5)
+    skips = np.array([0, 0, 2, 1, 0, 0])
+    assert placement_indices(skips, n_grid=9).tolist() == [0, 1, 4, 6, 7, 8]
+    assert placement_indices(skips, n_grid=6).tolist() == [0, 1, 4]
+    assert placement_indices(np.array([3, 3]), n_grid=3).tolist() == []
+
+
+def test_draw_skips_bounds_and_both_rng_kinds():
+    values = draw_skips(np.random.default_rng(0), 10_000, 5)
+    assert values.min() == 0 and values.max() == 5  # inclusive, like random.randint(0, p)
+    reference = random.Random(3)
+    assert draw_skips(random.Random(3), 50, 4).tolist() == [reference.randint(0, 4) for _ in range(50)]
+
+
+def test_patch_centres_exact_with_fixed_skips():
+    mask = np.ones((6, 6), dtype=bool)
+    box = [0, 0, 12, 12]  # p = 4, g = 2: grid rows/cols 0, 2, 4 -> 9 points, 10 draws
+    skips = [1, 0, 3, 4, 4, 4, 4, 4, 4, 4]
+    ys, xs = patch_centres(mask, box, FixedSkips(skips))
+    # placements at grid indices 1, 2, 6 -> (0, 2), (0, 4), (4, 0)
+    assert ys.tolist() == [0, 0, 4] and xs.tolist() == [2, 4, 0]
+    only_one = np.zeros((6, 6), dtype=bool)
+    only_one[0, 4] = True
+    only_one[1, 1] = True  # not a grid point: never tested
+    ys, xs = patch_centres(only_one, box, FixedSkips(skips))
+    assert ys.tolist() == [0] and xs.tolist() == [4]
+
+
+# ------------------------------------------------------------------ painting
+
+
+def test_paint_square_odd_and_even_sides():
+    odd = paint_squares((7, 7), np.array([3]), np.array([3]), 5)
+    expected = np.zeros((7, 7), dtype=bool)
+    expected[1:6, 1:6] = True  # side 5
+    np.testing.assert_array_equal(odd, expected)
+    even = paint_squares((7, 7), np.array([3]), np.array([3]), 4)
+    np.testing.assert_array_equal(even, expected)  # p // 2 = 2 either side: side 5 (as the original)
+    six = paint_squares((9, 9), np.array([4]), np.array([4]), 6)
+    expected6 = np.zeros((9, 9), dtype=bool)
+    expected6[1:8, 1:8] = True  # side 7
+    np.testing.assert_array_equal(six, expected6)
+
+
+def test_paint_squares_clipped_at_borders_exact():
+    painted = paint_squares((5, 6), np.array([0, 4]), np.array([5, 0]), 4)
+    expected = np.array(
+        [
+            [0, 0, 0, 1, 1, 1],
+            [0, 0, 0, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+        ],
+        dtype=bool,
+    )
+    np.testing.assert_array_equal(painted, expected)
+
+
+def test_paint_squares_empty_and_overlapping():
+    assert not paint_squares((4, 4), np.array([], dtype=int), np.array([], dtype=int), 4).any()
+    overlap = paint_squares((8, 8), np.array([3, 3, 4]), np.array([3, 4, 3]), 4)
+    expected = np.zeros((8, 8), dtype=bool)
+    expected[1:6, 1:7] = True  # centres (3, 3) and (3, 4)
+    expected[2:7, 1:6] = True  # centre (4, 3); (6, 6) stays clear
+    np.testing.assert_array_equal(overlap, expected)
+
+
+def test_paint_squares_matches_slicing_on_random_points():
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        n = int(rng.integers(0, 12))
+        ys, xs = rng.integers(0, h, n), rng.integers(0, w, n)
+        p = int(rng.integers(4, 20))
+        expected = np.zeros((h, w), dtype=bool)
+        for y, x in zip(ys, xs):
+            expected[max(0, y - p // 2) : y + p // 2 + 1, max(0, x - p // 2) : x + p // 2 + 1] = True
+        np.testing.assert_array_equal(paint_squares((h, w), ys, xs, p), expected)
+
+
+# ------------------------------------------------------------------ whole masks
+
+
+def test_occlusion_mask_exact_small_case():
+    mask = np.ones((6, 6), dtype=bool)
+    occ = occlusion_mask(mask, [[0, 0, 12, 12]], FixedSkips([1, 0, 3, 4, 4, 4, 4, 4, 4, 4]))
+    expected = np.array(
+        [
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+        ],
+        dtype=bool,
+    )
+    np.testing.assert_array_equal(occ.painted, expected)
+    assert occ.n_patches == 3
+
+
+def test_placements_outside_the_mask_paint_nothing_but_consume_the_counter():
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[4, 0] = True
+    occ = occlusion_mask(mask, [[0, 0, 12, 12]], FixedSkips([1, 0, 3, 4, 4, 4, 4, 4, 4, 4]))
+    expected = np.zeros((6, 6), dtype=bool)
+    expected[2:6, 0:3] = True
+    np.testing.assert_array_equal(occ.painted, expected)
+    assert occ.n_patches == 1
+
+
+def test_union_over_boxes_uses_each_boxs_patch_size():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[4:6, 4:6] = True
+    # box 1: p = 4, g = 2 -> 25 grid points, 26 draws; placements at indices 4, 9, 12, 17, 22 =
+    # (0, 8), (2, 8), (4, 4), (6, 4), (8, 4): only (4, 4) is inside the mask
+    box1_skips = [4, 4, 2] + [4] * 23
+    # box 2: p = 9, g = 3 -> 16 grid points, 17 draws; the point (3, 3) is outside, (6, 6) too;
+    # first placement at index 0 (0, 0) -> outside; then skip 4 -> index 5 = (3, 3) outside
+    box2_skips = [0, 4] + [9] * 15
+    occ = occlusion_mask(mask, [[0, 0, 12, 12], [0, 0, 27, 27]], FixedSkips(box1_skips + box2_skips))
+    expected = np.zeros((10, 10), dtype=bool)
+    expected[2:7, 2:7] = True  # box 1's square at (4, 4), side 5
+    np.testing.assert_array_equal(occ.painted, expected)
+    assert occ.n_patches == 1
+    mask[3, 3] = True  # now box 2's second placement lands: a side-9 square at (3, 3)
+    occ = occlusion_mask(mask, [[0, 0, 12, 12], [0, 0, 27, 27]], FixedSkips(box1_skips + box2_skips))
+    expected[0:8, 0:8] = True
+    np.testing.assert_array_equal(occ.painted, expected)
+    assert occ.n_patches == 2
+
+
+def test_eager_skips_give_the_same_geometry_as_the_originals_lazy_draws():
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(3, 50, 2))
+        mask = rng.random((h, w)) < rng.uniform(0.05, 0.9)
+        box = [0, 0, float(rng.uniform(1, 3 * w)), float(rng.uniform(1, 3 * h))]
+        p, g = patch_geometry(box)
+        values = rng.integers(0, p + 1, size=h * w + 2).tolist()
+        lazy = seed_loop_lazy(mask, box, FixedSkips(values))
+        np.testing.assert_array_equal(occlusion_mask(mask, [box], FixedSkips(values)).painted, lazy)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (29, 1), (17, 23), (64, 48), (100, 75)])
+def test_vectorised_equals_reference_on_random_masks(shape):
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    h, w = shape
+    for trial in range(6):
+        mask = rng.random(shape) < rng.uniform(0.0, 1.0)
+        n_boxes = int(rng.integers(1, 4))
+        boxes = []
+        for _ in range(n_boxes):
+            x0, x1 = sorted(rng.uniform(-5, w + 5, 2))
+            y0, y1 = sorted(rng.uniform(-5, h + 5, 2))
+            boxes.append([x0, y0, x1, y1])
+        seed = int(rng.integers(1 << 31))
+        fast = occlusion_mask(mask, boxes, np.random.default_rng(seed))
+        slow = occlusion_mask_reference(mask, boxes, np.random.default_rng(seed))
+        np.testing.assert_array_equal(fast.painted, slow.painted)
+        assert fast.n_patches == slow.n_patches
+        fast_py = occlusion_mask(mask, boxes, random.Random(seed))
+        slow_py = occlusion_mask_reference(mask, boxes, random.Random(seed))
+        np.testing.assert_array_equal(fast_py.painted, slow_py.painted)
+        assert fast_py.n_patches == slow_py.n_patches
+
+
+# ------------------------------------------------------------------ determinism
+
+EXPECTED_FIRST_DRAW = 985726131  # record_rng(0, "COCO_1-dog").integers(0, 2**30), any process
+
+
+def test_record_rng_depends_only_on_seed_and_id():
+    first = record_rng(0, "COCO_1-dog").integers(0, 1 << 30, 5)
+    np.testing.assert_array_equal(first, record_rng(0, "COCO_1-dog").integers(0, 1 << 30, 5))
+    assert not np.array_equal(first, record_rng(0, "COCO_1-cat").integers(0, 1 << 30, 5))
+    assert not np.array_equal(first, record_rng(1, "COCO_1-dog").integers(0, 1 << 30, 5))
+    # a stable hash (sha256), not Python's salted hash(): the value is the same in every process
+    assert int(record_rng(0, "COCO_1-dog").integers(0, 1 << 30)) == EXPECTED_FIRST_DRAW
+
+
+def test_same_id_same_occlusion():
+    rng = np.random.default_rng(5)
+    mask = rng.random((40, 50)) < 0.5
+    boxes = [[3, 4, 40, 30]]
+    a = occlusion_mask(mask, boxes, record_rng(42, "x-dog"))
+    b = occlusion_mask(mask, boxes, record_rng(42, "x-dog"))
+    c = occlusion_mask(mask, boxes, record_rng(42, "x-cat"))
+    np.testing.assert_array_equal(a.painted, b.painted)
+    assert not np.array_equal(a.painted, c.painted)
