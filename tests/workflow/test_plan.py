@@ -1,0 +1,42 @@
+"""Dry runs: the DAG plans from config alone, grows with shards, and bad config stops it."""
+import re
+
+import pytest
+import yaml
+
+from snakemake_runner import ROOT, make_run_dir, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output[output.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.mark.parametrize("shards", [3, 7])
+def test_paper_preset_plans_one_job_per_shard_per_stage(tmp_path, shards):
+    run = make_run_dir(tmp_path)
+    (run / "preset.yaml").write_text((ROOT / "configs" / "cvc-paper.yaml").read_text())
+    (run / "overlay.yaml").write_text(yaml.safe_dump({"shards": shards}))
+    out = snakemake(run, "-n", "--quiet", "rules", "--configfile", "preset.yaml", "overlay.yaml")
+    counts = job_counts(out.stdout + out.stderr)
+    for stage in ["images", "entities", "causality", "grounding", "segmentation", "occlusion", "instructions"]:
+        assert counts[f"cvc_{stage}"] == shards
+    assert counts["cvc_ingest"] == 1 and counts["cvc_gather"] == 1
+    assert "build_tiny_model" not in counts  # hub ids and checkpoints are never built
+    assert not (run / "results").exists()
+
+
+def test_unknown_key_stops_the_run_naming_it(tmp_path):
+    run = make_run_dir(tmp_path, {"cvc": {"occlusion": {"min_coverrage": 0.1}}})
+    out = snakemake(run, "-n", check=False)
+    assert out.returncode != 0
+    assert "unknown key 'cvc.occlusion.min_coverrage'" in out.stdout + out.stderr
+
+
+def test_wrong_type_stops_the_run_naming_it(tmp_path):
+    run = make_run_dir(tmp_path, {"cvc": {"grounding": {"box_threshold": "high"}}})
+    out = snakemake(run, "-n", check=False)
+    assert out.returncode != 0
+    assert "'cvc.grounding.box_threshold': 'high' is not of type 'number'" in out.stdout + out.stderr
