@@ -1,0 +1,312 @@
+"""Entity extraction (CVC step 1-0): which concrete things each caption mentions.
+
+The seed asked Llama-2-chat for lines `N. full form -> label` and trusted whatever came back, so
+entities absent from the caption (or malformed lines) leaked into later steps. Here decoding is
+constrained: every line the model can write is a candidate built from the caption itself:
+- a full form is a contiguous run of at most `max_span_words` caption words with no punctuation,
+  neither starting with a function word nor ending with a function word or a determiner;
+- its label is a contiguous part of the full form that neither starts nor ends with a function
+  word, a determiner or a quantifier ("another skier" -> "skier", "the ski lift" -> "ski lift").
+So the model only chooses among the caption's own phrases, at most `max_entities` of them, and
+ends with <end>. Text is normalised (lower case, single spaces) and matched case-insensitively.
+
+Words are split by `groundflow.cvc.words`, the tokeniser the causality step uses to find the full
+form again in the caption, so every full form produced here is found there.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from groundflow.cvc.prompts import ENTITY_ASSISTANT_PREFIX, ENTITY_END, entity_messages
+from groundflow.cvc.words import word_tokenize
+from groundflow.generate.constrained import LineSequenceConstraint
+from groundflow.generate.text import generate_texts, render_prompts
+from groundflow.io.stage import StageResult, rejects_frame
+
+STAGE = "entities"
+ARROW = " -> "
+
+DETERMINERS = frozenset(
+    """
+    a an the this that these those another other others some any each every either neither no
+    my your his her its our their whose which what
+    many much more most few fewer several both all half enough lots lot plenty
+    one two three four five six seven eight nine ten eleven twelve dozen dozens hundreds
+    couple pair group bunch number
+    """.split()
+)
+FUNCTION_WORDS = frozenset(
+    """
+    about above across after against along alongside among amongst around at atop before behind
+    below beneath beside besides between beyond by down during for from in inside into like near
+    next of off on onto out outside over past through throughout to toward towards under
+    underneath until up upon via with within without
+    and or but nor so yet as than if because while whilst where when who whom
+    i me you he him she it we us they them itself themselves himself herself someone something
+    there here
+    is are was were be been being am has have had do does did can could will would shall should
+    may might must
+    not very too also just then
+    's 're 've 'll 'd 'm n't '
+    """.split()
+)
+
+_LINE = re.compile(r"^\s*\d+\s*\.\s*(?P<full>.*?)\s*->\s*(?P<label>.*?)\s*$")
+
+
+# ---------------------------------------------------------------------------------------------
+# pure core
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, runs of whitespace collapsed to one space, typographic apostrophe made plain."""
+    return " ".join(text.replace("\u2019", "'").lower().split())
+
+
+def _is_word(token: str) -> bool:
+    return any(ch.isalnum() for ch in token)
+
+
+def _key(token: str) -> str:
+    return token.replace("\u2019", "'").lower()
+
+
+def caption_word_spans(caption: str) -> list[tuple[str, int, int]]:
+    """The caption's tokens as (text, start, end) character spans (punctuation included)."""
+    return [(w.text, w.start, w.end) for w in word_tokenize(caption)]
+
+
+def entity_candidates(caption: str, max_span_words: int) -> list[tuple[str, str]]:
+    """Every allowed (full_form, label) pair of a caption, normalised, in caption order.
+
+    Full forms are taken verbatim from the caption (from the first word's start to the last
+    word's end), so "the dog's bowl" keeps its apostrophe.
+    """
+    tokens = caption_word_spans(caption)
+    keys = [_key(t[0]) for t in tokens]
+    words = [_is_word(t[0]) for t in tokens]
+    pairs: dict[tuple[str, str], None] = {}
+    for start in range(len(tokens)):
+        if not words[start] or keys[start] in FUNCTION_WORDS:
+            continue
+        for stop in range(start + 1, min(start + max_span_words, len(tokens)) + 1):
+            if not words[stop - 1]:
+                break  # punctuation ends every longer span too
+            last = keys[stop - 1]
+            if last in FUNCTION_WORDS or last in DETERMINERS:
+                continue
+            full = normalize_text(caption[tokens[start][1]:tokens[stop - 1][2]])
+            for label_start in range(start, stop):
+                if keys[label_start] in FUNCTION_WORDS or keys[label_start] in DETERMINERS or keys[label_start].isdigit():
+                    continue
+                for label_stop in range(label_start + 1, stop + 1):
+                    tail = keys[label_stop - 1]
+                    if tail in FUNCTION_WORDS or tail in DETERMINERS:
+                        continue
+                    label = normalize_text(caption[tokens[label_start][1]:tokens[label_stop - 1][2]])
+                    pairs[(full, label)] = None
+    return list(pairs)
+
+
+def format_entity_line(full_form: str, label: str) -> str:
+    """A line's content without its number: "long oars -> oars"."""
+    return f"{full_form}{ARROW}{label}"
+
+
+def parse_entity_lines(text: str) -> list[tuple[str, str]]:
+    """(full_form, label) pairs from generated `N. full form -> label` lines, normalised.
+
+    Text after the end marker is ignored. Without an end marker (generation ran out of tokens) a
+    last line lacking its line break is dropped: it may have been cut mid-label. Lines without a
+    number or without "->" are skipped, as are lines with an empty side.
+    """
+    if ENTITY_END in text:
+        body = text.split(ENTITY_END, 1)[0]
+        lines = body.split("\n")
+    else:
+        lines = text.split("\n")
+        if not text.endswith("\n"):
+            lines = lines[:-1]
+    pairs = []
+    for line in lines:
+        match = _LINE.match(line)
+        if match is None:
+            continue
+        full, label = normalize_text(match["full"]), normalize_text(match["label"])
+        if full and label:
+            pairs.append((full, label))
+    return pairs
+
+
+def dedupe_by_label(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Keep the first (full_form, label) of each label."""
+    seen: dict[str, tuple[str, str]] = {}
+    for full, label in pairs:
+        seen.setdefault(label, (full, label))
+    return list(seen.values())
+
+
+def group_by_image(
+    mentions: Sequence[tuple[str, str, str, Sequence[tuple[str, str]]]],
+) -> list[dict]:
+    """Rows per (image, label) from (caption_id, image_id, caption, pairs) in input order.
+
+    Pairs of one caption must already be de-duplicated by label. Each row holds the parallel
+    lists caption_ids, captions, full_forms over the captions where the label was extracted.
+    """
+    rows: dict[tuple[str, str], dict] = {}
+    for caption_id, image_id, caption, pairs in mentions:
+        for full, label in pairs:
+            row = rows.setdefault(
+                (image_id, label),
+                {"image_id": image_id, "label": label, "caption_ids": [], "captions": [], "full_forms": []},
+            )
+            row["caption_ids"].append(caption_id)
+            row["captions"].append(caption)
+            row["full_forms"].append(full)
+    return list(rows.values())
+
+
+def no_entity_reason(caption_id: str, caption: str) -> str:
+    return f"no entity extracted from caption {caption_id}: '{caption}'"
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+def generate_entity_lines(
+    model,
+    tokenizer,
+    captions: Sequence[str],
+    candidates: Sequence[Sequence[tuple[str, str]]],
+    *,
+    batch_size: int,
+    max_entities: int,
+    min_entities: int = 1,
+    max_new_tokens: int | None = None,
+) -> list[str]:
+    """Greedy, constrained answers (the text after "<begin>\\n") for captions with candidates.
+
+    Prompts go through in groups of a few batches, each with its own constraint, so the token
+    tries (thousands of nodes per caption) never pile up over a whole shard.
+    """
+    answers: list[str] = []
+    group = max(batch_size, 1) * 4
+    for start in range(0, len(captions), group):
+        group_captions = captions[start:start + group]
+        prompts = render_prompts(
+            tokenizer, [entity_messages(c) for c in group_captions], ENTITY_ASSISTANT_PREFIX
+        )
+        constraint = LineSequenceConstraint(
+            tokenizer,
+            [[format_entity_line(f, l) for f, l in pairs] for pairs in candidates[start:start + group]],
+            context=ENTITY_ASSISTANT_PREFIX,
+            end_marker=ENTITY_END,
+            max_lines=max_entities,
+            min_lines=min_entities,
+        )
+        budget = max_new_tokens
+        if budget is None:
+            budget = max(constraint.token_budget(i) for i in range(len(prompts)))
+        outputs = generate_texts(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=budget,
+            do_sample=False,
+            batch_size=batch_size,
+            prefix_allowed_tokens_fn=constraint,
+        )
+        answers.extend(texts[0] for texts in outputs)
+    return answers
+
+
+def extract_entities(
+    captions_df: pd.DataFrame,
+    model,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_entities: int,
+    max_span_words: int,
+    min_entities: int = 1,
+    max_new_tokens: int | None = None,
+) -> StageResult:
+    """One row per (image, entity label) over the captions; captions yielding nothing are rejected.
+
+    Image-level input columns (all but id and caption: image, image_id, width, height, ...) are
+    carried over from the image's first caption. `max_new_tokens` defaults to a bound that every
+    complete constrained answer fits in.
+
+    `min_entities` lines are required before <end> may be written (when the caption has that
+    many candidates): COCO-style captions always name something, and without this floor a weak
+    or random model that prefers "<end>" would reject every caption. With the default of 1, a
+    caption is rejected when it has no candidate phrase at all (only function words or
+    punctuation); set 0 to let the model decline.
+    """
+    records = captions_df.reset_index(drop=True)
+    caption_ids = [str(i) for i in records["id"]]
+    captions = [c if isinstance(c, str) else "" for c in records["caption"]]
+    candidates = [entity_candidates(c, max_span_words) for c in captions]
+    runnable = [i for i, pairs in enumerate(candidates) if pairs]
+    answers = generate_entity_lines(
+        model,
+        tokenizer,
+        [captions[i] for i in runnable],
+        [candidates[i] for i in runnable],
+        batch_size=batch_size,
+        max_entities=max_entities,
+        min_entities=min_entities,
+        max_new_tokens=max_new_tokens,
+    )
+    extracted: dict[int, list[tuple[str, str]]] = {}
+    for i, answer in zip(runnable, answers):
+        allowed = set(candidates[i])
+        # The constraint already guarantees this; the filter keeps the promise for any decoder.
+        extracted[i] = dedupe_by_label(p for p in parse_entity_lines(answer) if p in allowed)
+
+    image_ids = [str(v) for v in records["image_id"]]
+    mentions = [
+        (caption_ids[i], image_ids[i], captions[i], extracted.get(i, [])) for i in range(len(records))
+    ]
+    rejects = rejects_frame(
+        STAGE,
+        [(caption_ids[i], no_entity_reason(caption_ids[i], captions[i])) for i, m in enumerate(mentions) if not m[3]],
+    )
+    grouped = group_by_image([m for m in mentions if m[3]])
+
+    image_columns = [c for c in records.columns if c not in ("id", "caption")]
+    first_of_image = (
+        records.assign(_image_key=image_ids).drop_duplicates("_image_key").set_index("_image_key")
+    )
+    out_columns = ["id"] + image_columns + ["label", "caption_ids", "captions", "full_forms"]
+    rows = []
+    for row in grouped:
+        image_values = first_of_image.loc[row["image_id"], image_columns].to_dict()
+        rows.append(
+            {
+                "id": f"{row['image_id']}-{row['label']}",
+                **image_values,
+                "image_id": row["image_id"],
+                "label": row["label"],
+                "caption_ids": row["caption_ids"],
+                "captions": row["captions"],
+                "full_forms": row["full_forms"],
+            }
+        )
+    if rows:
+        kept = pd.DataFrame(rows, columns=out_columns)
+    else:
+        kept = records.iloc[0:0][image_columns].assign(
+            id=pd.Series(dtype=str),
+            label=pd.Series(dtype=str),
+            caption_ids=pd.Series(dtype=object),
+            captions=pd.Series(dtype=object),
+            full_forms=pd.Series(dtype=object),
+        )[out_columns]
+    return StageResult(kept=kept, rejects=rejects, parent_column="caption_ids")

@@ -1,0 +1,290 @@
+"""Batched text generation and choice scoring with Hugging Face causal LMs.
+
+Shared by every method that asks a text LLM something. Three rules hold throughout:
+- prompts are batched with left padding (decoder-only generation needs the new tokens aligned);
+- sampling parameters come only from the arguments: the checkpoint's `generation_config.json`
+  (Llama-2-chat ships do_sample=True, temperature 0.6, top_p 0.9) never silently replaces them;
+- a chat-template prompt already holds its BOS text, so it is encoded without adding another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Callable, Iterator, Sequence
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+Message = dict[str, str]
+Prompt = str | Sequence[Message]
+AllowedTokensFn = Callable[[int, list[int]], list[int]]
+
+
+def render_prompts(tokenizer, messages_list: Sequence[Prompt], assistant_prefix: str = "") -> list[str]:
+    """Turn chat messages into prompt strings, ending inside the assistant's turn.
+
+    A list of messages goes through the tokenizer's chat template (with the generation prompt) and
+    gets `assistant_prefix` appended, which prefills the start of the answer. A tokenizer without a
+    chat template gets the messages' contents joined by blank lines. Plain strings pass through.
+    """
+    rendered = []
+    for item in messages_list:
+        if isinstance(item, str):
+            rendered.append(item)
+            continue
+        messages = list(item)
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        rendered.append(text + assistant_prefix)
+    return rendered
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt; BOS is added only when the text does not already start with it."""
+    bos = tokenizer.bos_token
+    with_bos = [i for i, p in enumerate(prompts) if not (bos and p.startswith(bos))]
+    without_bos = [i for i, p in enumerate(prompts) if bos and p.startswith(bos)]
+    ids: list[list[int] | None] = [None] * len(prompts)
+    for indices, add_special in ((with_bos, True), (without_bos, False)):
+        if indices:
+            encoded = tokenizer([prompts[i] for i in indices], add_special_tokens=add_special)["input_ids"]
+            for i, row in zip(indices, encoded):
+                ids[i] = list(row)
+    return ids  # type: ignore[return-value]
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's eos plus the checkpoint's own stop tokens (Llama-3 ends turns with <|eot_id|>)."""
+    ids: list[int] = []
+    for value in (tokenizer.eos_token_id, model.generation_config.eos_token_id):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if token is not None and token not in ids:
+                ids.append(int(token))
+    return ids
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            attention[i, width - len(row):] = 1
+    return input_ids.to(device), attention.to(device)
+
+
+def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so padding stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[s:s + batch_size] for s in range(0, len(order), max(batch_size, 1))]
+
+
+@contextlib.contextmanager
+def _explicit_generation_config(model) -> Iterator[None]:
+    """Hide the checkpoint's generation defaults during a call.
+
+    `generate` fills every field left unset in the config it is given from the model's own
+    generation_config, so an unset field (top_k, min_p, repetition_penalty, ...) could carry a
+    checkpoint default into a run that never asked for it.
+    """
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+class _BatchedPrefixConstraint(LogitsProcessor):
+    """Masks each row's logits to the tokens `allowed(prompt_index, generated_ids)` returns.
+
+    Unlike transformers' own PrefixConstrainedLogitsProcessor, it copies the batch's token ids to the
+    host once per step and hands the callback only the generated part of each row.
+    """
+
+    def __init__(self, allowed: AllowedTokensFn, prompt_width: int, row_prompts: list[int]):
+        self.allowed = allowed
+        self.prompt_width = prompt_width
+        self.row_prompts = row_prompts
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_width:].tolist()
+        rows: list[int] = []
+        cols: list[int] = []
+        for row, ids in enumerate(generated):
+            tokens = self.allowed(self.row_prompts[row], ids)
+            if not tokens:
+                raise ValueError(f"constraint allows no token for prompt {self.row_prompts[row]} after {ids}")
+            rows.extend([row] * len(tokens))
+            cols.extend(tokens)
+        mask = torch.full_like(scores, float("-inf"))
+        mask[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = 0.0
+        return scores + mask
+
+
+def cut_at_stop_strings(text: str, stop_strings: Sequence[str] | None) -> str:
+    """The text before the earliest occurrence of any stop string."""
+    if not stop_strings:
+        return text
+    cut = len(text)
+    for stop in stop_strings:
+        at = text.find(stop)
+        if at != -1:
+            cut = min(cut, at)
+    return text[:cut]
+
+
+@torch.inference_mode()
+def generate_texts(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_return_sequences: int = 1,
+    batch_size: int = 8,
+    seed: int = 0,
+    stop_strings: Sequence[str] | None = None,
+    prefix_allowed_tokens_fn: AllowedTokensFn | None = None,
+) -> list[list[str]]:
+    """Generate `num_return_sequences` continuations of each prompt; returns only the new text.
+
+    Prompts are batched (left padding, KV cache); output order follows `prompts`. Texts are cut
+    before the first stop string. `prefix_allowed_tokens_fn(prompt_index, generated_ids)` (index
+    into `prompts`, the ids generated so far for that row) returns the token ids allowed next.
+    Sampling is seeded per batch from `seed`, so a run is reproducible.
+    """
+    if not prompts:
+        return []
+    encoded = encode_prompts(tokenizer, prompts)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = stop_token_ids(model, tokenizer)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        do_sample=do_sample,
+        num_beams=1,
+        num_return_sequences=num_return_sequences,
+        # Greedy decoding reads no sampling knobs; setting them would only trigger warnings.
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=0 if do_sample else None,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        stop_strings=list(stop_strings) if stop_strings else None,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+        bos_token_id=tokenizer.bos_token_id,
+        use_cache=True,
+    )
+    device = model.device
+    results: list[list[str]] = [[] for _ in prompts]
+    for batch_number, batch in enumerate(_batches_by_length([len(e) for e in encoded], batch_size)):
+        input_ids, attention = _left_pad([encoded[i] for i in batch], pad_id, device)
+        processors = LogitsProcessorList()
+        if prefix_allowed_tokens_fn is not None:
+            row_prompts = [i for i in batch for _ in range(num_return_sequences)]
+            processors.append(_BatchedPrefixConstraint(prefix_allowed_tokens_fn, input_ids.shape[1], row_prompts))
+        torch.manual_seed(seed + batch_number)
+        with _explicit_generation_config(model):
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                generation_config=config,
+                logits_processor=processors,
+                tokenizer=tokenizer if stop_strings else None,
+            )
+        texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+        for row, text in enumerate(texts):
+            results[batch[row // num_return_sequences]].append(cut_at_stop_strings(text, stop_strings))
+    return results
+
+
+def continuation_ids(tokenizer, prompts: Sequence[str], continuations: Sequence[str]) -> list[tuple[list[int], int]]:
+    """For each (prompt, continuation): the ids of prompt+continuation and where the continuation starts.
+
+    The pair is encoded as one text so the tokens at the boundary are those the model would see;
+    the continuation starts after the longest prefix shared with the prompt's own encoding.
+    """
+    full = encode_prompts(tokenizer, [p + c for p, c in zip(prompts, continuations)])
+    alone = encode_prompts(tokenizer, list(prompts))
+    pairs = []
+    for ids, prompt_ids in zip(full, alone):
+        start = 0
+        for a, b in zip(ids, prompt_ids):
+            if a != b:
+                break
+            start += 1
+        if start == 0:
+            raise ValueError("cannot score a continuation of an empty prompt (no BOS, no text)")
+        if start == len(ids):
+            raise ValueError("cannot score an empty continuation")
+        pairs.append((ids, start))
+    return pairs
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+@torch.inference_mode()
+def score_choices(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    choices: Sequence[Sequence[str]] | Sequence[str],
+    *,
+    batch_size: int = 16,
+    normalize: str = "sum",
+) -> list[list[float]]:
+    """Log-likelihood of each choice as the continuation of each prompt.
+
+    `choices` is either one list shared by all prompts or one list per prompt. All (prompt, choice)
+    pairs are batched together (left padding, so every continuation ends at the last position and
+    only the last positions' logits are computed). `normalize="sum"` gives log p(choice | prompt);
+    "mean" divides by the choice's token count.
+    """
+    if normalize not in ("sum", "mean"):
+        raise ValueError(f"normalize must be 'sum' or 'mean', not {normalize!r}")
+    if choices and isinstance(choices[0], str):
+        per_prompt = [list(choices)] * len(prompts)  # type: ignore[list-item]
+    else:
+        per_prompt = [list(c) for c in choices]  # type: ignore[arg-type]
+    if len(per_prompt) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} choice lists")
+    pair_index = [(p, c) for p, options in enumerate(per_prompt) for c in range(len(options))]
+    encoded = continuation_ids(
+        tokenizer, [prompts[p] for p, _ in pair_index], [per_prompt[p][c] for p, c in pair_index]
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = model.device
+    keep_arg = _accepts_logits_to_keep(model)
+    scores: list[list[float]] = [[0.0] * len(options) for options in per_prompt]
+    for batch in _batches_by_length([len(ids) for ids, _ in encoded], batch_size):
+        rows = [encoded[i][0] for i in batch]
+        lengths = torch.tensor([len(encoded[i][0]) - encoded[i][1] for i in batch], device=device)
+        span = int(lengths.max())
+        input_ids, attention = _left_pad(rows, pad_id, device)
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {"logits_to_keep": span + 1} if keep_arg else {}
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, **kwargs).logits
+        # logits at position t predict token t+1: the last `span` targets use the `span` logits before the end.
+        logits = logits[:, -(span + 1):-1].float()
+        targets = input_ids[:, -span:]
+        token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        in_choice = torch.arange(span, device=device).unsqueeze(0) >= (span - lengths).unsqueeze(1)
+        # where(), not multiplication: logits at padded positions may be NaN.
+        total = torch.where(in_choice, token_logp, torch.zeros_like(token_logp)).sum(-1)
+        if normalize == "mean":
+            total = total / lengths.clamp(min=1)
+        for row, value in zip(batch, total.tolist()):
+            p, c = pair_index[row]
+            scores[p][c] = float(value)
+    return scores
