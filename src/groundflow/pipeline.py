@@ -69,13 +69,14 @@ class StageJob:
         return ModelSpec.from_config(self.models[name])
 
     def run(self, process: Callable[[pd.DataFrame], StageResult], *, produced_by: dict,
-            chunk_size: int = 1 << 30, parent_column: str = "id") -> dict:
+            chunk_size: int = 1 << 30, parent_column: str = "id",
+            group_column: str | None = None) -> dict:
         start = time.perf_counter()
         records = read_table(self.records_path)
         log.info("%s: %d input records from %s", self.stage, len(records), self.records_path)
         result, stats = run_chunked(
             records, process, chunk_size=chunk_size, progress_dir=self.progress_dir,
-            params=produced_by, parent_column=parent_column,
+            params=produced_by, parent_column=parent_column, group_column=group_column,
         )
         counts = check_accounting(self.stage, records["id"], result)
         write_table(result.rejects, self.rejects_path)

@@ -78,3 +78,28 @@ def test_write_then_read_table_roundtrip(tmp_path):
     write_table(df, tmp_path / "t.parquet")
     back = read_table(tmp_path / "t.parquet")
     assert back["id"].tolist() == ["a"] and list(back["boxes"][0][0]) == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_chunks_never_split_a_group(tmp_path):
+    from groundflow.io.stage import chunk_bounds
+
+    groups = pd.Series(["a", "a", "a", "b", "c", "c", "d"])
+    assert chunk_bounds(groups, 2) == [(0, 3), (3, 6), (6, 7)]
+    assert chunk_bounds(7, 3) == [(0, 3), (3, 6), (6, 7)]
+
+    records = pd.DataFrame({"id": ["1", "2", "3", "4"], "img": ["x", "y", "x", "y"]})
+    seen = []
+
+    def per_image(chunk):
+        seen.append(sorted(set(chunk["img"])))
+        return StageResult(chunk.drop_duplicates("img").assign(id=lambda d: d["img"]).assign(parents=lambda d: [list(chunk.loc[chunk["img"] == i, "id"]) for i in d["img"]]), rejects_frame("g"), parent_column="parents")
+
+    result, _ = run_chunked(records, per_image, chunk_size=1, progress_dir=None, params={}, parent_column="parents", group_column="img")
+    assert seen == [["x"], ["y"]]
+    assert check_accounting("g", records["id"], result)["out"] == 4
+
+
+def test_accounting_rejects_duplicate_output_ids():
+    kept = pd.DataFrame({"id": ["img-dog", "img-dog"], "caption_ids": [["c1"], ["c2"]]})
+    with pytest.raises(AccountingError, match="output ids not unique"):
+        check_accounting("e", ["c1", "c2"], StageResult(kept, rejects_frame("e"), parent_column="caption_ids"))

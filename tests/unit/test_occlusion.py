@@ -272,3 +272,13 @@ def test_same_id_same_occlusion():
     c = occlusion_mask(mask, boxes, record_rng(42, "x-cat"))
     np.testing.assert_array_equal(a.painted, b.painted)
     assert not np.array_equal(a.painted, c.painted)
+
+
+def test_box_masks_cover_exactly_the_box_pixels():
+    import torch
+
+    from groundflow.vision.segmentation import box_masks
+
+    m = box_masks(torch.tensor([[1.0, 0.0, 3.0, 2.0]]), 3, 4)
+    assert m.shape == (1, 3, 4)
+    assert m[0].int().tolist() == [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]

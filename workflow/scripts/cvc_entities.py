@@ -16,4 +16,5 @@ job.run(
     produced_by={"model": spec.describe(), "prompt": PROMPT_VERSION, **opts},
     chunk_size=opts["chunk_size"],
     parent_column="caption_ids",
+    group_column="image_id",  # entities are de-duplicated per image: never split an image
 )

@@ -12,6 +12,7 @@ job.run(
         records, snakemake.params.image_root, sam, mask_dir=snakemake.output.masks,
         relative_to=snakemake.params.relative_to, mask_choice=opts["mask_choice"],
         min_mask_area=opts["min_mask_area"], batch_boxes=opts["batch_boxes"],
+        clip_to_box=opts["clip_to_box"], compute_dtype=spec.torch_dtype(),
     ),
     produced_by={"model": spec.describe(), **opts},
 )

@@ -52,7 +52,11 @@ KINDS = {
     "book": ("books", None, "ground", (10, 18), True),
     "chair": ("chairs", ("brown", "black", "red", "blue"), "ground", (14, 24), True),
     "table": ("tables", ("brown", "white", "black"), "ground", (22, 36), False),
+    # an unnamed shape: captions call it "object", the very word questions use to hide an entity
+    "object": ("objects", None, "any", (10, 18), False),
 }
+# A caption with no nameable phrase, as real caption sets have: entity extraction must reject it.
+NO_ENTITY_CAPTION = "What is this?"
 VERBS = {  # kind -> (singular verb phrase, plural verb phrase)
     "kite": ("flies", "fly"),
     "ball": ("lies", "lie"),
@@ -149,6 +153,10 @@ def _draw(d: ImageDraw.ImageDraw, o: _Object) -> None:
         d.rectangle([x - r, y - r // 3, x + r, y - r // 6], fill=c, outline=dark)
         for lx in (x - r + 2, x + r - 5):
             d.rectangle([lx, y - r // 6, lx + 3, y + r // 2], fill=c)
+    elif o.kind == "object":
+        angles = np.linspace(-np.pi / 2, 1.5 * np.pi, 10, endpoint=False)
+        radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
+        d.polygon([(x + rr * np.cos(a), y + rr * np.sin(a)) for a, rr in zip(angles, radii)], fill=c, outline=dark)
     else:  # pragma: no cover - KINDS and _draw are kept in step
         raise ValueError(o.kind)
 
@@ -327,6 +335,8 @@ def make_fixture(
         for caption in _captions(rng, scene):
             explicit = f"cap-{len(records):05d}" if len(records) % 4 == 1 else None
             records.append(add_record(name, caption, explicit))
+        if index == 1:
+            records.append(add_record(name, NO_ENTITY_CAPTION))
 
     bad_cases: list[dict] = []
     if include_bad:

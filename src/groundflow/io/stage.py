@@ -76,6 +76,9 @@ def check_accounting(stage: str, input_ids: Iterable[str], result: StageResult) 
     lost = input_set - kept - rejected_set
     if lost:
         problems.append(f"{len(lost)} input ids neither kept nor rejected: {sorted(lost)[:5]}")
+    if "id" in result.kept and result.kept["id"].duplicated().any():
+        dup = result.kept.loc[result.kept["id"].duplicated(), "id"].tolist()
+        problems.append(f"output ids not unique: {dup[:5]}")
     unknown = (kept | rejected_set) - input_set
     if unknown:
         problems.append(f"ids not among the inputs: {sorted(unknown)[:5]}")
@@ -98,17 +101,20 @@ def run_chunked(
     progress_dir: str | Path | None,
     params: dict,
     parent_column: str = "id",
+    group_column: str | None = None,
 ) -> tuple[StageResult, dict]:
     """Run `process` over `records` in chunks, checkpointing each finished chunk.
 
     Finished chunks are kept in `progress_dir` under a fingerprint of `params`; a restarted job
     skips them, so a killed job loses at most one chunk. Chunks written under other params are
     stale and are removed. Returns the combined result and stats (including how many chunks were
-    recomputed versus reused).
+    recomputed versus reused). With `group_column`, records of one group (e.g. all captions of
+    an image, which a stage de-duplicates together) are made contiguous and never split.
     """
     stats = {"chunks": 0, "chunks_reused": 0, "items_recomputed": 0}
-    n = len(records)
-    bounds = [(start, min(start + chunk_size, n)) for start in range(0, n, max(chunk_size, 1))]
+    if group_column is not None:
+        records = records.sort_values(group_column, kind="stable").reset_index(drop=True)
+    bounds = chunk_bounds(records[group_column] if group_column else len(records), chunk_size)
     kept_parts: list[pd.DataFrame] = []
     reject_parts: list[pd.DataFrame] = []
     pdir = Path(progress_dir) if progress_dir else None
@@ -141,6 +147,20 @@ def run_chunked(
     kept = _concat(kept_parts, records.iloc[0:0])
     rejects = _concat(reject_parts, rejects_frame(""))
     return StageResult(kept=kept, rejects=rejects, parent_column=parent_column), stats
+
+
+def chunk_bounds(groups: "pd.Series | int", chunk_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each chunk: `chunk_size` records, extended so no group is split."""
+    n = groups if isinstance(groups, int) else len(groups)
+    values = None if isinstance(groups, int) else groups.to_numpy()
+    bounds, start = [], 0
+    while start < n:
+        stop = min(start + max(chunk_size, 1), n)
+        while values is not None and 0 < stop < n and values[stop] == values[stop - 1]:
+            stop += 1
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 def _concat(parts: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:

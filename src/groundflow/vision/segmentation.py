@@ -94,16 +94,18 @@ def predict_entity_masks(
     *,
     mask_choice: str,
     batch_boxes: int,
+    clip_to_box: bool = True,
 ) -> np.ndarray:
     """Masks (n_entities, H, W) bool on the image set in `predictor`: per entity, the union of its
     boxes' masks. All boxes of all entities go through `predict_torch` together, `batch_boxes` (or
-    fewer for very large images) at a time."""
+    fewer for very large images) at a time. With `clip_to_box`, each box's mask is cut to its box:
+    a box prompt asks for the object inside it, and what leaks out is SAM's error."""
     h, w = predictor.original_size
     owner = torch.as_tensor(
         np.repeat(np.arange(len(entity_boxes)), [len(b) for b in entity_boxes]), device=predictor.device
     )
-    boxes = torch.as_tensor(np.concatenate(entity_boxes), dtype=torch.float32, device=predictor.device)
-    boxes = predictor.transform.apply_boxes_torch(boxes, predictor.original_size)
+    pixel_boxes = torch.as_tensor(np.concatenate(entity_boxes), dtype=torch.float32, device=predictor.device)
+    boxes = predictor.transform.apply_boxes_torch(pixel_boxes, predictor.original_size)
     out = torch.zeros((len(entity_boxes), h, w), dtype=torch.bool, device=predictor.device)
     step = _boxes_per_call(batch_boxes, h, w)
     for start in range(0, len(boxes), step):
@@ -111,10 +113,20 @@ def predict_entity_masks(
             None, None, boxes=boxes[start : start + step], multimask_output=True
         )
         chosen = choose_candidates(masks, iou, mask_choice)
+        if clip_to_box:
+            chosen &= box_masks(pixel_boxes[start : start + step], h, w)
         chunk_owner = owner[start : start + step]
         for entity in torch.unique(chunk_owner).tolist():
             out[entity] |= chosen[chunk_owner == entity].any(dim=0)
     return out.cpu().numpy()
+
+
+def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(n, H, W) bool: pixel (y, x) lies in [x0, x1) x [y0, y1) of each box."""
+    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype)[None, :, None] + 0.5
+    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype)[None, None, :] + 0.5
+    x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
+    return (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
 
 
 def segment(
@@ -127,6 +139,7 @@ def segment(
     mask_choice: str = "best",
     min_mask_area: int,
     batch_boxes: int = 64,
+    clip_to_box: bool = True,
     compute_dtype: torch.dtype | None = None,
 ) -> StageResult:
     """One mask per (image, entity) row from all of its `boxes`; adds mask_path and mask_area.
@@ -163,7 +176,8 @@ def segment(
                 continue
             predictor.set_image(pixels, image_format="RGB")
             masks = predict_entity_masks(
-                predictor, [entity_boxes[k] for k in todo], mask_choice=mask_choice, batch_boxes=batch_boxes
+                predictor, [entity_boxes[k] for k in todo], mask_choice=mask_choice, batch_boxes=batch_boxes,
+                clip_to_box=clip_to_box,
             )
             predictor.reset_image()
             for k, mask in zip(todo, masks):
