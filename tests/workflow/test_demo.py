@@ -1,0 +1,73 @@
+"""The embedded default, end to end through the real snakemake CLI."""
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from groundflow.cvc.fixture import make_fixture
+from groundflow.io.schemas import table_schema
+from snakemake_runner import make_run_dir, snakemake
+
+pytestmark = pytest.mark.workflow
+
+STAGES = ["ingest", "images", "entities", "causality", "grounding", "segmentation", "occlusion", "instructions"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    run = make_run_dir(tmp_path_factory.mktemp("demo"))
+    snakemake(run, "--cores", "2")
+    return run
+
+
+def test_every_stage_adds_up_and_takes_both_branches(demo):
+    counts = pd.read_csv(demo / "results/cvc/stage_counts.tsv", sep="\t").set_index("stage")
+    assert list(counts.index) == STAGES
+    assert (counts["in"] == counts["out"] + counts["rejected"]).all()
+    assert (counts["out"] > 0).all(), counts
+    assert (counts["rejected"] > 0).all(), counts
+    rejects = pd.read_parquet(demo / "results/cvc/rejects.parquet")
+    per_stage = rejects.groupby("stage").size()
+    for stage in STAGES:
+        assert per_stage[stage] == counts.loc[stage, "rejected"]
+    # captions flow into entities; from causality on the unit is the (image, entity) row
+    assert counts.loc["images", "in"] == counts.loc["ingest", "out"]
+    assert counts.loc["entities", "in"] == counts.loc["images", "out"]
+    for before, after in zip(STAGES[3:], STAGES[4:]):
+        assert counts.loc[after, "in"] == counts.loc[before, "out"]
+
+
+def test_instances_table_matches_its_schema_and_files(demo):
+    table = pq.read_table(demo / "results/cvc/instances.parquet")
+    assert table.schema.equals(table_schema("cvc_instances"), check_metadata=False)
+    instances = table.to_pandas()
+    counts = pd.read_csv(demo / "results/cvc/stage_counts.tsv", sep="\t").set_index("stage")
+    assert len(instances) == counts.loc["instructions", "out"] > 0
+    assert instances["id"].is_unique
+    for row in instances.itertuples():
+        assert (demo / "results/cvc" / row.occluded_image).is_file()
+        assert (demo / "results/cvc" / row.mask_path).is_file()
+        assert row.label in row.caption.lower()
+        assert row.label not in row.instruction.lower().split()
+        x0, y0, x1, y1 = row.box
+        assert 0 <= x0 < x1 <= row.width and 0 <= y0 < y1 <= row.height
+
+
+def test_bad_inputs_are_rejected_with_their_reasons_or_converted(demo, tmp_path):
+    expected = make_fixture(tmp_path / "fixture")["bad_cases"]  # same seed, same fixture
+    rejects = pd.read_parquet(demo / "results/cvc/rejects.parquet").set_index("id")
+    instances = pd.concat(pd.read_parquet(p) for p in sorted((demo / "results/cvc/images").glob("[0-9].parquet")))
+    for case in expected:
+        if case["stage"] is None:  # convertible: kept, original mode recorded
+            row = instances.set_index("id").loc[case["id"]]
+            assert row["image_mode"] == case["image_mode"], case
+        else:
+            reason = rejects.loc[case["id"], "reason"]
+            assert rejects.loc[case["id"], "stage"] == case["stage"], case
+            assert case["reason"] in reason, (case, reason)
+
+
+def test_a_second_run_has_nothing_to_do(demo):
+    out = snakemake(demo, "-n", "--cores", "2")
+    assert "Nothing to be done" in out.stdout + out.stderr
