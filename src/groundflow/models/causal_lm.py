@@ -13,7 +13,7 @@ from typing import Iterable
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from groundflow.models.spec import ModelSpec
+from groundflow.models.spec import ModelSpec, seeded
 from groundflow.models.tokenizers import build_tokenizer
 
 TINY_LLAMA = dict(
@@ -42,9 +42,7 @@ def build_tiny_causal_lm(out_dir: str | Path, seed: int = 0, texts: Iterable[str
         pad_token_id=tokenizer.pad_token_id,
         **TINY_LLAMA,
     )
-    # Seed a private generator-state scope so building a model never perturbs the caller's RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = LlamaForCausalLM(config)
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch
 
-from groundflow.models.spec import ModelSpec
+from groundflow.models.spec import ModelSpec, seeded
 from groundflow.models.tokenizers import build_tokenizer
 
 # Object names a grounding prompt is likely to hold, so the tiny WordPiece vocabulary has them whole.
@@ -93,8 +93,8 @@ def build_tiny_grounding_dino(out_dir: str | Path, seed: int = 0, texts: Iterabl
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
 
     config = tiny_grounding_dino_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
+    with seeded(seed):
+        model = GroundingDinoForObjectDetection(config).eval()
     with torch.no_grad():
         model.model.decoder.layer_norm.weight.mul_(TINY_SCORE_SCALE)
         model.model.decoder.layer_norm.bias.mul_(TINY_SCORE_SCALE)

@@ -28,8 +28,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from groundflow.models.masked_lm import atomic_directory, seeded
-from groundflow.models.spec import ModelSpec
+from groundflow.models.spec import ModelSpec, seeded
 from groundflow.models.tokenizers import build_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -62,68 +61,68 @@ TINY_PATCH_SIZE = 16
 
 def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[str] = ()) -> Path:
     """Save a randomly initialised LlavaForConditionalGeneration and its processor to `out_dir`."""
-    with atomic_directory(out_dir) as tmp:
-        build_tokenizer("llama", tmp, texts=texts)
-        tokenizer = AutoTokenizer.from_pretrained(tmp)
-        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        if image_token_id is None or image_token_id == tokenizer.unk_token_id:
-            raise AssertionError(f"tokenizer lacks the {IMAGE_TOKEN} token")
+    out_dir = Path(out_dir)
+    build_tokenizer("llama", out_dir, texts=texts)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if image_token_id is None or image_token_id == tokenizer.unk_token_id:
+        raise AssertionError(f"tokenizer lacks the {IMAGE_TOKEN} token")
 
-        vision_config = CLIPVisionConfig(
-            image_size=TINY_IMAGE_SIZE,
-            patch_size=TINY_PATCH_SIZE,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            projection_dim=32,
-        )
-        text_config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=2048,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        num_patches = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2
-        config = LlavaConfig(
-            vision_config=vision_config,
-            text_config=text_config,
-            image_token_index=image_token_id,
-            image_seq_length=num_patches,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-            projector_hidden_act="gelu",
-        )
-        with seeded(seed):
-            model = LlavaForConditionalGeneration(config)
-        model.generation_config.bos_token_id = tokenizer.bos_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(tmp)
+    vision_config = CLIPVisionConfig(
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=TINY_PATCH_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+    )
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    num_patches = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=image_token_id,
+        image_seq_length=num_patches,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    with seeded(seed):
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
 
-        image_processor = CLIPImageProcessor(
-            size={"shortest_edge": TINY_IMAGE_SIZE},
-            crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
-            do_center_crop=True,
-            image_mean=list(CLIP_IMAGE_MEAN),
-            image_std=list(CLIP_IMAGE_STD),
-        )
-        processor = LlavaProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            patch_size=TINY_PATCH_SIZE,
-            vision_feature_select_strategy="default",
-            chat_template=LLAVA_15_CHAT_TEMPLATE,
-            image_token=IMAGE_TOKEN,
-            num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        )
-        processor.save_pretrained(tmp)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": TINY_IMAGE_SIZE},
+        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        do_center_crop=True,
+        image_mean=list(CLIP_IMAGE_MEAN),
+        image_std=list(CLIP_IMAGE_STD),
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=TINY_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_15_CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+    )
+    processor.save_pretrained(out_dir)
     return Path(out_dir)
 
 

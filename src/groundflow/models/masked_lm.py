@@ -7,70 +7,39 @@ same loading code.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, RobertaConfig, RobertaForMaskedLM
 
-from groundflow.models.spec import ModelSpec
+from groundflow.models.spec import ModelSpec, seeded
 from groundflow.models.tokenizers import build_tokenizer
-
-
-@contextlib.contextmanager
-def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` whole.
-
-    A model folder is several files (config, weights, tokenizer); writing them into a temporary
-    folder and renaming it means a killed build never leaves a folder that looks complete.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's global generator for a random initialisation without leaking the state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def build_tiny_masked_lm(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[str] = ()) -> Path:
     """Save a randomly initialised RobertaForMaskedLM and its tokenizer to `out_dir`."""
-    with atomic_directory(out_dir) as tmp:
-        tokenizer = build_tokenizer("roberta", tmp, texts=texts)
-        config = RobertaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-            max_position_embeddings=514,
-            type_vocab_size=1,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        if config.pad_token_id != 1:
-            raise AssertionError(f"RoBERTa position ids assume pad id 1, tokenizer has {config.pad_token_id}")
-        with seeded(seed):
-            model = RobertaForMaskedLM(config)
-        model.save_pretrained(tmp)
-    return Path(out_dir)
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer("roberta", out_dir, texts=texts)
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if config.pad_token_id != 1:
+        raise AssertionError(f"RoBERTa position ids assume pad id 1, tokenizer has {config.pad_token_id}")
+    with seeded(seed):
+        model = RobertaForMaskedLM(config)
+    model.save_pretrained(out_dir)
+    return out_dir
 
 
 def load_masked_lm(spec: ModelSpec):

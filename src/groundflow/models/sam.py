@@ -26,7 +26,7 @@ from segment_anything.modeling import (
 
 from groundflow.io import atomic_path
 from groundflow.io.artifacts import atomic_write_json
-from groundflow.models.spec import ModelSpec
+from groundflow.models.spec import ModelSpec, seeded
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -112,9 +112,7 @@ def build_tiny_sam(out_dir: str | Path, seed: int = 0, **overrides) -> Path:
     """Save a randomly initialised tiny `Sam` (real segment_anything classes) to `out_dir`."""
     out_dir = Path(out_dir)
     config = {**TINY_SAM_CONFIG, **overrides, "seed": seed}
-    # fork_rng: building a test model must not move the caller's global torch RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         sam = sam_from_config(config)
         # Random weights for every tensor, including those segment_anything leaves at zero/one
         # (layer norms, relative position tables), so the tiny model's outputs vary with the input.

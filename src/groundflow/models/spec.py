@@ -7,6 +7,7 @@ take either, so the demo exercises the real loading code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         return _DTYPES[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(_DTYPES)} or 'auto'") from None
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed torch for a random initialisation without moving the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def offline_hub() -> None:

@@ -7,9 +7,9 @@ SAM) and loads through the same loader that takes the paper preset's hub id or c
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from groundflow.io.artifacts import atomic_directory
 
 
 def _builders():
@@ -36,15 +36,6 @@ def build_tiny_model(kind: str, out_dir: str | os.PathLike, seed: int = 0) -> Pa
     builders = _builders()
     if kind not in builders:
         raise ValueError(f"unknown tiny model kind {kind!r}; one of {sorted(builders)}")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_directory(out_dir) as tmp:
         builders[kind](tmp, seed=seed)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out_dir
+    return Path(out_dir)
