@@ -1,0 +1,87 @@
+"""The `groundflow` command: set up a run folder, build tiny models, inspect results."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stage_status(results_dir: str | Path, top: int = 3) -> str:
+    """Per method and stage: in / out / rejected and the most frequent reject reasons."""
+    results_dir = Path(results_dir)
+    blocks = []
+    for counts_file in sorted(results_dir.glob("*/stage_counts.tsv")):
+        method = counts_file.parent.name
+        counts = pd.read_csv(counts_file, sep="\t")
+        rejects_file = counts_file.with_name("rejects.parquet")
+        rejects = pd.read_parquet(rejects_file) if rejects_file.exists() else None
+        lines = [f"{method}: {'stage':<14} {'in':>8} {'out':>8} {'rejected':>9}"]
+        for row in counts.to_dict("records"):
+            lines.append(f"{'':<{len(method) + 2}}{row['stage']:<14} {row['in']:>8} {row['out']:>8} {row['rejected']:>9}")
+            if rejects is not None and row["rejected"]:
+                reasons = _reason_kinds(rejects.loc[rejects["stage"] == row["stage"], "reason"])
+                for reason, n in reasons.head(top).items():
+                    lines.append(f"{'':<{len(method) + 4}}{n:>6} x {reason}")
+        blocks.append("\n".join(lines))
+    if not blocks:
+        raise FileNotFoundError(f"no */stage_counts.tsv under {results_dir}: has a method finished?")
+    return "\n\n".join(blocks)
+
+
+def _reason_kinds(reasons: pd.Series) -> pd.Series:
+    """Group reasons by their wording with record names and numbers taken out."""
+    kinds = (
+        reasons.str.replace(r"'[^']*'", "'…'", regex=True)
+        .str.replace(r"[\w./-]+\.(?:jpe?g|png|gif|bmp|tiff?|webp|jsonl?)\b", "<file>", regex=True, case=False)
+        .str.replace(r"\b[\w./-]*\d[\w./-]*\b", "#", regex=True)
+    )
+    return kinds.value_counts()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="groundflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="make a run folder holding a config to edit")
+    init.add_argument("run_dir")
+    init.add_argument("--preset", help="a preset from configs/ (e.g. cvc-paper) instead of the demo config")
+    build = sub.add_parser("build-model", help="build a tiny random model of a real architecture")
+    build.add_argument("kind", choices=["llama", "roberta", "grounding-dino", "sam", "llava"])
+    build.add_argument("out_dir")
+    build.add_argument("--seed", type=int, default=0)
+    status = sub.add_parser("status", help="per stage: in / out / rejected and top reject reasons")
+    status.add_argument("results_dir", nargs="?", default="results")
+    status.add_argument("--top", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    if args.command == "init":
+        run_dir = Path(args.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        source = ROOT / "configs" / f"{args.preset}.yaml" if args.preset else ROOT / "config.yaml"
+        if not source.exists():
+            parser.error(f"no preset {source}")
+        target = run_dir / "config.yaml"
+        if target.exists():
+            parser.error(f"{target} exists; not overwriting it")
+        shutil.copyfile(source, target)
+        print(f"{target} written; run: snakemake --snakefile {ROOT / 'Snakefile'} --directory {run_dir} --cores N")
+    elif args.command == "build-model":
+        from groundflow.models.tiny import build_tiny_model
+
+        print(build_tiny_model(args.kind, args.out_dir, seed=args.seed))
+    elif args.command == "status":
+        try:
+            print(stage_status(args.results_dir, top=args.top))
+        except FileNotFoundError as e:
+            print(f"groundflow status: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
