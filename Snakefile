@@ -11,9 +11,20 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/cvc_data.smk"
+include: "rules/cvc_trials.smk"
 
 
 rule all:
     input:
         all_targets(),
     default_target: True
+
+
+rule cvc_prep:
+    input:
+        cvc_targets(),
+
+
+rule cvc_all:
+    input:
+        cvc_targets() + cvc_training_targets(),

@@ -29,6 +29,11 @@ def model_params(*names):
     return {name: config["models"][name] for name in names}
 
 
+def generation_spec(kind, model_name):
+    """How a stage generates: backend settings from `generation.<kind>`, model from `models`."""
+    return {**config["generation"][kind], "model": config["models"][model_name]}
+
+
 def job_resources(kind):
     spec = config["resources"][kind]
     return {"mem_mb": spec["mem_mb"], "runtime": spec["runtime"], "gpu": spec["gpu"]}
@@ -46,5 +51,5 @@ def tiny_model_targets():
 def all_targets():
     targets = tiny_model_targets()
     if "cvc" in config["methods"]:
-        targets += cvc_targets()
+        targets += cvc_targets() + cvc_training_targets()
     return targets

@@ -19,6 +19,13 @@ def cvc_captions_input(wildcards):
     return []
 
 
+def cvc_instruction_data_input(wildcards):
+    path = CVC["instruction_data"]["path"]
+    if path == f"{FIXTURE}/llava_instruct.json" or os.path.exists(path):
+        return path
+    return []
+
+
 def stage_outputs(stage):
     return {
         "kept": cvc(stage, "{shard}.parquet"),
@@ -51,6 +58,7 @@ rule cvc_fixture:
     output:
         captions=f"{FIXTURE}/captions.jsonl",
         images=directory(f"{FIXTURE}/images"),
+        instruction_data=f"{FIXTURE}/llava_instruct.json",
     params:
         seed=config["seed"],
         n_images=CVC["fixture"]["n_images"],

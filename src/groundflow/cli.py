@@ -16,10 +16,11 @@ def stage_status(results_dir: str | Path, top: int = 3) -> str:
     """Per method and stage: in / out / rejected and the most frequent reject reasons."""
     results_dir = Path(results_dir)
     blocks = []
-    for counts_file in sorted(results_dir.glob("*/stage_counts.tsv")):
-        method = counts_file.parent.name
+    for counts_file in sorted(results_dir.glob("*/*stage_counts.tsv")):
+        part = counts_file.name.removesuffix("stage_counts.tsv").rstrip("_")
+        method = counts_file.parent.name + (f" ({part})" if part else "")
         counts = pd.read_csv(counts_file, sep="\t")
-        rejects_file = counts_file.with_name("rejects.parquet")
+        rejects_file = counts_file.with_name(f"{part}_rejects.parquet" if part else "rejects.parquet")
         rejects = pd.read_parquet(rejects_file) if rejects_file.exists() else None
         lines = [f"{method}: {'stage':<14} {'in':>8} {'out':>8} {'rejected':>9}"]
         for row in counts.to_dict("records"):

@@ -484,3 +484,106 @@ def make_coco_manifest(
     }
     atomic_write_text(out_path, json.dumps(doc, separators=(",", ":")))
     return {"path": str(out_path), "n_images": n_images, "n_captions": n}
+
+
+# --- instruction data in the LLaVA-665k format ---------------------------------------------------
+
+# Ground colours of `_background`, named for the answers about them.
+_GROUND_NAMES = {(90, 170, 80): "green", (200, 180, 120): "sandy yellow", (110, 150, 200): "blue"}
+_TEXT_ONLY_TURNS = [
+    ("What colour do you get when you mix blue and yellow paint?", "You get green."),
+    ("Name three things that are usually found in a kitchen.", "A stove, a refrigerator and a sink."),
+]
+
+
+def _ground_colour(pixels: np.ndarray) -> str:
+    """The named ground colour of a fixture scene: the bottom row's commonest colour, nearest name."""
+    bottom = pixels[-1].reshape(-1, 3).astype(np.int64)
+    values, counts = np.unique(bottom, axis=0, return_counts=True)
+    commonest = values[int(np.argmax(counts))]
+    names = list(_GROUND_NAMES)
+    distances = [int(((commonest - np.asarray(n)) ** 2).sum()) for n in names]
+    return _GROUND_NAMES[names[int(np.argmin(distances))]]
+
+
+def _image_turns(rng: np.random.Generator, ground: str, multi: bool) -> list[tuple[str, str]]:
+    pool = [
+        ("Is this a photograph or a drawing?", "It is a simple drawing."),
+        ("What colour is the ground in this picture?", f"The ground is {ground}."),
+        ("Where is the sky in this image?", "The sky fills the upper half of the image."),
+        ("Describe the background of the image briefly.",
+         f"A blue sky over the upper half and {ground} ground below the horizon."),
+    ]
+    picks = rng.choice(len(pool), size=2 if multi else 1, replace=False)
+    return [pool[int(i)] for i in picks]
+
+
+def make_instruction_data(
+    out_path: str | os.PathLike,
+    image_root_images: str | os.PathLike | list[str],
+    n: int = 8,
+    seed: int = 0,
+    image_prefix: str = "",
+) -> dict:
+    """Write a tiny instruction-data file in the llava_v1_5_mix665k.json format; return a summary.
+
+    `image_root_images` is the fixture's image folder (its scene_* files are used, named relative
+    to it) or an explicit list of image paths (used as written, read relative to the current
+    folder when they are files). Answers about an image are read off its pixels (the ground's
+    colour). Like the real mix the file has a text-only record (no "image" key, an empty "model"
+    key), a multi-turn record, and one record whose image token closes the question instead of
+    opening it. A record's "image" is `image_prefix` + the image's name, so the file can share one
+    training image root with the occluded images (e.g. prefix "resources/fixtures/cvc/images/" with
+    the repository as root). Same seed, same bytes.
+    """
+    if n < 3:
+        raise ValueError(f"n must be >= 3 (text-only, multi-turn and single-turn records), got {n}")
+    if isinstance(image_root_images, (str, os.PathLike)):
+        root = Path(image_root_images)
+        names = sorted(p.name for p in root.iterdir() if p.name.startswith("scene_") and p.is_file())
+        files = [root / name for name in names]
+    else:
+        names = [str(name) for name in image_root_images]
+        files = [Path(name) for name in names]
+    if not names:
+        raise ValueError(f"no images in {image_root_images!r}")
+    rng = np.random.default_rng(seed)
+    grounds: dict[str, str] = {}
+
+    def ground_of(index: int) -> str:
+        if names[index] not in grounds:
+            from groundflow.vision.image_io import load_rgb
+
+            grounds[names[index]] = _ground_colour(np.asarray(load_rgb(files[index])))
+        return grounds[names[index]]
+
+    text_position = int(rng.integers(0, n))
+    records: list[dict] = []
+    for number in range(n):
+        if number == text_position:
+            question, answer = _TEXT_ONLY_TURNS[int(rng.integers(len(_TEXT_ONLY_TURNS)))]
+            records.append({
+                "id": f"text-{number:04d}",
+                "model": "",
+                "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+            })
+            continue
+        index = int(rng.integers(len(names)))
+        multi = number == (text_position + 1) % n
+        turns = _image_turns(rng, ground_of(index), multi)
+        conversations = []
+        for turn_number, (question, answer) in enumerate(turns):
+            if turn_number == 0:
+                trailing = number == (text_position + 2) % n
+                question = f"{question}\n<image>" if trailing else f"<image>\n{question}"
+            conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        records.append({"id": f"{Path(names[index]).stem}-{number:04d}", "image": image_prefix + names[index],
+                        "conversations": conversations})
+    atomic_write_text(out_path, json.dumps(records, ensure_ascii=False, indent=1) + "\n")
+    return {
+        "path": str(out_path),
+        "n_records": len(records),
+        "n_text_only": sum(1 for r in records if "image" not in r),
+        "n_multi_turn": sum(1 for r in records if len(r["conversations"]) > 2),
+        "images": sorted({r["image"] for r in records if "image" in r}),
+    }

@@ -101,3 +101,41 @@ def type_messages(label: str, caption: str, object_types: list[str]) -> list[dic
         types=", ".join(object_types), caption=" ".join(caption.split()), label=label
     )
     return [{"role": "user", "content": content}]
+
+
+# --- step T2: the short answer a trial's rationale settles on -------------------------------
+
+# The seed's few-shot extraction prompt ran to about 3.6k Llama tokens, close to Llama-2's
+# 4,096-token window once a 384-token rationale was added; four short examples carry the task.
+EXTRACTION_PROMPT_VERSION = "cvc-extraction-v1"
+
+EXTRACTION_INSTRUCTIONS = """\
+Someone looked at an image in which an object is hidden under a cluster of gray blocks and reasoned about what the hidden object is. Read the reasoning and write the final answer it settles on: a short noun phrase naming the object, nothing else. If the reasoning weighs several candidates, give the one it concludes with; if it names no object, write "none".
+
+Examples:
+
+Reasoning: The person holds something flat against the ear and seems to be talking, so the gray blocks most likely cover a cell phone.
+Answer: cell phone
+
+Reasoning: A plate of food lies on the table and a knife rests beside the covered area. Forks are usually placed next to knives, so the hidden object is a fork.
+Answer: fork
+
+Reasoning: A leash runs from the man's hand to the covered shape on the grass. It could be a cat, but people walk dogs on leashes, so I think it is a dog.
+Answer: dog
+
+Reasoning: Several of them are parked along the street in front of the shops, with wheels showing below the blocks. They are probably cars.
+Answer: cars
+
+Now the reasoning to read:
+Reasoning: {rationale}"""
+
+# The answer is prefilled with the examples' marker, so the model writes the answer directly.
+EXTRACTION_ASSISTANT_PREFIX = "Answer:"
+
+
+def extraction_messages(rationale: str) -> list[dict[str, str]]:
+    """Chat messages asking for the short answer of one rationale (answer prefilled separately).
+
+    The rationale is put on one line (whitespace collapsed) so it reads like the examples.
+    """
+    return [{"role": "user", "content": EXTRACTION_INSTRUCTIONS.format(rationale=" ".join(rationale.split()))}]

@@ -52,3 +52,43 @@ def gather(*, instance_paths: list[str], reject_paths: list[str], count_paths: l
     atomic_write_text(counts_out, counts.to_csv(sep="\t", index=False))
     log.info("cvc: %d instances; per stage:\n%s", len(instances), counts.to_string(index=False))
     return counts
+
+
+def build_hybrid(*, checked_paths: list[str], instruction_data: dict, occluded_prefix: str,
+                 cot_range: tuple[int, int], shuffle_seed: int | None, reject_paths: list[str],
+                 count_paths: list[str], llava_json_out: str, parquet_out: str, counts_out: str,
+                 rejects_out: str) -> dict:
+    """Select CoT / answer samples from the checked trials, mix them into the instruction data,
+    write LLaVA JSON + Parquet, and the trial stages' counts and rejects (selection included).
+
+    Image paths in the output are relative to the run folder: the instruction data's own paths
+    get `instruction_data.image_folder` in front, occluded images `occluded_prefix`.
+    """
+    from groundflow.cvc.hybrid import (format_counts, hybrid_mix, read_llava_json, record_sources,
+                                       select_samples, to_parquet_frame, write_llava_json)
+
+    checked = concat_tables(checked_paths)
+    cot, answers, selection = select_samples(checked, cot_range=cot_range, image_prefix=occluded_prefix)
+    selection_counts = check_accounting("selection", checked["id"], selection)
+    folder = instruction_data["image_folder"].rstrip("/")
+    base = [
+        {**r, "image": f"{folder}/{r['image']}"} if r.get("image") else r
+        for r in read_llava_json(instruction_data["path"])
+    ]
+    mix = hybrid_mix(base, cot, answers, shuffle_seed=shuffle_seed)
+    write_llava_json(mix, llava_json_out)
+    write_table(to_parquet_frame(mix, record_sources(mix, cot, answers)), parquet_out)
+
+    counts = read_counts(count_paths)
+    counts = pd.concat([counts, pd.DataFrame([{k: selection_counts[k] for k in ("stage", "in", "out", "rejected")}])],
+                       ignore_index=True)
+    bad = counts[counts["in"] != counts["out"] + counts["rejected"]]
+    if len(bad):
+        raise RuntimeError(f"trial stage counts do not add up:\n{bad.to_string(index=False)}")
+    atomic_write_text(counts_out, counts.to_csv(sep="\t", index=False))
+    rejects = pd.concat([concat_tables(reject_paths), selection.rejects], ignore_index=True)
+    write_table(rejects, rejects_out, schema=table_schema("rejects"))
+    formats = format_counts(base, cot, answers, selection)
+    log.info("hybrid data: %s", json.dumps(formats))
+    log.info("trial stages:\n%s", counts.to_string(index=False))
+    return formats

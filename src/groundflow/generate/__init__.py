@@ -1,6 +1,20 @@
-"""Batched text generation, LM scoring of choices, and constrained decoding."""
+"""Batched text and vision-language generation, LM scoring of choices, constrained decoding, and
+one Generator interface over local HF models and OpenAI-compatible endpoints (`vllm serve`)."""
 
+from groundflow.generate.backends import (
+    ChatPrompt,
+    Generator,
+    HFTextGenerator,
+    HFVisionGenerator,
+    SamplingParams,
+    make_generator,
+)
 from groundflow.generate.constrained import LineSequenceConstraint, TokenTrie, tokenize_in_context
+from groundflow.generate.openai_compat import (
+    GenerationRequestError,
+    MissingAPIKeyError,
+    OpenAICompatibleGenerator,
+)
 from groundflow.generate.text import (
     cut_at_stop_strings,
     encode_prompts,
@@ -8,14 +22,26 @@ from groundflow.generate.text import (
     render_prompts,
     score_choices,
 )
+from groundflow.generate.vision import generate_vision_texts, render_vision_prompts
 
 __all__ = [
+    "ChatPrompt",
+    "GenerationRequestError",
+    "Generator",
+    "HFTextGenerator",
+    "HFVisionGenerator",
     "LineSequenceConstraint",
+    "MissingAPIKeyError",
+    "OpenAICompatibleGenerator",
+    "SamplingParams",
     "TokenTrie",
     "cut_at_stop_strings",
     "encode_prompts",
     "generate_texts",
+    "generate_vision_texts",
+    "make_generator",
     "render_prompts",
+    "render_vision_prompts",
     "score_choices",
     "tokenize_in_context",
 ]

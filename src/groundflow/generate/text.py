@@ -77,14 +77,14 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch
     return input_ids.to(device), attention.to(device)
 
 
-def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), so padding stays small."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[s:s + batch_size] for s in range(0, len(order), max(batch_size, 1))]
 
 
 @contextlib.contextmanager
-def _explicit_generation_config(model) -> Iterator[None]:
+def explicit_generation_config(model) -> Iterator[None]:
     """Hide the checkpoint's generation defaults during a call.
 
     `generate` fills every field left unset in the config it is given from the model's own
@@ -97,6 +97,44 @@ def _explicit_generation_config(model) -> Iterator[None]:
         yield
     finally:
         model.generation_config = saved
+
+
+# The names earlier callers import.
+_explicit_generation_config = explicit_generation_config
+_batches_by_length = batches_by_length
+
+
+def sampling_generation_config(
+    *,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    num_return_sequences: int,
+    stop_strings: Sequence[str] | None,
+    eos_token_id: list[int],
+    pad_token_id: int | None,
+    bos_token_id: int | None,
+) -> GenerationConfig:
+    """A GenerationConfig that states every decoding knob, so no checkpoint default fills a gap."""
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        do_sample=do_sample,
+        num_beams=1,
+        num_return_sequences=num_return_sequences,
+        # Greedy decoding reads no sampling knobs; setting them would only trigger warnings.
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=0 if do_sample else None,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        stop_strings=list(stop_strings) if stop_strings else None,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        use_cache=True,
+    )
 
 
 class _BatchedPrefixConstraint(LogitsProcessor):
@@ -166,34 +204,27 @@ def generate_texts(
     encoded = encode_prompts(tokenizer, prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = stop_token_ids(model, tokenizer)
-    config = GenerationConfig(
+    config = sampling_generation_config(
         max_new_tokens=max_new_tokens,
-        min_new_tokens=0,
         do_sample=do_sample,
-        num_beams=1,
+        temperature=temperature,
+        top_p=top_p,
         num_return_sequences=num_return_sequences,
-        # Greedy decoding reads no sampling knobs; setting them would only trigger warnings.
-        temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None,
-        top_k=0 if do_sample else None,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        stop_strings=list(stop_strings) if stop_strings else None,
+        stop_strings=stop_strings,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
         bos_token_id=tokenizer.bos_token_id,
-        use_cache=True,
     )
     device = model.device
     results: list[list[str]] = [[] for _ in prompts]
-    for batch_number, batch in enumerate(_batches_by_length([len(e) for e in encoded], batch_size)):
+    for batch_number, batch in enumerate(batches_by_length([len(e) for e in encoded], batch_size)):
         input_ids, attention = _left_pad([encoded[i] for i in batch], pad_id, device)
         processors = LogitsProcessorList()
         if prefix_allowed_tokens_fn is not None:
             row_prompts = [i for i in batch for _ in range(num_return_sequences)]
             processors.append(_BatchedPrefixConstraint(prefix_allowed_tokens_fn, input_ids.shape[1], row_prompts))
         torch.manual_seed(seed + batch_number)
-        with _explicit_generation_config(model):
+        with explicit_generation_config(model):
             output = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
@@ -267,7 +298,7 @@ def score_choices(
     device = model.device
     keep_arg = _accepts_logits_to_keep(model)
     scores: list[list[float]] = [[0.0] * len(options) for options in per_prompt]
-    for batch in _batches_by_length([len(ids) for ids, _ in encoded], batch_size):
+    for batch in batches_by_length([len(ids) for ids, _ in encoded], batch_size):
         rows = [encoded[i][0] for i in batch]
         lengths = torch.tensor([len(encoded[i][0]) - encoded[i][1] for i in batch], device=device)
         span = int(lengths.max())

@@ -29,6 +29,9 @@ class ModelSpec:
     path: str
     dtype: str = "auto"
     device: str = "auto"
+    # Which loader family reads `path` where several could (embedders: FlagEmbedding or
+    # sentence-transformers); "auto" lets the loader decide from the path.
+    backend: str = "auto"
 
     @classmethod
     def from_config(cls, value: "ModelSpec | dict | str") -> "ModelSpec":
@@ -36,7 +39,7 @@ class ModelSpec:
             return value
         if isinstance(value, str):
             return cls(path=value)
-        unknown = set(value) - {"path", "dtype", "device"}
+        unknown = set(value) - {"path", "dtype", "device", "backend"}
         if unknown:
             raise ValueError(f"model spec has unknown keys {sorted(unknown)}: {value}")
         return cls(**value)
@@ -53,7 +56,12 @@ class ModelSpec:
 
     def describe(self) -> dict:
         """What produced an output, stored beside model outputs."""
-        return {"path": self.path, "dtype": str(self.torch_dtype()), "device": str(self.torch_device())}
+        return {
+            "path": self.path,
+            "dtype": str(self.torch_dtype()),
+            "device": str(self.torch_device()),
+            "backend": self.backend,
+        }
 
 
 def resolve_device(device: str = "auto") -> torch.device:

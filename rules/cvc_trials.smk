@@ -1,0 +1,124 @@
+# CVC trial learning: sample rationales on occluded images, extract and check answers, build the
+# hybrid training data (instruction data + CoT + answers), train LLaVA on it.
+
+TRIAL_STAGES = ["trials", "extraction", "checking"]
+# training starts from `models.llava_base` when given (the paper: the stage-1 projector), else `llava`
+TRAIN_BASE = "llava_base" if "llava_base" in config["models"] else "llava"
+
+
+def cvc_training_targets():
+    return [cvc("train", "model"), cvc("hybrid", "train.json")]
+
+
+rule cvc_trials:
+    input:
+        records=stage_records("instructions"),
+        images=cvc("occluded", "{shard}"),
+        model=model_input("llava"),
+    output:
+        **stage_outputs("trials"),
+    params:
+        generation=generation_spec("vision", "llava"),
+        opts=CVC["trials"],
+        seed=config["seed"],
+        image_dir=cvc(),
+        progress_dir=progress_dir("trials"),
+    log:
+        stage_log("trials"),
+    benchmark:
+        stage_benchmark("trials")
+    threads: job_threads("model_job")
+    resources:
+        **job_resources("model_job"),
+    script:
+        "../workflow/scripts/cvc_trials.py"
+
+
+rule cvc_extraction:
+    input:
+        records=stage_records("trials"),
+        model=model_input("text_llm"),
+    output:
+        **stage_outputs("extraction"),
+    params:
+        generation=generation_spec("text", "text_llm"),
+        opts=CVC["extraction"],
+        progress_dir=progress_dir("extraction"),
+    log:
+        stage_log("extraction"),
+    benchmark:
+        stage_benchmark("extraction")
+    threads: job_threads("model_job")
+    resources:
+        **job_resources("model_job"),
+    script:
+        "../workflow/scripts/cvc_extraction.py"
+
+
+rule cvc_checking:
+    input:
+        records=stage_records("extraction"),
+        model=model_input("embedder"),
+    output:
+        **stage_outputs("checking"),
+    params:
+        models=model_params("embedder"),
+        opts=CVC["checking"],
+    log:
+        stage_log("checking"),
+    benchmark:
+        stage_benchmark("checking")
+    threads: job_threads("model_job")
+    resources:
+        **job_resources("model_job"),
+    script:
+        "../workflow/scripts/cvc_checking.py"
+
+
+rule cvc_hybrid:
+    input:
+        checked=expand(cvc("checking", "{shard}.parquet"), shard=SHARDS),
+        instruction_data=cvc_instruction_data_input,
+        rejects=expand(cvc("{stage}", "{shard}.rejects.parquet"), stage=TRIAL_STAGES, shard=SHARDS),
+        counts=expand(cvc("{stage}", "{shard}.counts.json"), stage=TRIAL_STAGES, shard=SHARDS),
+    output:
+        llava_json=cvc("hybrid", "train.json"),
+        parquet=cvc("hybrid", "train.parquet"),
+        counts=cvc("trial_stage_counts.tsv"),
+        rejects=cvc("trial_rejects.parquet"),
+    params:
+        opts=CVC["selection"],
+        instruction_data=CVC["instruction_data"],
+        occluded_prefix=cvc() + "/",
+        seed=config["seed"],
+    log:
+        "logs/cvc/hybrid.log",
+    benchmark:
+        "benchmarks/cvc/hybrid.tsv"
+    threads: job_threads("cpu_job")
+    resources:
+        **job_resources("cpu_job"),
+    script:
+        "../workflow/scripts/cvc_hybrid.py"
+
+
+rule cvc_train:
+    input:
+        records=cvc("hybrid", "train.json"),
+        model=model_input(TRAIN_BASE),
+    output:
+        model=directory(cvc("train", "model")),
+        summary=cvc("train", "train_summary.json"),
+    params:
+        model=config["models"][TRAIN_BASE],
+        train=CVC["train"],
+        out_dir=cvc("train"),
+    log:
+        "logs/cvc/train.log",
+    benchmark:
+        "benchmarks/cvc/train.tsv"
+    threads: job_threads("train_job")
+    resources:
+        **job_resources("train_job"),
+    script:
+        "../workflow/scripts/train_sft.py"

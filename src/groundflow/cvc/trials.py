@@ -1,0 +1,248 @@
+"""CVC trial learning, steps T1-T3: sample rationales, extract their short answers, check them.
+
+T1 ("trials"): the model under training answers each instance's question on the occluded image
+`n` times (sampled); each answer is a free-text rationale.
+T2 ("extraction"): a text LLM reads each rationale and states the short answer it settles on
+(greedy, few-shot); `parse_short_answer` cleans that output.
+T3 ("checking"): each short answer is compared with the entity label by dense similarity; an
+answer is correct when its similarity exceeds the threshold.
+
+Model access goes through the shared protocols only (`groundflow.generate.backends.Generator`,
+`groundflow.embed.Embedder`), so every stage runs on Hugging Face models, an OpenAI-compatible
+server (vLLM) or the fakes of the unit tests alike. Each stage makes ONE generate/encode call for
+the whole chunk it is given; the backends batch inside.
+
+Differences from the seed:
+- the reasoning suffix is appended once (the seed's query already ended with it and the CoT
+  formatting appended it again); an instruction that already ends with it is not extended;
+- a hedged short answer ("a cup, a mug") keeps its first option; the seed kept the whole string,
+  which then matched neither "cup" nor "mug" well;
+- an empty short answer stays empty and is never correct (its similarity is NaN, "not measured").
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+
+from groundflow.cvc.prompts import (
+    EXTRACTION_ASSISTANT_PREFIX,
+    REASONING_SUFFIX,
+    extraction_messages,
+)
+from groundflow.io.stage import StageResult, rejects_frame
+from groundflow.vision.image_io import ImageError, load_rgb
+
+if TYPE_CHECKING:  # the backends module is shared; imported lazily where it is used
+    from groundflow.generate.backends import ChatPrompt, Generator, SamplingParams
+
+TRIALS_STAGE = "trials"
+EXTRACTION_STAGE = "extraction"
+CHECKING_STAGE = "checking"
+
+
+# ---------------------------------------------------------------------------------------------
+# pure core: prompt texts and answer parsing
+
+
+def reasoning_question(instruction: str) -> str:
+    """The instruction followed by the reasoning suffix exactly once.
+
+    Instances store the question without the suffix; one that already carries it (the seed's
+    stored queries did) is not extended a second time.
+    """
+    question = " ".join(instruction.split())
+    if question.endswith(REASONING_SUFFIX):
+        question = question[: -len(REASONING_SUFFIX)].rstrip()
+    return f"{question} {REASONING_SUFFIX}"
+
+
+def trial_prompt(instruction: str, image) -> "ChatPrompt":
+    """One user turn: the question with the reasoning suffix, and the occluded image."""
+    from groundflow.generate.backends import ChatPrompt
+
+    return ChatPrompt(messages=[{"role": "user", "content": reasoning_question(instruction)}], image=image)
+
+
+def extraction_prompt(rationale: str) -> "ChatPrompt":
+    """The few-shot extraction prompt for one rationale, answer prefilled with "Answer:"."""
+    from groundflow.generate.backends import ChatPrompt
+
+    return ChatPrompt(messages=extraction_messages(rationale), assistant_prefix=EXTRACTION_ASSISTANT_PREFIX)
+
+
+_ANSWER_LEAD = re.compile(
+    r"^(?:(?:the\s+)?(?:final\s+|short\s+)?answer\s*(?:is\s*)?[:\-]?\s*)+", re.IGNORECASE
+)
+_COPULA_LEAD = re.compile(
+    r"^(?:it\s+is|it's|it\s+might\s+be|it\s+may\s+be|this\s+is|they\s+are|these\s+are|probably)\s+",
+    re.IGNORECASE,
+)
+_ARTICLE = re.compile(r"^(?:a|an|the)(?:\s+|$)", re.IGNORECASE)
+# Separators of hedged answers: "a cup, a mug", "cup or mug", "cup / mug", "cup; mug".
+_HEDGE = re.compile(r"\s*(?:,|;|/|\bor\b)\s*", re.IGNORECASE)
+_EDGE_MARKS = " \t\"'`*_.!?,;:()[]{}"
+# An answer saying there is no answer is no answer.
+NON_ANSWERS = frozenset({"none", "unknown", "n/a", "nothing", "no answer", "not sure"})
+
+
+def parse_short_answer(text: str) -> str:
+    """The cleaned short answer in an extraction output; "" when there is none.
+
+    First non-empty line; a leading "Answer:" (or "The answer is") removed; markdown and quote
+    marks dropped; a hedged answer cut to its first option (",", ";", "/", "or"); lowercased; a
+    leading "it is"/"they are" and one article removed; trailing punctuation stripped; "none" and
+    similar non-answers give "".
+    Known limit: a comma inside one answer ("a small, red ball") also cuts it ("small").
+    """
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    line = line.strip(_EDGE_MARKS)
+    line = _ANSWER_LEAD.sub("", line).strip(_EDGE_MARKS)
+    option = next((part for part in _HEDGE.split(line) if part.strip(_EDGE_MARKS)), "")
+    answer = " ".join(option.lower().split()).strip(_EDGE_MARKS)
+    answer = _COPULA_LEAD.sub("", answer)
+    answer = _ARTICLE.sub("", answer).strip(_EDGE_MARKS)
+    return "" if answer in NON_ANSWERS else answer
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+def _check_outputs(outputs: list[list[str]], n_prompts: int, n: int, what: str) -> None:
+    """The Generator contract: one list of exactly n strings per prompt, in prompt order."""
+    if len(outputs) != n_prompts or any(len(row) != n for row in outputs):
+        lengths = sorted({len(row) for row in outputs})
+        raise RuntimeError(
+            f"{what}: the generator returned {len(outputs)} result lists for {n_prompts} prompts "
+            f"(lengths {lengths}); expected {n} strings per prompt"
+        )
+
+
+def sample_trials(
+    instances: pd.DataFrame, generator: "Generator", params: "SamplingParams", *, image_dir: str | Path
+) -> StageResult:
+    """T1: add `trials` (params.n rationales) to each instance; one generate() call per chunk.
+
+    The occluded image is `image_dir / occluded_image`. An image that cannot be read rejects its
+    instance with the reason. Every image of the chunk is held in memory during the call, so the
+    chunk size bounds memory (about 1 MB per COCO image).
+    """
+    image_dir = Path(image_dir)
+    records = instances.reset_index(drop=True)
+    prompts: list = []
+    positions: list[int] = []
+    rejected: list[tuple[str, str]] = []
+    for pos, row in enumerate(records.itertuples(index=False)):
+        record_id = str(row.id)
+        try:
+            image = load_rgb(image_dir / row.occluded_image)
+        except ImageError as e:
+            rejected.append((record_id, f"occluded image of '{record_id}': {e}"))
+            continue
+        prompts.append(trial_prompt(str(row.instruction), image))
+        positions.append(pos)
+    outputs = generator.generate(prompts, params) if prompts else []
+    _check_outputs(outputs, len(prompts), params.n, "trial sampling")
+    kept = records.iloc[positions].reset_index(drop=True)
+    kept["trials"] = pd.Series([list(row) for row in outputs], dtype=object)
+    return StageResult(kept=kept, rejects=rejects_frame(TRIALS_STAGE, rejected), parent_column="id")
+
+
+def extract_answers(trials_df: pd.DataFrame, generator: "Generator", params: "SamplingParams") -> StageResult:
+    """T2: add `predictions` (the short answer of each trial) and `raw_predictions` (model output).
+
+    All rationales of the chunk go to ONE generate() call (flattened, then regrouped per
+    instance). Under greedy decoding identical rationales give identical answers, so each
+    distinct rationale is asked once; an empty rationale is not asked and gives "". An instance
+    without any trial is rejected; an empty prediction is kept (it counts as incorrect later).
+    """
+    if params.n != 1:
+        raise ValueError(f"answer extraction reads one answer per rationale; got params.n={params.n}")
+    records = trials_df.reset_index(drop=True)
+    rejected: list[tuple[str, str]] = []
+    positions: list[int] = []
+    for pos, (record_id, trials) in enumerate(zip(records["id"], records["trials"])):
+        if trials is None or len(trials) == 0:
+            rejected.append((str(record_id), f"no trials to extract answers from for '{record_id}'"))
+        else:
+            positions.append(pos)
+    kept = records.iloc[positions].reset_index(drop=True)
+    per_instance = [[str(t) for t in trials] for trials in kept["trials"]] if len(kept) else []
+
+    # Flatten: one prompt per distinct non-empty rationale (each one when sampling).
+    slot_of: dict[str, int] = {}
+    asked: list[str] = []
+    slots: list[list[int | None]] = []
+    for trials in per_instance:
+        row_slots: list[int | None] = []
+        for rationale in trials:
+            if not rationale.strip():
+                row_slots.append(None)
+                continue
+            if params.do_sample or rationale not in slot_of:
+                slot_of[rationale] = len(asked)
+                asked.append(rationale)
+            row_slots.append(slot_of[rationale])
+        slots.append(row_slots)
+    outputs = generator.generate([extraction_prompt(r) for r in asked], params) if asked else []
+    _check_outputs(outputs, len(asked), 1, "answer extraction")
+    raw = [row[0] for row in outputs]
+    parsed = [parse_short_answer(text) for text in raw]
+
+    kept["raw_predictions"] = pd.Series(
+        [["" if s is None else raw[s] for s in row] for row in slots], dtype=object
+    )
+    kept["predictions"] = pd.Series(
+        [["" if s is None else parsed[s] for s in row] for row in slots], dtype=object
+    )
+    return StageResult(kept=kept, rejects=rejects_frame(EXTRACTION_STAGE, rejected), parent_column="id")
+
+
+def check_answers(df: pd.DataFrame, embedder, *, threshold: float) -> StageResult:
+    """T3: add `similarities`, `correct` (similarity > threshold) and `n_correct` per instance.
+
+    The reference is the entity `label`. Similarities come from ONE batched pass over the chunk
+    (`groundflow.judge.answers.answer_similarities`). Empty predictions are not encoded: their
+    similarity is NaN and they are never correct. Nothing is rejected here.
+    """
+    from groundflow.judge.answers import answer_similarities
+
+    records = df.reset_index(drop=True)
+    predictions = [[str(p) for p in row] for row in records["predictions"]]
+    labels = [str(label) for label in records["label"]]
+    answered = [[p for p in row if p.strip()] for row in predictions]
+    asked = [i for i, row in enumerate(answered) if row]  # instances with something to compare
+    scores = answer_similarities(embedder, [answered[i] for i in asked], [labels[i] for i in asked]) if asked else []
+    if len(scores) != len(asked) or any(len(s) != len(answered[i]) for i, s in zip(asked, scores)):
+        raise RuntimeError("answer_similarities returned a different shape than the predictions it was given")
+    score_of = dict(zip(asked, scores))
+    similarities: list[list[float]] = []
+    for i, row in enumerate(predictions):
+        row_scores = iter(np.asarray(score_of.get(i, []), dtype=np.float64).tolist())
+        similarities.append([next(row_scores) if p.strip() else float("nan") for p in row])
+    correct = [[bool(s > threshold) for s in row] for row in similarities]  # NaN > t is False
+    kept = records.copy()
+    kept["similarities"] = pd.Series(similarities, dtype=object)
+    kept["correct"] = pd.Series(correct, dtype=object)
+    kept["n_correct"] = pd.Series([sum(row) for row in correct], dtype="int64")
+    return StageResult(kept=kept, rejects=rejects_frame(CHECKING_STAGE), parent_column="id")
+
+
+__all__ = [
+    "CHECKING_STAGE",
+    "EXTRACTION_STAGE",
+    "NON_ANSWERS",
+    "TRIALS_STAGE",
+    "check_answers",
+    "extract_answers",
+    "extraction_prompt",
+    "parse_short_answer",
+    "reasoning_question",
+    "sample_trials",
+    "trial_prompt",
+]

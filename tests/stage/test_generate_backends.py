@@ -1,0 +1,237 @@
+"""The HF generators on tiny models built in tmp: a real LlavaForConditionalGeneration and a Llama.
+
+Both are saved with save_pretrained and loaded back by path through `make_generator`, the same way
+a config naming llava-hf/llava-1.5-7b-hf or a Llama checkpoint would load them.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import GenerationConfig, LlavaProcessor
+
+from groundflow.generate.backends import (
+    ChatPrompt,
+    Generator,
+    HFTextGenerator,
+    HFVisionGenerator,
+    SamplingParams,
+    make_generator,
+)
+from groundflow.generate.text import encode_prompts
+from groundflow.generate.vision import render_vision_prompts
+from groundflow.models.causal_lm import build_tiny_causal_lm
+from groundflow.models.llava import build_tiny_llava, mean_fill
+
+QUESTIONS = [
+    "What is it?",
+    "What might the object occluded by the gray blocks be? Let's think step by step.",
+    "Which animal is hidden behind the blocks?",
+    "Name the object.",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models do microseconds of math per op: with a second thread, each op waits on a thread
+    barrier, which on a busy 2-core machine turns a 6 s file into 40 s."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("llava") / "tiny-llava", seed=0, texts=QUESTIONS)
+
+
+@pytest.fixture(scope="module")
+def vision(llava_dir):
+    return make_generator({"backend": "hf", "model": {"path": str(llava_dir), "device": "cpu"}, "batch_size": 4},
+                          kind="vision")
+
+
+@pytest.fixture(scope="module")
+def text_generator(tmp_path_factory):
+    path = build_tiny_causal_lm(tmp_path_factory.mktemp("llama") / "tiny-llama", seed=0, texts=QUESTIONS)
+    return make_generator({"backend": "hf", "model": {"path": str(path), "device": "cpu"}, "batch_size": 4},
+                          kind="text")
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    shapes = [(50, 80), (90, 40), (64, 64), (33, 70)]
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+
+
+def _prompts(images=None, prefix=""):
+    images = images if images is not None else _images()
+    return [
+        ChatPrompt(messages=[{"role": "user", "content": q}], image=image, assistant_prefix=prefix)
+        for q, image in zip(QUESTIONS, images)
+    ]
+
+
+@torch.no_grad()
+def argmax_decode_llava(model, processor, prompt: str, image, max_new_tokens: int) -> str:
+    """Greedy decoding the slow, obvious way: full forward pass per step, no cache, no padding."""
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    ids = inputs["input_ids"]
+    start = ids.shape[1]
+    eos = processor.tokenizer.eos_token_id
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=ids, pixel_values=inputs["pixel_values"], attention_mask=torch.ones_like(ids)).logits
+        next_id = logits[0, -1].argmax()
+        ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+        if int(next_id) == eos:
+            break
+    return processor.tokenizer.decode(ids[0, start:], skip_special_tokens=True)
+
+
+def test_make_generator_loads_a_real_llava_and_describes_it(vision, llava_dir):
+    assert isinstance(vision, HFVisionGenerator) and isinstance(vision, Generator)
+    assert type(vision.model).__name__ == "LlavaForConditionalGeneration"
+    assert vision.describe() == {
+        "backend": "hf", "kind": "vision", "model": str(llava_dir), "dtype": "torch.float32",
+        "device": "cpu", "batch_size": 4, "pad_square": True,
+    }
+
+
+def test_n_samples_per_prompt_seeded(vision):
+    params = SamplingParams(max_new_tokens=8, n=3, do_sample=True, temperature=1.0, top_p=0.9, seed=5)
+    first = vision.generate(_prompts(), params)
+    again = vision.generate(_prompts(), params)
+    other = vision.generate(_prompts(), SamplingParams(max_new_tokens=8, n=3, do_sample=True, top_p=0.9, seed=6))
+    assert [len(samples) for samples in first] == [3, 3, 3, 3]
+    assert first == again and first != other
+    assert len(set(first[0])) > 1  # a random model sampling at temperature 1 does not repeat itself
+
+
+def test_batched_greedy_equals_one_at_a_time(vision):
+    params = SamplingParams(max_new_tokens=10, n=2)
+    # one prompt without an image rides in the same batch as those with one
+    prompts = _prompts()
+    prompts[2] = ChatPrompt(messages=[{"role": "user", "content": QUESTIONS[2]}])
+    batched = vision.generate(prompts, params)
+    single = HFVisionGenerator(vision.model, vision.processor, batch_size=1).generate(prompts, params)
+    assert batched == single
+    assert all(samples[0] == samples[1] for samples in batched)  # greedy: n identical results
+    assert any(samples[0] for samples in batched)
+
+
+def test_explicit_params_override_a_saved_generation_config(vision, llava_dir, tmp_path):
+    odd = tmp_path / "odd-defaults"
+    shutil.copytree(llava_dir, odd)
+    tokenizer = vision.processor.tokenizer
+    GenerationConfig(
+        do_sample=True, temperature=0.01, top_k=3, repetition_penalty=50.0, no_repeat_ngram_size=1,
+        max_new_tokens=2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(odd)
+    odd_generator = make_generator({"backend": "hf", "model": {"path": str(odd), "device": "cpu"}}, kind="vision")
+    assert odd_generator.model.generation_config.repetition_penalty == 50.0
+
+    images = [Image.fromarray(np.asarray(im)).resize((64, 64)) for im in _images()[:2]]
+    got = odd_generator.generate(_prompts(images)[:2], SamplingParams(max_new_tokens=12))
+    rendered = render_vision_prompts(vision.processor, [[{"role": "user", "content": q}] for q in QUESTIONS[:2]],
+                                     [True, True])
+    expected = [argmax_decode_llava(vision.model, vision.processor, p, im, 12) for p, im in zip(rendered, images)]
+    assert [g[0] for g in got] == expected
+    assert len(tokenizer(expected[0], add_special_tokens=False)["input_ids"]) > 2  # not the saved max_new_tokens
+
+    # the saved defaults do change the output when generate() is left to use them
+    inputs = vision.processor(images=[images[0]], text=[rendered[0]], return_tensors="pt")
+    with torch.no_grad():
+        raw = odd_generator.model.generate(**inputs, max_new_tokens=12)
+    assert tokenizer.decode(raw[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) != expected[0]
+
+
+def test_images_reach_the_processor_padded_to_square_with_the_clip_mean(vision, monkeypatch):
+    seen = []
+    original_call = LlavaProcessor.__call__
+
+    def spy(self, images=None, text=None, **kwargs):
+        seen.extend(image.copy() for image in images or [])
+        return original_call(self, images=images, text=text, **kwargs)
+
+    monkeypatch.setattr(LlavaProcessor, "__call__", spy)
+    wide = Image.new("RGB", (80, 40), (250, 0, 0))
+    vision.generate([ChatPrompt(messages=[{"role": "user", "content": "What is it?"}], image=wide)],
+                    SamplingParams(max_new_tokens=2))
+    assert [im.size for im in seen] == [(80, 80)]
+    assert seen[0].getpixel((0, 0)) == mean_fill() and seen[0].getpixel((40, 40)) == (250, 0, 0)
+
+    seen.clear()
+    vision.generate(_prompts(), SamplingParams(max_new_tokens=2))
+    assert sorted(im.size for im in seen) == [(64, 64), (70, 70), (80, 80), (90, 90)]
+
+    seen.clear()
+    HFVisionGenerator(vision.model, vision.processor, pad_square=False).generate(
+        _prompts()[:2], SamplingParams(max_new_tokens=2)
+    )
+    assert sorted(im.size for im in seen) == [(40, 90), (80, 50)]
+
+
+def test_vision_assistant_prefix_continues_the_answer(vision):
+    rendered = render_vision_prompts(
+        vision.processor, [[{"role": "user", "content": "What is it?"}]], [True], ["The answer is"]
+    )
+    assert rendered == ["USER: <image>\nWhat is it? ASSISTANT: The answer is"]
+    image = Image.fromarray(np.asarray(_images()[2]))  # already square, so no padding differs
+    got = vision.generate(
+        [ChatPrompt(messages=[{"role": "user", "content": "What is it?"}], image=image, assistant_prefix="The answer is")],
+        SamplingParams(max_new_tokens=8),
+    )
+    assert got == [[argmax_decode_llava(vision.model, vision.processor, rendered[0], image, 8)]]
+
+
+def test_vision_stop_strings_cut_the_text(vision):
+    full = vision.generate(_prompts()[:2], SamplingParams(max_new_tokens=12))
+    stop = full[0][0][3:5]
+    assert stop
+    cut = vision.generate(_prompts()[:2], SamplingParams(max_new_tokens=12, stop=(stop,)))
+    assert cut[0][0] == full[0][0][: full[0][0].index(stop)]
+    assert stop not in cut[1][0]
+
+
+@torch.no_grad()
+def _argmax_decode_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    ids = torch.tensor([encode_prompts(tokenizer, [prompt])[0]])
+    start = ids.shape[1]
+    for _ in range(max_new_tokens):
+        next_id = model(input_ids=ids).logits[0, -1].argmax()
+        ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+        if int(next_id) in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")):
+            break
+    return tokenizer.decode(ids[0, start:], skip_special_tokens=True)
+
+
+def test_text_generator_honours_the_assistant_prefix(text_generator):
+    assert isinstance(text_generator, HFTextGenerator)
+    tokenizer = text_generator.tokenizer
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTIONS[1]}]
+    prefix = "The occluded object is"
+    prompts = [ChatPrompt(messages=messages, assistant_prefix=prefix), ChatPrompt(messages=messages)]
+    got = text_generator.generate(prompts, SamplingParams(max_new_tokens=8, n=2))
+    template = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected_with = _argmax_decode_text(text_generator.model, tokenizer, template + prefix, 8)
+    expected_without = _argmax_decode_text(text_generator.model, tokenizer, template, 8)
+    assert got == [[expected_with] * 2, [expected_without] * 2]
+    assert expected_with != expected_without
+    assert text_generator.describe()["kind"] == "text" and text_generator.describe()["backend"] == "hf"
+
+
+def test_text_generator_refuses_images(text_generator):
+    with pytest.raises(ValueError, match="prompt 0 has an image"):
+        text_generator.generate([ChatPrompt(messages=[{"role": "user", "content": "x"}], image=_images()[0])],
+                                SamplingParams(max_new_tokens=2))
+
+
+def test_make_generator_rejects_unknown_keys_and_backends(llava_dir):
+    with pytest.raises(ValueError, match="unknown keys \\['batchsize'\\]"):
+        make_generator({"backend": "hf", "model": {"path": str(llava_dir)}, "batchsize": 4}, kind="vision")
+    with pytest.raises(ValueError, match="unknown generator backend 'vllm'"):
+        make_generator({"backend": "vllm", "model": {"path": str(llava_dir)}}, kind="vision")

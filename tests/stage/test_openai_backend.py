@@ -1,0 +1,224 @@
+"""The OpenAI-compatible backend against a fake chat-completions server on 127.0.0.1."""
+
+import asyncio
+import base64
+import importlib.util
+import io
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from groundflow.generate.backends import ChatPrompt, SamplingParams, make_generator
+from groundflow.generate.openai_compat import (
+    GenerationRequestError,
+    MissingAPIKeyError,
+    OpenAICompatibleGenerator,
+)
+from groundflow.models.llava import mean_fill
+
+FAKE_SERVER = Path(__file__).resolve().parents[1] / "data" / "fake_openai_server.py"
+KEY_ENV = "GROUNDFLOW_TEST_OPENAI_KEY"
+KEY = "sk-test-Zq81secretvalue"
+
+
+def _load_fake_server():
+    spec = importlib.util.spec_from_file_location("fake_openai_server", FAKE_SERVER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fake_openai_server"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+fake = _load_fake_server()
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return KEY_ENV
+
+
+def serve(**behaviour):
+    return fake.FakeOpenAIServer(fake.FakeServerBehaviour(api_key=KEY, **behaviour))
+
+
+def generator(server, **options):
+    settings = dict(api_key_env=KEY_ENV, max_concurrency=4, timeout_s=2.0, max_retries=3, backoff_s=0.01)
+    settings.update(options)
+    return OpenAICompatibleGenerator(base_url=server.base_url, model="llava-test", **settings)
+
+
+def prompts(count):
+    return [ChatPrompt(messages=[{"role": "user", "content": f"question {i}"}]) for i in range(count)]
+
+
+SAMPLING = SamplingParams(max_new_tokens=16, n=3, do_sample=True, temperature=0.7, top_p=0.9, seed=11)
+
+
+def test_results_in_prompt_order_with_n_per_prompt_and_explicit_params(key_env):
+    with serve() as server:
+        results = generator(server).generate(prompts(7), SAMPLING)
+        payloads = server.state.payloads
+    assert results == [[f"question {i}|choice={c}|seed=11" for c in range(3)] for i in range(7)]
+    assert len(payloads) == 7  # n travels in one request per prompt
+    for payload in payloads:
+        assert payload["model"] == "llava-test"
+        assert payload["n"] == 3
+        assert payload["max_tokens"] == 16
+        assert payload["temperature"] == 0.7 and payload["top_p"] == 0.9 and payload["seed"] == 11
+        assert "stop" not in payload and "continue_final_message" not in payload
+
+
+def test_greedy_is_temperature_zero_and_one_request_repeated(key_env):
+    params = SamplingParams(max_new_tokens=5, n=4, stop=("|seed",))
+    with serve() as server:
+        results = generator(server).generate(prompts(2), params)
+        payloads = server.state.payloads
+    # the stop string is cut client-side too, whatever the server did with it
+    assert results == [["question 0|choice=0"] * 4, ["question 1|choice=0"] * 4]
+    assert [p["n"] for p in payloads] == [1, 1]
+    assert all(p["temperature"] == 0.0 and p["stop"] == ["|seed"] for p in payloads)
+
+
+def test_server_returning_fewer_choices_is_topped_up_with_new_seeds(key_env):
+    with serve(max_choices=2) as server:
+        results = generator(server).generate(prompts(1), SamplingParams(max_new_tokens=4, n=5, do_sample=True, seed=3))
+        payloads = server.state.payloads
+    assert results == [[
+        "question 0|choice=0|seed=3", "question 0|choice=1|seed=3",
+        "question 0|choice=0|seed=4", "question 0|choice=1|seed=4",
+        "question 0|choice=0|seed=5",
+    ]]
+    assert [p["n"] for p in payloads] == [5, 3, 1]
+
+
+def test_image_goes_as_square_png_data_url_and_prefix_is_continued(key_env):
+    image = Image.new("RGB", (30, 10), (250, 0, 0))
+    prompt = ChatPrompt(
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is hidden?"}],
+        image=image,
+        assistant_prefix="The answer is",
+    )
+    with serve() as server:
+        results = generator(server).generate([prompt], SamplingParams(max_new_tokens=8))
+        payload = server.state.payloads[0]
+    assert results == [["What is hidden?|choice=0|seed=0"]]
+    system, user, assistant = payload["messages"]
+    assert system == {"role": "system", "content": "Be brief."}
+    assert assistant == {"role": "assistant", "content": "The answer is"}
+    assert payload["continue_final_message"] is True and payload["add_generation_prompt"] is False
+    image_part, text_part = user["content"]
+    assert text_part == {"type": "text", "text": "What is hidden?"}
+    url = image_part["image_url"]["url"]
+    assert image_part["type"] == "image_url" and url.startswith("data:image/png;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.format == "PNG" and sent.size == (30, 30)
+    assert sent.convert("RGB").getpixel((0, 0)) == mean_fill() and sent.convert("RGB").getpixel((15, 15)) == (250, 0, 0)
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_retries_then_succeeds(key_env, status, caplog):
+    caplog.set_level(logging.WARNING, logger="groundflow.generate.openai_compat")
+    with serve(fail_first=2, fail_status=status) as server:
+        results = generator(server, max_concurrency=1).generate(prompts(2), SamplingParams(max_new_tokens=4))
+        statuses = list(server.state.statuses)
+    assert results == [["question 0|choice=0|seed=0"], ["question 1|choice=0|seed=0"]]
+    assert statuses == [status, status, 200, 200]
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 2 and f"HTTP {status}" in retries[0].getMessage()
+
+
+def test_gives_up_after_max_retries_with_a_clear_error(key_env):
+    with serve(fail_first=100, fail_status=500) as server:
+        with pytest.raises(GenerationRequestError, match=r"prompt 0: gave up after 3 attempts .*HTTP 500"):
+            generator(server, max_retries=2).generate(prompts(1), SamplingParams(max_new_tokens=4))
+        assert server.state.requests == 3
+
+
+def test_client_errors_are_not_retried(key_env):
+    with serve(fail_first=100, fail_status=400) as server:
+        with pytest.raises(GenerationRequestError, match="request failed: HTTP 400"):
+            generator(server).generate(prompts(1), SamplingParams(max_new_tokens=4))
+        assert server.state.requests == 1
+
+
+def test_retry_after_header_is_respected(key_env):
+    with serve(fail_first=1, fail_status=429, retry_after="0.3") as server:
+        loop_time = []
+
+        async def timed():
+            start = asyncio.get_running_loop().time()
+            result = await generator(server, backoff_s=0.001).agenerate(prompts(1), SamplingParams(max_new_tokens=4))
+            loop_time.append(asyncio.get_running_loop().time() - start)
+            return result
+
+        assert asyncio.run(timed()) == [["question 0|choice=0|seed=0"]]
+    assert loop_time[0] >= 0.3
+
+
+def test_timeout_is_retried(key_env, caplog):
+    caplog.set_level(logging.WARNING, logger="groundflow.generate.openai_compat")
+    with serve(delay_first=1, delay_s=1.0) as server:
+        results = generator(server, timeout_s=0.3).generate(prompts(1), SamplingParams(max_new_tokens=4))
+        assert server.state.requests == 2
+    assert results == [["question 0|choice=0|seed=0"]]
+    assert any("timed out" in r.getMessage() for r in caplog.records)
+
+
+def test_in_flight_requests_never_exceed_max_concurrency(key_env):
+    with serve(delay_all_s=0.05) as server:
+        results = generator(server, max_concurrency=3).generate(prompts(12), SAMPLING)
+        peak = server.state.max_in_flight
+    assert len(results) == 12 and all(len(r) == 3 for r in results)
+    assert 2 <= peak <= 3  # bounded, and actually concurrent
+
+
+def test_missing_key_variable_is_named_in_the_error(monkeypatch):
+    monkeypatch.delenv("GROUNDFLOW_UNSET_KEY", raising=False)
+    with pytest.raises(MissingAPIKeyError, match="GROUNDFLOW_UNSET_KEY"):
+        OpenAICompatibleGenerator(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="GROUNDFLOW_UNSET_KEY")
+
+
+def test_wrong_key_fails_without_showing_either_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-wrong-key-777")
+    with serve() as server:
+        with pytest.raises(GenerationRequestError, match="HTTP 401") as raised:
+            generator(server).generate(prompts(1), SamplingParams(max_new_tokens=4))
+    assert "sk-wrong-key-777" not in str(raised.value) and KEY not in str(raised.value)
+
+
+def test_key_never_appears_in_logs_repr_or_description(key_env, caplog):
+    caplog.set_level(logging.DEBUG)  # the SDK's and httpx's debug logs included
+    with serve(fail_first=1, fail_status=429) as server:
+        backend = generator(server)
+        backend.generate(prompts(2), SamplingParams(max_new_tokens=4))
+    assert caplog.records  # something was logged, so the check below means something
+    assert KEY not in caplog.text
+    assert KEY not in repr(backend) and KEY not in str(backend.describe())
+    assert KEY not in repr(vars(backend))
+    assert backend.describe()["api_key_env"] == KEY_ENV
+
+
+def test_sync_generate_refuses_a_running_loop(key_env):
+    backend = OpenAICompatibleGenerator(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=KEY_ENV)
+
+    async def inside():
+        backend.generate(prompts(1), SamplingParams(max_new_tokens=4))
+
+    with pytest.raises(RuntimeError, match="agenerate"):
+        asyncio.run(inside())
+
+
+def test_make_generator_builds_the_openai_backend(key_env):
+    with serve() as server:
+        backend = make_generator(
+            {"backend": "openai", "base_url": server.base_url, "served_model": "served-llava",
+             "api_key_env": KEY_ENV, "max_concurrency": 2, "timeout_s": 5, "max_retries": 1},
+            kind="vision",
+        )
+        assert backend.generate(prompts(1), SamplingParams(max_new_tokens=4)) == [["question 0|choice=0|seed=0"]]
+        assert server.state.payloads[0]["model"] == "served-llava"
+    assert backend.describe()["max_concurrency"] == 2 and backend.describe()["backend"] == "openai"

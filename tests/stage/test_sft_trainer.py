@@ -1,0 +1,261 @@
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from groundflow.models.causal_lm import build_tiny_causal_lm
+from groundflow.models.llava import build_tiny_llava, load_llava
+from groundflow.models.spec import ModelSpec
+from groundflow.train.conversations import IGNORE_INDEX, assistant_mask_fn, assistant_only_labels
+from groundflow.train.sft import SFTCollator, SFTConfig, build_examples, lora_target_names, train_sft
+
+REPO = Path(__file__).resolve().parents[2]
+TEXTS = ["What colour is the sky?", "The sky is blue.", "Name an animal that barks.", "A dog barks."]
+TEXT_RECORDS = [
+    {"id": "sky", "conversations": [{"from": "human", "value": TEXTS[0]}, {"from": "gpt", "value": TEXTS[1]}]},
+    {"id": "dog", "conversations": [{"from": "human", "value": TEXTS[2]}, {"from": "gpt", "value": TEXTS[3]}]},
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
+    spinning threads make each step ~30x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("lm") / "tiny-lm", seed=0, texts=TEXTS)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("llava") / "tiny-llava", seed=0, texts=TEXTS)
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)).save(root / "a.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "b.jpg")
+    return root
+
+
+def _summary(out_dir):
+    return json.loads((Path(out_dir) / "train_summary.json").read_text())
+
+
+def test_loss_falls_on_a_repeated_small_batch(tiny_lm, tmp_path):
+    config = SFTConfig(
+        learning_rate=3e-3, max_steps=30, per_device_batch_size=2, lr_scheduler_type="constant",
+        warmup_ratio=0.0, save_steps=1000, report_to="tensorboard",
+    )
+    model_dir = train_sft(model_spec={"path": str(tiny_lm), "device": "cpu"}, records=TEXT_RECORDS,
+                          image_root=None, out_dir=tmp_path, config=config)
+    summary = _summary(tmp_path)
+    losses = [entry["loss"] for entry in summary["losses"]]
+    assert summary["steps"] == 30 and len(losses) == 30
+    assert losses[-1] < 0.5 * losses[0]
+    # every step saw both records, padding excluded
+    lengths = [len(assistant_only_labels(r["conversations"], _tokenizer(tiny_lm), max_length=2048)[0]) for r in TEXT_RECORDS]
+    assert summary["tokens_seen"] == 30 * sum(lengths)
+    assert summary["skipped"] == [] and summary["examples"] == 2
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
+    assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
+    assert (tmp_path / "checkpoints" / "checkpoint-30").is_dir()
+
+
+def _tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_resume_continues_the_step_counter(tiny_lm, tmp_path):
+    config = SFTConfig(learning_rate=1e-3, max_steps=3, per_device_batch_size=1, save_steps=1000, report_to="none")
+    spec = {"path": str(tiny_lm), "device": "cpu"}
+    train_sft(model_spec=spec, records=TEXT_RECORDS, image_root=None, out_dir=tmp_path, config=config)
+    first = _summary(tmp_path)
+    assert first["steps"] == 3 and first["resumed_from"] is None
+    assert (tmp_path / "checkpoints" / "checkpoint-3").is_dir()
+
+    config.max_steps = 5
+    train_sft(model_spec=spec, records=TEXT_RECORDS, image_root=None, out_dir=tmp_path, config=config)
+    second = _summary(tmp_path)
+    assert second["resumed_from"].endswith("checkpoint-3")
+    assert second["steps"] == 5
+    assert [e["step"] for e in second["losses"]] == [1, 2, 3, 4, 5]
+    assert second["losses"][:3] == first["losses"]  # history restored from the checkpoint, not retrained
+    assert second["tokens_seen"] > first["tokens_seen"]
+    state = json.loads((tmp_path / "checkpoints" / "checkpoint-5" / "trainer_state.json").read_text())
+    assert state["global_step"] == 5
+
+
+def test_tiny_llava_lora_trains_and_the_merged_checkpoint_generates(tiny_llava, image_root, tmp_path):
+    records = [
+        {"id": "a", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\n" + TEXTS[0]}, {"from": "gpt", "value": TEXTS[1]}]},
+        {"id": "b", "image": "b.jpg", "conversations": [{"from": "human", "value": "<image>\n" + TEXTS[2]}, {"from": "gpt", "value": TEXTS[3]}]},
+        {"id": "t", "conversations": [{"from": "human", "value": TEXTS[2]}, {"from": "gpt", "value": TEXTS[3]}]},
+        {"id": "gone", "image": "missing.png", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "yo"}]},
+    ]
+    config = SFTConfig(
+        learning_rate=5e-3, max_steps=4, per_device_batch_size=3, warmup_ratio=0.0, save_steps=1000, report_to="none",
+        lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}, merge_lora=True,
+        gradient_checkpointing=True,
+    )
+    model_dir = train_sft(model_spec={"path": str(tiny_llava), "device": "cpu"}, records=records,
+                          image_root=image_root, out_dir=tmp_path, config=config)
+    summary = _summary(tmp_path)
+    assert summary["steps"] == 4 and summary["examples"] == 3
+    assert summary["skipped"] == [{"id": "gone", "reason": f"record gone: missing image file {image_root / 'missing.png'}"}]
+    # LoRA on the language model only; the projector in full
+    assert 0 < summary["trainable_parameters"] < summary["parameters"]
+
+    assert not list(model_dir.glob("adapter_*")), "merged checkpoint must be plain HF weights"
+    merged, processor = load_llava(ModelSpec(str(model_dir), device="cpu"))
+    base, _ = load_llava(ModelSpec(str(tiny_llava), device="cpu"))
+    merged_state, base_state = merged.state_dict(), base.state_dict()
+    assert merged_state.keys() == base_state.keys()
+    changed = {k for k in base_state if not torch.equal(base_state[k], merged_state[k])}
+    assert any("language_model" in k and "q_proj" in k for k in changed)
+    assert any("multi_modal_projector" in k for k in changed)
+    assert not any("vision_tower" in k for k in changed)
+    assert not any("k_proj" in k and "language_model" in k for k in changed)
+
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TEXTS[0]}]}], add_generation_prompt=True
+    )
+    inputs = processor(images=[Image.open(image_root / "b.jpg").convert("RGB")], text=[prompt], return_tensors="pt")
+    with torch.inference_mode():
+        out = merged.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_lora_targets_only_the_language_model(tiny_llava):
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava)
+    names = lora_target_names(model, "all-linear", is_llava=True)
+    assert names and all(".language_model." in n for n in names)
+    assert len(names) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
+    assert lora_target_names(model, ["q_proj"], is_llava=True) == [
+        "model.language_model.layers.0.self_attn.q_proj", "model.language_model.layers.1.self_attn.q_proj"]
+
+
+def test_collator_labels_equal_assistant_only_labels_and_padding_is_ignored(tiny_llava, image_root):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    records = [
+        {"id": "long", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\n" + TEXTS[2]}, {"from": "gpt", "value": TEXTS[3] + " " + TEXTS[1]}]},
+        {"id": "short", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yes."}]},
+    ]
+    examples, skipped = build_examples(records, processor, assistant_mask_fn(max_length=512), max_length=512,
+                                       image_root=image_root, is_llava=True)
+    assert skipped == []
+    collator = SFTCollator(processor.tokenizer.pad_token_id, processor=processor, image_root=image_root)
+    batch = collator([{"input_ids": e.input_ids, "labels": e.labels, "image": e.image} for e in examples])
+    width = batch["input_ids"].shape[1]
+    for row, record in enumerate(records):
+        ids, labels = assistant_only_labels(record["conversations"], processor, max_length=512)
+        n = len(ids)
+        assert batch["input_ids"][row, :n].tolist() == ids
+        assert batch["labels"][row, :n].tolist() == labels
+        assert batch["labels"][row, n:].tolist() == [IGNORE_INDEX] * (width - n)
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+    assert batch["pixel_values"].shape == (1, 3, 64, 64)  # only the image record
+
+    # the attention mask comes from lengths: genuine tokens equal to the pad id (or 0) stay attended
+    pad = processor.tokenizer.pad_token_id
+    batch = collator([{"input_ids": [0, pad, 9], "labels": [-100, pad, 9]}, {"input_ids": [0], "labels": [-100]}])
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, pad, 9], [-100, -100, -100]]
+
+
+def test_text_only_model_skips_image_records_with_a_reason(tiny_lm):
+    records = TEXT_RECORDS + [{"id": "img", "image": "x.png", "conversations": TEXT_RECORDS[0]["conversations"]},
+                              {"id": "empty", "conversations": []}]
+    examples, skipped = build_examples(records, _tokenizer(tiny_lm), assistant_mask_fn(max_length=512),
+                                       max_length=512, image_root=None, is_llava=False)
+    assert [e.id for e in examples] == ["sky", "dog"]
+    assert skipped == [
+        {"id": "img", "reason": "record img has image 'x.png' but the model is text-only"},
+        {"id": "empty", "reason": "record empty has no conversations"},
+    ]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown training settings"):
+        SFTConfig.from_dict({"learning_rate": 1e-5, "epochs": 3})
+    with pytest.raises(ValueError, match="unknown LoRA settings"):
+        SFTConfig.from_dict({"lora": {"rank": 8}})
+    assert SFTConfig.from_dict({"lora": {"r": 8}, "max_steps": 2}).lora == {"r": 8}
+
+
+def test_accelerate_and_deepspeed_files_are_valid():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    for name, distributed_type in [("single_gpu", "NO"), ("multi_gpu_ddp", "MULTI_GPU"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED")]:
+        config = ClusterConfig.from_yaml_file(REPO / "configs" / "accelerate" / f"{name}.yaml")
+        assert str(config.distributed_type).endswith(distributed_type)
+        if distributed_type == "DEEPSPEED":
+            ds_file = REPO / config.deepspeed_config["deepspeed_config_file"]
+            ds = json.loads(ds_file.read_text())
+            assert ds["zero_optimization"]["stage"] == int(name[-1])
+            assert ds["bf16"]["enabled"] == "auto" and ds["train_micro_batch_size_per_gpu"] == "auto"
+            # with a DeepSpeed file, accelerate refuses these keys in the yaml
+            assert not set(config.deepspeed_config) & {"zero_stage", "gradient_accumulation_steps", "mixed_precision"}
+            assert config.mixed_precision is None
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("gpu_train_decode", REPO / "bench" / "gpu_train_decode.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_tiny_runs_on_cpu(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert _benchmark_module().main(["--tiny", "--steps", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["tiny"] is True and report["peak_tflops"] > 0
+    modes = {run["mode"]: run for run in report["train"]}
+    assert modes["lora"]["ok"] and modes["lora"]["tokens_per_second"] > 0 and 0 < modes["lora"]["mfu"] <= 1
+    assert modes["full"]["ok"] and modes["full"]["trainable_parameters"] > modes["lora"]["trainable_parameters"]
+    assert [d["batch_size"] for d in report["decode"]] == [1, 16, 64]
+    assert all(d["ok"] and d["new_tokens"] == 4 and d["tokens_per_second"] > 0 for d in report["decode"])
+    assert "tokens/s" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_refuses_to_run_without_cuda(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _benchmark_module().main(["--out", str(tmp_path / "x.json")]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_command_line_entry_point_reads_records_and_yaml_config(tiny_lm, tmp_path, capsys):
+    from groundflow.train import sft
+
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps(TEXT_RECORDS))
+    config = tmp_path / "train.yaml"
+    config.write_text("train:\n  max_steps: 2\n  per_device_batch_size: 2\n  learning_rate: 0.001\n  report_to: none\n")
+    out = tmp_path / "out"
+    assert sft.main(["--records", str(records), "--model", str(tiny_lm), "--device", "cpu", "--out", str(out), "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip().endswith(str(out / "model"))
+    summary = _summary(out)
+    assert summary["steps"] == 2 and summary["config"]["per_device_batch_size"] == 2
+    assert not (out / "runs").exists()  # report_to: none

@@ -1,0 +1,153 @@
+"""Pure parts of the generation backends: parameters, message formats, back-off."""
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from groundflow.generate.backends import ChatPrompt, SamplingParams, check_result_shape
+from groundflow.generate.openai_compat import (
+    backoff_delay,
+    image_data_url,
+    openai_messages,
+    parse_retry_after,
+    request_arguments,
+)
+from groundflow.generate.vision import content_part_messages
+
+
+def test_describe_is_plain_json_values():
+    params = SamplingParams(max_new_tokens=384, n=16, do_sample=True, temperature=1.0, top_p=0.9, seed=3,
+                            stop=["</s>", "\n\n"])
+    assert params.stop == ("</s>", "\n\n")  # a list from config becomes a tuple: the params stay hashable
+    assert params.describe() == {
+        "max_new_tokens": 384, "n": 16, "do_sample": True, "temperature": 1.0, "top_p": 0.9, "seed": 3,
+        "stop": ["</s>", "\n\n"],
+    }
+    assert hash(params) == hash(SamplingParams(384, 16, True, 1.0, 0.9, 3, ("</s>", "\n\n")))
+
+
+def test_defaults_are_greedy_single_sample():
+    assert SamplingParams(max_new_tokens=8).describe() == {
+        "max_new_tokens": 8, "n": 1, "do_sample": False, "temperature": 1.0, "top_p": 1.0, "seed": 0, "stop": [],
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(max_new_tokens=4, n=0), "n must be >= 1"),
+        (dict(max_new_tokens=4, do_sample=True, temperature=0.0), "temperature > 0"),
+        (dict(max_new_tokens=4, top_p=0.0), "top_p must be in"),
+        (dict(max_new_tokens=4, top_p=1.5), "top_p must be in"),
+        (dict(max_new_tokens=4, stop=("",)), "non-empty"),
+    ],
+)
+def test_invalid_params_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_a_bare_string_is_not_a_stop_list():
+    with pytest.raises(TypeError, match="not the string"):
+        SamplingParams(max_new_tokens=4, stop="</s>")
+
+
+def test_greedy_ignores_temperature_zero():
+    assert SamplingParams(max_new_tokens=4, temperature=0.0).do_sample is False
+
+
+def test_check_result_shape():
+    check_result_shape([["a", "b"], ["c", "d"]], ["p", "q"], 2)
+    with pytest.raises(AssertionError, match="prompt 1 got 1 results, expected n=2"):
+        check_result_shape([["a", "b"], ["c"]], ["p", "q"], 2)
+    with pytest.raises(AssertionError, match="2 prompts but 1 result lists"):
+        check_result_shape([["a", "b"]], ["p", "q"], 2)
+
+
+def test_backoff_doubles_with_jitter_and_cap():
+    assert backoff_delay(0, 0.5, jitter=1.0) == 0.5
+    assert backoff_delay(1, 0.5, jitter=1.0) == 1.0
+    assert backoff_delay(3, 0.5, jitter=1.0) == 4.0
+    assert backoff_delay(3, 0.5, jitter=0.0) == 2.0  # the jitter factor spans [0.5, 1]
+    assert backoff_delay(2, 0.5, jitter=0.5) == 1.5
+    assert backoff_delay(20, 0.5, jitter=1.0) == 30.0  # capped
+    assert backoff_delay(0, 0.5, jitter=1.0, retry_after_s=7.0) == 7.0  # the server's wish wins
+    assert backoff_delay(0, 0.5, jitter=1.0, retry_after_s=600.0) == 30.0  # within the cap
+    with pytest.raises(ValueError):
+        backoff_delay(0, 0.5, jitter=1.5)
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.25") == 0.25
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
+
+
+def test_openai_messages_put_the_image_first_in_the_first_user_turn():
+    prompt = ChatPrompt(
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is hidden?"},
+            {"role": "assistant", "content": "A cat."},
+            {"role": "user", "content": "Sure?"},
+        ],
+        assistant_prefix="Yes,",
+    )
+    assert openai_messages(prompt, "data:image/png;base64,AAAA") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "text", "text": "What is hidden?"},
+        ]},
+        {"role": "assistant", "content": "A cat."},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "Yes,"},
+    ]
+    plain = ChatPrompt(messages=[{"role": "user", "content": "hi"}])
+    assert openai_messages(plain) == [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match="needs a user turn"):
+        openai_messages(ChatPrompt(messages=[{"role": "system", "content": "x"}]), "data:,")
+
+
+def test_request_arguments_state_every_parameter():
+    messages = [{"role": "user", "content": "hi"}]
+    sampled = SamplingParams(max_new_tokens=384, n=16, do_sample=True, temperature=1.0, top_p=0.9, seed=2, stop=("###",))
+    assert request_arguments(messages, sampled, model="m", n=16, seed=2, continue_final_message=False) == {
+        "model": "m", "messages": messages, "n": 16, "max_tokens": 384, "temperature": 1.0, "top_p": 0.9,
+        "seed": 2, "stop": ["###"],
+    }
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.7, top_p=0.5)
+    assert request_arguments(messages, greedy, model="m", n=1, seed=0, continue_final_message=True) == {
+        "model": "m", "messages": messages, "n": 1, "max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "seed": 0,
+        "extra_body": {"continue_final_message": True, "add_generation_prompt": False},
+    }
+
+
+def test_image_data_url_is_a_lossless_square_png():
+    image = Image.new("RGB", (4, 2), (10, 20, 30))
+    url = image_data_url(image)
+    assert url.startswith("data:image/png;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+    assert decoded.size == (4, 4)
+    assert decoded.getpixel((0, 0)) == (122, 116, 104) and decoded.getpixel((0, 1)) == (10, 20, 30)
+    unpadded = image_data_url(image.convert("L"), pad_square=False)
+    assert Image.open(io.BytesIO(base64.b64decode(unpadded.split(",", 1)[1]))).size == (4, 2)
+
+
+def test_content_part_messages():
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "user", "content": "R"}]
+    assert content_part_messages(messages, with_image=True) == [
+        {"role": "system", "content": [{"type": "text", "text": "S"}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]},
+        {"role": "user", "content": [{"type": "text", "text": "R"}]},
+    ]
+    assert content_part_messages(messages[1:2], with_image=False) == [
+        {"role": "user", "content": [{"type": "text", "text": "Q"}]}
+    ]
+    with pytest.raises(ValueError, match="needs a user turn"):
+        content_part_messages(messages[:1], with_image=True)

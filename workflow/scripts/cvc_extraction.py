@@ -1,0 +1,16 @@
+"""Answer extraction: the short answer each rationale commits to (few-shot, greedy)."""
+from groundflow.cvc.prompts import EXTRACTION_PROMPT_VERSION
+from groundflow.cvc.trials import extract_answers
+from groundflow.generate.backends import SamplingParams, make_generator
+from groundflow.pipeline import StageJob
+
+job = StageJob.from_snakemake(snakemake, "extraction")
+opts = snakemake.params.opts
+generator = make_generator(snakemake.params.generation, kind="text")
+params = SamplingParams(max_new_tokens=opts["max_new_tokens"], n=1, do_sample=False, stop=("\n",))
+job.run(
+    lambda records: extract_answers(records, generator, params),
+    produced_by={"generator": generator.describe(), "sampling": params.describe(),
+                 "prompt": EXTRACTION_PROMPT_VERSION},
+    chunk_size=opts["chunk_size"],
+)
