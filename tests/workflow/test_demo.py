@@ -71,3 +71,34 @@ def test_bad_inputs_are_rejected_with_their_reasons_or_converted(demo, tmp_path)
 def test_a_second_run_has_nothing_to_do(demo):
     out = snakemake(demo, "-n", "--cores", "2")
     assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_trial_learning_counts_add_up_and_checkpoint_generates(demo):
+    import json
+
+    import torch
+    from PIL import Image
+
+    from groundflow.models.llava import load_llava
+    from groundflow.models.spec import ModelSpec
+
+    counts = pd.read_csv(demo / "results/cvc/trial_stage_counts.tsv", sep="\t").set_index("stage")
+    assert list(counts.index) == ["trials", "extraction", "checking", "selection"]
+    assert (counts["in"] == counts["out"] + counts["rejected"]).all()
+    instances = pd.read_parquet(demo / "results/cvc/instances.parquet")
+    assert counts.loc["trials", "in"] == len(instances)
+    mix = json.loads((demo / "results/cvc/hybrid/train.json").read_text())
+    instruction = json.loads((demo / "resources/fixtures/cvc/llava_instruct.json").read_text())
+    samples = [r for r in mix if "-answer-" in r["id"] or "-cot-" in r["id"]]
+    assert len(mix) == len(instruction) + len(samples) and samples
+    assert {r["id"].rsplit("-answer-", 1)[0].rsplit("-cot-", 1)[0] for r in samples} <= {
+        Path(p).stem for p in instances["occluded_image"]}
+    assert len(pd.read_parquet(demo / "results/cvc/hybrid/train.parquet")) == len(mix)
+    summary = json.loads((demo / "results/cvc/train/train_summary.json").read_text())
+    assert summary["steps"] == 6
+    model, processor = load_llava(ModelSpec(str(demo / "results/cvc/train/model")))
+    inputs = processor(images=[Image.new("RGB", (64, 64))], text=["USER: <image>\nWhat is hidden? ASSISTANT:"],
+                       return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert inputs["input_ids"].shape[1] < out.shape[1] <= inputs["input_ids"].shape[1] + 4
