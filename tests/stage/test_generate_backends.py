@@ -33,16 +33,6 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models do microseconds of math per op: with a second thread, each op waits on a thread
-    barrier, which on a busy 2-core machine turns a 6 s file into 40 s."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory):
     return build_tiny_llava(tmp_path_factory.mktemp("llava") / "tiny-llava", seed=0, texts=QUESTIONS)
