@@ -8,7 +8,12 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv system-deps clean
+
+# Debian packages the tests drive for real: a one-node SLURM cluster (slurm-wlm, munge) and
+# headless Chromium to render report.html. Installed with apt when missing (CI runs as root).
+SYSTEM_TOOLS := slurmctld slurmd munged chromium
+SYSTEM_PACKAGES := slurm-wlm munge chromium
 
 venv: $(STAMP)
 
@@ -21,7 +26,13 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 
-test: $(STAMP)
+system-deps:
+	@for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
+	fi
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 clean:
