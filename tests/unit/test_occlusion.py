@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 
 from groundflow.vision.occlusion import (
+    SLICE_PAINT_MAX,
     draw_skips,
+    grid_shape,
+    mask_bounds,
     occlusion_mask,
     occlusion_mask_reference,
     paint_squares,
+    paint_squares_into,
+    painted_window,
     patch_centres,
     patch_geometry,
     placement_indices,
@@ -149,17 +154,25 @@ def test_paint_squares_empty_and_overlapping():
     np.testing.assert_array_equal(overlap, expected)
 
 
-def test_paint_squares_matches_slicing_on_random_points():
-    rng = np.random.default_rng(7)
+@pytest.mark.parametrize("many", [False, True], ids=["sliced", "vectorised"])
+def test_paint_squares_matches_slicing_on_random_points(many):
+    # few squares are sliced one by one, more than SLICE_PAINT_MAX go through the prefix sums
+    rng = np.random.default_rng(7 + many)
     for _ in range(50):
-        h, w = (int(v) for v in rng.integers(1, 40, 2))
-        n = int(rng.integers(0, 12))
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        n = int(rng.integers(SLICE_PAINT_MAX + 1, 4 * SLICE_PAINT_MAX)) if many else int(rng.integers(0, 12))
         ys, xs = rng.integers(0, h, n), rng.integers(0, w, n)
+        if many and rng.random() < 0.5:  # clustered in one corner: the painter works on a crop
+            ys, xs = ys // 4, xs // 4 + w - w // 4 - 1
         p = int(rng.integers(4, 20))
         expected = np.zeros((h, w), dtype=bool)
         for y, x in zip(ys, xs):
             expected[max(0, y - p // 2) : y + p // 2 + 1, max(0, x - p // 2) : x + p // 2 + 1] = True
         np.testing.assert_array_equal(paint_squares((h, w), ys, xs, p), expected)
+        # painting into a canvas ORs with what is already there
+        canvas = rng.random((h, w)) < 0.2
+        expected |= canvas
+        np.testing.assert_array_equal(paint_squares_into(canvas, ys, xs, p), expected)
 
 
 # ------------------------------------------------------------------ whole masks
@@ -247,6 +260,161 @@ def test_vectorised_equals_reference_on_random_masks(shape):
         slow_py = occlusion_mask_reference(mask, boxes, random.Random(seed))
         np.testing.assert_array_equal(fast_py.painted, slow_py.painted)
         assert fast_py.n_patches == slow_py.n_patches
+
+
+# ------------------------------------------------------------------ the fast path's shortcuts
+
+
+def test_chunked_draws_continue_one_stream():
+    # the fast path draws a box's skips in chunks and must get the values of one big draw; it
+    # draws them as integers(1, p + 2), which must be the reference's integers(0, p + 1) plus one
+    for seed in range(30):
+        p, n = 3 + seed * 7, 500
+        steps = np.random.default_rng(seed).integers(1, p + 2, size=n, dtype=np.int64)
+        np.testing.assert_array_equal(steps, draw_skips(np.random.default_rng(seed), n, p) + 1)
+    for seed in range(30):
+        rs = np.random.default_rng(seed)
+        p, n = int(rs.integers(4, 400)), int(rs.integers(1, 3000))
+        whole = draw_skips(np.random.default_rng(seed + 100), n, p)
+        rng = np.random.default_rng(seed + 100)
+        cuts = [0, *sorted(int(c) for c in rs.integers(0, n + 1, 4)), n]
+        parts = [draw_skips(rng, b - a, p) for a, b in zip(cuts[:-1], cuts[1:])]
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_mask_bounds():
+    assert mask_bounds(np.zeros((5, 7), dtype=bool)) is None
+    assert mask_bounds(np.zeros((0, 7), dtype=bool)) is None
+    corner = np.zeros((5, 7), dtype=bool)
+    corner[4, 6] = True
+    assert mask_bounds(corner) == (4, 4, 6, 6)
+    corner[0, 0] = True
+    assert mask_bounds(corner) == (0, 4, 0, 6)
+    assert mask_bounds(np.ones((1, 1), dtype=bool)) == (0, 0, 0, 0)
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        mask = rng.random((h, w)) < rng.uniform(0, 0.02)
+        if rng.random() < 0.3:  # a strided view, Fortran order or 0/1 bytes: made contiguous bool
+            mask = np.asfortranarray(mask) if rng.random() < 0.5 else mask.astype(np.uint8)
+        ys, xs = np.nonzero(mask)
+        expected = (ys.min(), ys.max(), xs.min(), xs.max()) if len(ys) else None
+        assert mask_bounds(mask) == expected
+        assert mask_bounds(mask[:, ::2]) == mask_bounds(np.ascontiguousarray(mask[:, ::2]))
+
+
+def test_painted_window_holds_every_painted_pixel_and_no_spare_row_or_column():
+    rng = np.random.default_rng(4)
+    assert painted_window(np.zeros((4, 6), dtype=bool)) == (slice(0, 0), slice(0, 0))
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        painted = rng.random((h, w)) < rng.uniform(0, 0.05)
+        window = painted_window(painted)
+        crop = painted[window]
+        assert int(crop.sum()) == int(painted.sum())
+        if painted.any():  # tight: every edge row and column of the window holds a painted pixel
+            assert crop[0].any() and crop[-1].any() and crop[:, 0].any() and crop[:, -1].any()
+        # filling through the window is filling the whole image
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        expected, got = pixels.copy(), pixels.copy()
+        expected[painted] = (123, 116, 103)
+        got[window][crop] = (123, 116, 103)
+        np.testing.assert_array_equal(got, expected)
+
+
+def _random_mask(rng, h, w):
+    """Masks of the shapes occlusion meets, border-touching and tiny ones included."""
+    kind = int(rng.integers(0, 6))
+    mask = np.zeros((h, w), dtype=bool)
+    if kind == 0:  # an ellipse anywhere, possibly cut by the image border
+        cy, cx = rng.uniform(-0.2 * h, 1.2 * h), rng.uniform(-0.2 * w, 1.2 * w)
+        ry, rx = rng.uniform(0.5, h), rng.uniform(0.5, w)
+        yy, xx = np.mgrid[0:h, 0:w]
+        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    elif kind == 1:  # one pixel, often in a corner or on an edge
+        y = int(rng.choice([0, h - 1, rng.integers(0, h)]))
+        x = int(rng.choice([0, w - 1, rng.integers(0, w)]))
+        mask[y, x] = True
+    elif kind == 2:  # sparse specks
+        mask = rng.random((h, w)) < rng.uniform(0.001, 0.05)
+    elif kind == 3:  # everything
+        mask[:] = True
+    elif kind == 4:  # a band along one border
+        side = int(rng.integers(0, 4))
+        k = int(rng.integers(1, max(2, min(h, w) // 2)))
+        [mask[:k], mask[-k:], mask[:, :k], mask[:, -k:]][side][...] = True
+    else:  # a few blobs far apart
+        for _ in range(int(rng.integers(2, 5))):
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            mask[y0 : y0 + int(rng.integers(1, 8)), x0 : x0 + int(rng.integers(1, 8))] = True
+    return mask
+
+
+def _random_box(rng, h, w):
+    """Boxes from degenerate (p = 4) to far larger than the image (p in the hundreds)."""
+    side = float(np.exp(rng.uniform(np.log(0.5), np.log(4 * max(h, w)))))
+    bw, bh = side * rng.uniform(1, 2), side
+    x0, y0 = rng.uniform(-0.3 * w, w), rng.uniform(-0.3 * h, h)
+    return [x0, y0, x0 + bw, y0 + bh] if rng.random() < 0.8 else [x0 + bw, y0, x0, y0 + bh]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 60), (45, 1), (7, 5), (37, 53), (96, 128), (120, 160)])
+def test_fast_path_equals_reference_on_many_masks_boxes_and_patch_sizes(shape):
+    rng = np.random.default_rng(shape[0] * 7919 + shape[1])
+    h, w = shape
+    patch_sides = set()
+    for trial in range(24):
+        mask = _random_mask(rng, h, w)
+        boxes = [_random_box(rng, h, w) for _ in range(int(rng.choice([1, 1, 2, 3])))]
+        patch_sides.update(patch_geometry(b)[0] for b in boxes)
+        seed = int(rng.integers(1 << 31))
+        make = random.Random if trial % 4 == 3 else np.random.default_rng
+        fast = occlusion_mask(mask, boxes, make(seed))
+        slow = occlusion_mask_reference(mask, boxes, make(seed))
+        np.testing.assert_array_equal(fast.painted, slow.painted, err_msg=f"trial {trial}: {boxes}")
+        assert fast.n_patches == slow.n_patches
+    # met: the smallest patches and ones wider than the image's shorter side
+    assert min(patch_sides) == 4 and max(patch_sides) >= min(h, w)
+
+
+def test_fast_path_equals_reference_at_full_size_near_the_borders():
+    # 640x480, p = 4 (the longest walk): masks touching the bottom-right corner and the top edge
+    rng = np.random.default_rng(21)
+    for mask_slice in [np.s_[470:, 600:], np.s_[:3, 200:260], np.s_[240:250, :]]:
+        mask = np.zeros((480, 640), dtype=bool)
+        mask[mask_slice] = True
+        boxes = [[10, 10, 25, 22]] if rng.random() < 0.5 else [[10, 10, 25, 22], [0, 0, 90, 60]]
+        seed = int(rng.integers(1 << 31))
+        fast = occlusion_mask(mask, boxes, np.random.default_rng(seed))
+        slow = occlusion_mask_reference(mask, boxes, np.random.default_rng(seed))
+        np.testing.assert_array_equal(fast.painted, slow.painted)
+        assert fast.n_patches == slow.n_patches > 0
+
+
+@pytest.mark.parametrize("rows", [slice(0, 0), slice(0, 2), slice(20, 24), slice(46, 48)])
+def test_patch_centres_leaves_the_generator_where_the_reference_does(rows):
+    # a later box of the same entity continues the stream, so every box but the last draws all
+    mask = np.zeros((48, 64), dtype=bool)
+    mask[rows, 5:9] = True
+    box = [0, 0, 20, 14]  # p = 4: 24 x 32 grid, 769 skips
+    p, g = patch_geometry(box)
+    ny, nx = grid_shape(mask.shape, g)
+    for make in (np.random.default_rng, random.Random):
+        ours, theirs = make(5), make(5)
+        patch_centres(mask, box, ours)
+        draw_skips(theirs, ny * nx + 1, p)
+        assert draw_skips(ours, 10, 1000).tolist() == draw_skips(theirs, 10, 1000).tolist()
+
+
+def test_non_bool_and_non_contiguous_masks():
+    rng = np.random.default_rng(8)
+    base = _random_mask(rng, 90, 140) | (rng.random((90, 140)) < 0.01)
+    boxes = [[20, 10, 50, 40], [0, 0, 12, 12]]
+    expected = occlusion_mask_reference(base[:, ::2], boxes, np.random.default_rng(2))
+    for variant in (base[:, ::2], np.asfortranarray(base[:, ::2]), base[:, ::2].astype(np.uint8)):
+        got = occlusion_mask(variant, boxes, np.random.default_rng(2))
+        np.testing.assert_array_equal(got.painted, expected.painted)
+        assert got.n_patches == expected.n_patches
 
 
 # ------------------------------------------------------------------ determinism

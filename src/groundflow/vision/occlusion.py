@@ -12,7 +12,11 @@ spill past the object (as in the original); `occluded_fraction` counts mask pixe
 
 `occlusion_mask` is the vectorised version; `occlusion_mask_reference` is the original's Python
 loop, kept for tests and benchmarks. Both take their skips from `draw_skips`, so with the same RNG
-state they paint identical masks.
+state they paint identical masks. The vectorised version does only the work that can change the
+result: it turns skips into placements with a cumulative sum, stops drawing skips after the last
+grid row holding mask pixels (the last box's remaining draws are never made; earlier boxes still
+draw all theirs so the next box's stream is the reference's), tests the mask only at placements,
+and paints squares by slicing (or prefix sums, for many) on the touched crop.
 """
 
 from __future__ import annotations
@@ -59,7 +63,11 @@ def grid_shape(shape: tuple[int, int], stride: int) -> tuple[int, int]:
 
 
 def draw_skips(rng: np.random.Generator | random.Random, n: int, p: int) -> np.ndarray:
-    """n skip counts, each uniform in [0, p] (inclusive, like random.randint(0, p))."""
+    """n skip counts, each uniform in [0, p] (inclusive, like random.randint(0, p)).
+
+    Drawing n values in several calls gives the same values as one call (for numpy Generators the
+    bit generator keeps its spare 32 bits in its state), which `_placements_between` relies on.
+    """
     if isinstance(rng, random.Random):
         return np.array([rng.randint(0, p) for _ in range(n)], dtype=np.int64)
     return rng.integers(0, p + 1, size=n, dtype=np.int64)
@@ -71,34 +79,141 @@ def placement_indices(skips: np.ndarray, n_grid: int) -> np.ndarray:
     return idx[idx < n_grid]
 
 
+def _draw_steps(rng: np.random.Generator | random.Random, n: int, p: int) -> np.ndarray:
+    """`draw_skips(rng, n, p) + 1` (grid points from one placement to the next), same stream."""
+    if isinstance(rng, random.Random):
+        return draw_skips(rng, n, p) + 1
+    # numpy draws integers(low, high) as low + the same bounded draw: these are the reference's
+    # integers(0, p + 1) values plus one, without a pass to add it
+    return rng.integers(1, p + 2, size=n, dtype=np.int64)
+
+
+def _placements_between(
+    rng: np.random.Generator | random.Random, p: int, first: int, last: int, n_draws: int
+) -> tuple[np.ndarray, int]:
+    """(walk-order grid indices of the placements in [first, last], skips drawn).
+
+    The walk takes n_draws skips in all; only those up to the first placement past `last` are
+    drawn, in chunks sized from the mean step p/2 + 1 (chunks give the same stream as one draw,
+    see `draw_skips`).
+    """
+    chunks: list[np.ndarray] = []
+    drawn, end = 0, -1  # end: index of the latest placement so far
+    while end <= last and drawn < n_draws:
+        size = min(n_draws - drawn, int((last - end) / (p / 2 + 1) * 1.1) + 8)
+        idx = _draw_steps(rng, size, p)
+        idx[0] += end
+        idx.cumsum(out=idx)
+        chunks.append(idx)
+        drawn += size
+        end = int(idx[-1])
+    idx = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    lo, hi = idx.searchsorted((first, last + 1))
+    return idx[lo:hi], drawn
+
+
+def mask_bounds(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Inclusive (top, bottom, left, right) of a 2-D bool mask's pixels, or None when it is empty.
+
+    A bool argmax stops at the first True, which gives the top row without reading the rows
+    above twice; byte-wise OR reductions (faster than any()) give the rows and columns below it.
+    """
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    height, width = mask.shape
+    if mask.size == 0:
+        return None
+    flat = mask.reshape(-1)
+    first = int(flat.argmax())
+    if not flat[first]:
+        return None
+    top = first // width
+    as_bytes = mask.view(np.uint8)
+    bottom = top + int(np.flatnonzero(np.bitwise_or.reduce(as_bytes[top:], axis=1))[-1])
+    cols = np.flatnonzero(np.bitwise_or.reduce(as_bytes[top : bottom + 1], axis=0))
+    return top, bottom, int(cols[0]), int(cols[-1])
+
+
+def painted_window(painted: np.ndarray) -> tuple[slice, slice]:
+    """(rows, columns) slices of the painted pixels' bounding box; empty slices if none."""
+    bounds = mask_bounds(painted)
+    if bounds is None:
+        return slice(0, 0), slice(0, 0)
+    top, bottom, left, right = bounds
+    return slice(top, bottom + 1), slice(left, right + 1)
+
+
 def patch_centres(
     mask: np.ndarray, box, rng: np.random.Generator | random.Random
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Centres (ys, xs) of the patches one box places inside `mask`."""
+    """Centres (ys, xs) of the patches one box places inside `mask`; draws what the reference draws."""
+    hits, nx, g, _ = _box_hits(np.asarray(mask, dtype=bool), box, rng, consume_all=True)
+    grid_y, grid_x = np.divmod(hits, nx)
+    return grid_y * g, grid_x * g
+
+
+def _box_hits(
+    mask: np.ndarray, box, rng: np.random.Generator | random.Random, *, consume_all: bool
+) -> tuple[np.ndarray, int, int, int]:
+    """(walk-order indices of the grid points where patches land, grid columns, stride, patch side).
+
+    The walk over the whole grid takes n_grid + 1 skips (at most one placement per grid point,
+    plus the initial skip), and the reference draws them all. Only placements on grid rows that
+    hold mask pixels can land, so only the skips up to the end of the last such row decide the
+    result; with consume_all the rest are still drawn (and dropped) so that the generator ends
+    where the reference's does, as a later box of the same entity needs.
+    """
     p, g = patch_geometry(box)
     ny, nx = grid_shape(mask.shape, g)
-    n_grid = ny * nx
-    # At most one placement per grid point, so n_grid + 1 draws (one initial, one per placement)
-    # always suffice; drawing them up front keeps the stream identical to the reference's.
-    idx = placement_indices(draw_skips(rng, n_grid + 1, p), n_grid)
-    ys, xs = (idx // nx) * g, (idx % nx) * g
-    inside = mask[ys, xs]
-    return ys[inside], xs[inside]
+    n_draws = ny * nx + 1
+    # grid rows with a mask pixel in any column: a superset of the rows with one on a grid point
+    rows = np.logical_or.reduce(mask[::g], axis=1).nonzero()[0]
+    if len(rows):
+        first, last = int(rows[0]) * nx, int(rows[-1]) * nx + nx - 1
+        idx, drawn = _placements_between(rng, p, first, last, n_draws)
+        hits = idx[mask[::g, ::g][np.divmod(idx, nx)]]
+    else:
+        hits, drawn = np.zeros(0, dtype=np.int64), 0
+    if consume_all and drawn < n_draws:
+        draw_skips(rng, n_draws - drawn, p)
+    return hits, nx, g, p
 
 
-def paint_squares(shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, p: int) -> np.ndarray:
-    """Union of squares [y - p//2, y + p//2] x [x - p//2, x + p//2] clipped to `shape`, as bool.
+# Up to this many squares, slicing them one by one beats the vectorised painter's fixed cost.
+SLICE_PAINT_MAX = 96
 
-    Separable, without per-pixel loops: first the columns each distinct centre row covers (a 1-D
-    difference array per row), then each pixel row ORs the rows of centres within p//2 of it,
-    as a difference of prefix sums over those centre rows.
+
+def _slice_squares(out: np.ndarray, centres, half: int) -> None:
+    for y, x in centres:
+        out[max(y - half, 0) : y + half + 1, max(x - half, 0) : x + half + 1] = True
+
+
+def paint_squares_into(out: np.ndarray, ys: np.ndarray, xs: np.ndarray, p: int) -> np.ndarray:
+    """OR squares [y - p//2, y + p//2] x [x - p//2, x + p//2] (clipped) into bool `out`."""
+    n = len(ys)
+    if n == 0:
+        return out
+    half = p // 2
+    if n <= SLICE_PAINT_MAX:
+        _slice_squares(out, zip(np.asarray(ys).tolist(), np.asarray(xs).tolist()), half)
+        return out
+    ys, xs = np.asarray(ys, dtype=np.int64), np.asarray(xs, dtype=np.int64)
+    height, width = out.shape
+    x_lo, x_hi = max(int(xs.min()) - half, 0), min(int(xs.max()) + half + 1, width)
+    y_lo, y_hi = max(int(ys.min()) - half, 0), min(int(ys.max()) + half + 1, height)
+    crop = out[y_lo:y_hi, x_lo:x_hi]
+    crop |= _paint_crop((y_hi - y_lo, x_hi - x_lo), ys - y_lo, xs - x_lo, half)
+    return out
+
+
+def _paint_crop(shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, half: int) -> np.ndarray:
+    """Union of squares of half-side `half` in `shape`, without per-square loops.
+
+    Separable: first the columns each distinct centre row covers (a 1-D difference array per row),
+    then each pixel row ORs the rows of centres within `half` of it, as a difference of prefix
+    sums over those centre rows.
     """
     height, width = shape
     out = np.zeros(shape, dtype=bool)
-    if len(ys) == 0:
-        return out
-    half = p // 2
-    ys, xs = np.asarray(ys, dtype=np.int64), np.asarray(xs, dtype=np.int64)
     centre_rows, row_of = np.unique(ys, return_inverse=True)
     n_rows, stride = len(centre_rows), width + 1
     starts = row_of * stride + np.clip(xs - half, 0, width)
@@ -117,17 +232,37 @@ def paint_squares(shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, p: int
     return out
 
 
+def _paint_hits(out: np.ndarray, hits: np.ndarray, nx: int, g: int, p: int) -> None:
+    """`paint_squares_into` for grid indices (row-major, nx columns, stride g)."""
+    if len(hits) > SLICE_PAINT_MAX:
+        grid_y, grid_x = np.divmod(hits, nx)
+        paint_squares_into(out, grid_y * g, grid_x * g, p)
+        return
+    # few squares: their centres in plain Python, no arrays built for them
+    _slice_squares(out, (((i // nx) * g, (i % nx) * g) for i in hits.tolist()), p // 2)
+
+
+def paint_squares(shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, p: int) -> np.ndarray:
+    """Union of squares [y - p//2, y + p//2] x [x - p//2, x + p//2] clipped to `shape`, as bool."""
+    return paint_squares_into(np.zeros(shape, dtype=bool), ys, xs, p)
+
+
 def occlusion_mask(
     mask: np.ndarray, boxes, rng: np.random.Generator | random.Random
 ) -> Occlusion:
-    """Pixels to paint for one entity: union over its boxes (vectorised)."""
+    """Pixels to paint for one entity: union over its boxes (vectorised).
+
+    Paints what `occlusion_mask_reference` paints with the same generator. The last box draws
+    only the skips that can matter (up to the mask's last grid row), so afterwards `rng` may be
+    behind where the reference leaves it: give each entity its own generator (`record_rng`).
+    """
     mask = np.asarray(mask, dtype=bool)
     painted = np.zeros(mask.shape, dtype=bool)
     n_patches = 0
-    for box in boxes:
-        ys, xs = patch_centres(mask, box, rng)
-        painted |= paint_squares(mask.shape, ys, xs, patch_geometry(box)[0])
-        n_patches += len(ys)
+    for k, box in enumerate(boxes):
+        hits, nx, g, p = _box_hits(mask, box, rng, consume_all=k < len(boxes) - 1)
+        _paint_hits(painted, hits, nx, g, p)
+        n_patches += len(hits)
     return Occlusion(painted, n_patches)
 
 
@@ -205,18 +340,20 @@ def occlude(
         try:
             pixels = np.asarray(load_rgb(image_root / image))
         except ImageError as e:
-            rejects.extend((str(r.id), f"image of '{r.id}': {e}") for r in rows.itertuples())
+            rejects.extend((str(rid), f"image of '{rid}': {e}") for rid in rows["id"])
             continue
-        for pos, row in zip(rows.index, rows.itertuples()):
-            rid = str(row.id)
-            name = output_file_name(image, row.label, ".jpg")
+        # plain column zips: itertuples() would build a namedtuple class for every image
+        columns = (rows.index, rows["id"], rows["label"], rows["mask_path"], rows["boxes"])
+        for pos, rid, label, mask_path, boxes_value in zip(*columns):
+            rid = str(rid)
+            name = output_file_name(image, label, ".jpg")
             if name in written:
                 rejects.append(
                     (rid, f"output {name} of '{rid}' is already written for '{written[name]}'")
                 )
                 continue
             try:
-                mask = load_mask(mask_root / row.mask_path)
+                mask = load_mask(mask_root / mask_path)
             except ImageError as e:
                 rejects.append((rid, f"mask of '{rid}': {e}"))
                 continue
@@ -226,19 +363,23 @@ def occlude(
                           f"image {pixels.shape[1]}x{pixels.shape[0]}")
                 )
                 continue
-            mask_area = int(mask.sum())
+            mask_area = int(np.count_nonzero(mask))
             if mask_area == 0:
                 rejects.append((rid, f"empty mask for '{rid}'"))
                 continue
-            boxes = boxes_array(row.boxes)
+            boxes = boxes_array(boxes_value)
             if len(boxes) == 0:
                 rejects.append((rid, f"no boxes for '{rid}'"))
                 continue
             occ = occlusion_mask(mask, boxes, record_rng(seed, rid))
-            fraction = float((occ.painted & mask).sum()) / mask_area
             if occ.n_patches == 0:
                 rejects.append((rid, f"no patch landed inside the {mask_area}-pixel mask of '{rid}'"))
                 continue
+            # count and fill within the painted pixels' bounding box: a whole-image boolean
+            # index costs more than the patch geometry itself
+            window = painted_window(occ.painted)
+            painted = occ.painted[window]
+            fraction = np.count_nonzero(painted & mask[window]) / mask_area
             if fraction < min_coverage:
                 rejects.append(
                     (rid, f"occluded fraction {fraction:.3f} < min {min_coverage} for '{rid}' "
@@ -246,7 +387,7 @@ def occlude(
                 )
                 continue
             out = pixels.copy()
-            out[occ.painted] = fill_rgb
+            out[window][painted] = fill_rgb
             target = out_dir / name
             with atomic_path(target) as tmp:
                 Image.fromarray(out).save(tmp, format="JPEG", quality=JPEG_QUALITY)
@@ -268,10 +409,13 @@ __all__ = [
     "Occlusion",
     "boxes_array",
     "draw_skips",
+    "mask_bounds",
     "occlude",
     "occlusion_mask",
     "occlusion_mask_reference",
     "paint_squares",
+    "paint_squares_into",
+    "painted_window",
     "patch_centres",
     "patch_geometry",
     "placement_indices",
