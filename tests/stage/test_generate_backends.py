@@ -20,10 +20,16 @@ from groundflow.generate.backends import (
     SamplingParams,
     make_generator,
 )
-from groundflow.generate.text import encode_prompts
+from groundflow.generate.text import (
+    batches_by_length,
+    encode_prompts,
+    explicit_generation_config,
+    render_prompts,
+    stop_token_ids,
+)
 from groundflow.generate.vision import render_vision_prompts
 from groundflow.models.causal_lm import build_tiny_causal_lm
-from groundflow.models.llava import build_tiny_llava, mean_fill
+from groundflow.models.llava import build_tiny_llava, mean_fill, pad_to_square
 
 QUESTIONS = [
     "What is it?",
@@ -110,6 +116,58 @@ def test_batched_greedy_equals_one_at_a_time(vision):
     assert batched == single
     assert all(samples[0] == samples[1] for samples in batched)  # greedy: n identical results
     assert any(samples[0] for samples in batched)
+
+
+def _transformers_own_sampling(model, tokenizer, inputs, params: SamplingParams):
+    """What generate() samples on its own: prompts repeated n times, its own temperature and top-p."""
+    config = GenerationConfig(
+        max_new_tokens=params.max_new_tokens, do_sample=True, temperature=params.temperature, top_p=params.top_p,
+        top_k=0, num_return_sequences=params.n, eos_token_id=stop_token_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(params.seed)  # the first batch's seed
+    with torch.no_grad(), explicit_generation_config(model):
+        output = model.generate(**inputs, generation_config=config)
+    return tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _by_prompt(texts, order, n):
+    grouped = [[] for _ in order]
+    for row, text in enumerate(texts):
+        grouped[order[row // n]].append(text)
+    return grouped
+
+
+def test_vision_sampling_draws_what_transformers_draws(vision):
+    """One prompt pass shared by the n samples and the values-only-sort top-p change no sampled token."""
+    params = SamplingParams(max_new_tokens=10, n=3, do_sample=True, temperature=0.7, top_p=0.8, seed=4)
+    prompts = _prompts()
+    got = vision.generate(prompts, params)
+    processor, tokenizer = vision.processor, vision.processor.tokenizer
+    rendered = render_vision_prompts(processor, [p.messages for p in prompts], [True] * len(prompts))
+    (order,) = batches_by_length([len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]], 4)
+    inputs = processor(images=[pad_to_square(prompts[i].image, mean_fill()) for i in order],
+                       text=[rendered[i] for i in order], padding=True, return_tensors="pt")
+    expected = _by_prompt(_transformers_own_sampling(vision.model, tokenizer, inputs, params), order, params.n)
+    assert got == expected
+    assert len({text for samples in got for text in samples}) > len(prompts)  # really sampled
+
+
+def test_text_sampling_draws_what_transformers_draws(text_generator):
+    params = SamplingParams(max_new_tokens=10, n=3, do_sample=True, temperature=0.5, top_p=0.6, seed=2)
+    model, tokenizer = text_generator.model, text_generator.tokenizer
+    prompts = [ChatPrompt(messages=[{"role": "user", "content": q}]) for q in QUESTIONS]
+    got = text_generator.generate(prompts, params)
+    rendered = render_prompts(tokenizer, [p.messages for p in prompts])
+    encoded = encode_prompts(tokenizer, rendered)
+    (order,) = batches_by_length([len(ids) for ids in encoded], 4)
+    width = max(len(ids) for ids in encoded)
+    pad = tokenizer.pad_token_id
+    inputs = {
+        "input_ids": torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in order]),
+        "attention_mask": torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in order]),
+    }
+    assert got == _by_prompt(_transformers_own_sampling(model, tokenizer, inputs, params), order, params.n)
 
 
 def test_explicit_params_override_a_saved_generation_config(vision, llava_dir, tmp_path):
@@ -212,6 +270,29 @@ def test_text_generator_honours_the_assistant_prefix(text_generator):
     assert got == [[expected_with] * 2, [expected_without] * 2]
     assert expected_with != expected_without
     assert text_generator.describe()["kind"] == "text" and text_generator.describe()["backend"] == "hf"
+
+
+def test_text_generator_answers_with_exactly_one_of_the_choices(text_generator):
+    choices = [" dog", " dog bowl", " red kite", " none"]  # " dog" is a prefix of " dog bowl"
+    prompts = [ChatPrompt(messages=[{"role": "user", "content": q}], assistant_prefix="Answer:", choices=choices)
+               for q in QUESTIONS]
+    allowed = {choice.strip() for choice in choices}
+    greedy = text_generator.generate(prompts, SamplingParams(max_new_tokens=8))
+    assert all(samples[0].strip() in allowed for samples in greedy)
+    sampled = text_generator.generate(prompts, SamplingParams(max_new_tokens=8, n=6, do_sample=True, seed=1))
+    picked = {text.strip() for samples in sampled for text in samples}
+    assert picked <= allowed and len(picked) > 1
+    with pytest.raises(ValueError, match="no choice fits in 1 tokens"):
+        text_generator.generate(prompts[:1], SamplingParams(max_new_tokens=1))
+    with pytest.raises(ValueError, match="every prompt of a call has choices or none"):
+        text_generator.generate([prompts[0], ChatPrompt(messages=prompts[1].messages)],
+                                SamplingParams(max_new_tokens=4))
+
+
+def test_vision_generator_refuses_choices(vision):
+    prompt = ChatPrompt(messages=[{"role": "user", "content": "What is it?"}], image=_images()[0], choices=[" dog"])
+    with pytest.raises(NotImplementedError, match="prompt 0 has choices"):
+        vision.generate([prompt], SamplingParams(max_new_tokens=4))
 
 
 def test_text_generator_refuses_images(text_generator):

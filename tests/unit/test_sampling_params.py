@@ -1,10 +1,12 @@
-"""Pure parts of the generation backends: parameters, message formats, back-off."""
+"""Pure parts of the generation backends: parameters, message formats, back-off, top-p filtering."""
 
 import base64
 import io
 
 import pytest
+import torch
 from PIL import Image
+from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from groundflow.generate.backends import ChatPrompt, SamplingParams, check_result_shape
 from groundflow.generate.openai_compat import (
@@ -14,6 +16,7 @@ from groundflow.generate.openai_compat import (
     parse_retry_after,
     request_arguments,
 )
+from groundflow.generate.sampling import NucleusLogitsWarper, sampling_warpers
 from groundflow.generate.vision import content_part_messages
 
 
@@ -151,3 +154,82 @@ def test_content_part_messages():
     ]
     with pytest.raises(ValueError, match="needs a user turn"):
         content_part_messages(messages[:1], with_image=True)
+
+
+# ---------------------------------------------------------------- top-p without the full sort
+
+
+def _same_as_transformers(logits: torch.Tensor, top_p: float, min_tokens_to_keep: int = 1) -> NucleusLogitsWarper:
+    fast = NucleusLogitsWarper(top_p, min_tokens_to_keep=min_tokens_to_keep, min_fast_scores=0)
+    reference = TopPLogitsWarper(top_p, min_tokens_to_keep=min_tokens_to_keep)
+    got, expected = fast(None, logits.clone()), reference(None, logits.clone())
+    # the same kept set and the same scores on it (bit for bit), so the same sampled tokens
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    return fast
+
+
+@pytest.mark.parametrize("vocab", [2, 7, 817, 4096])
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.95, 0.999])
+def test_nucleus_keeps_what_transformers_keeps_on_random_logits(vocab, top_p):
+    generator = torch.Generator().manual_seed(vocab)
+    for scale in (0.01, 1.0, 8.0):  # nearly flat (a random tiny model) to peaked (a trained one)
+        logits = torch.randn(24, vocab, generator=generator) * scale
+        fast = _same_as_transformers(logits, top_p)
+        assert fast.rows_referred == 0  # continuous logits: decided without transformers' sort
+        _same_as_transformers(logits, top_p, min_tokens_to_keep=3)
+
+
+def test_nucleus_ties_across_the_boundary_go_to_transformers():
+    generator = torch.Generator().manual_seed(1)
+    referred = 0
+    for top_p in (0.3, 0.5, 0.8, 0.9):
+        logits = (torch.randn(64, 50, generator=generator) * 2).round() / 2  # few distinct values: many ties
+        referred += _same_as_transformers(logits, top_p).rows_referred
+    assert referred > 0
+    # uniform logits: the boundary falls inside one tied block, at a cumulative mass near 1 - top_p
+    for vocab in (4, 10, 100):
+        for top_p in (0.1, 0.25, 0.5, 0.75, 0.9):
+            _same_as_transformers(torch.zeros(3, vocab), top_p)
+
+
+def test_nucleus_edge_rows():
+    minus_inf = float("-inf")
+    masked = torch.randn(6, 40, generator=torch.Generator().manual_seed(2))
+    masked[:, ::3] = minus_inf  # a constraint processor ran first
+    _same_as_transformers(masked, 0.9)
+    one_left = torch.full((2, 10), minus_inf)
+    one_left[0, 3], one_left[1, 7] = 1.0, -2.0
+    _same_as_transformers(one_left, 0.5)
+    _same_as_transformers(torch.tensor([[0.0]]), 0.9)
+    dominant = torch.zeros(2, 30)
+    dominant[:, 5] = 40.0  # every other token's probability underflows to 0
+    _same_as_transformers(dominant, 0.99)
+    broken = torch.randn(3, 20, generator=torch.Generator().manual_seed(3))
+    broken[1, 4] = float("nan")
+    broken[2, 2] = float("inf")
+    _same_as_transformers(broken, 0.9)
+    _same_as_transformers(torch.randn(4, 30, dtype=torch.float64), 0.7)  # not float32: transformers itself
+
+
+def test_nucleus_leaves_small_batches_to_transformers():
+    warper = NucleusLogitsWarper(0.9)
+    reference, seen = warper.reference, []
+    warper.reference = lambda ids, scores: seen.append(tuple(scores.shape)) or reference(ids, scores)
+    warper(None, torch.randn(4, 817))  # a few rows of a small vocabulary: torch's sort is as quick
+    warper(None, torch.randn(16, 817))
+    assert seen == [(4, 817)]
+
+
+def test_nucleus_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="top_p must be in"):
+        NucleusLogitsWarper(0.0)
+    with pytest.raises(ValueError, match="min_tokens_to_keep"):
+        NucleusLogitsWarper(0.9, min_tokens_to_keep=0)
+
+
+def test_sampling_warpers_follow_generate_order():
+    assert sampling_warpers(do_sample=False, temperature=0.7, top_p=0.9) == []
+    assert sampling_warpers(do_sample=True, temperature=1.0, top_p=1.0) == []
+    warpers = sampling_warpers(do_sample=True, temperature=0.7, top_p=0.9)
+    assert [type(w) for w in warpers] == [TemperatureLogitsWarper, NucleusLogitsWarper]
+    assert warpers[0].temperature == 0.7 and warpers[1].top_p == 0.9

@@ -15,6 +15,7 @@ from groundflow.cvc.trials import (
     extract_answers,
     extraction_prompt,
     parse_short_answer,
+    rationale_answer_choices,
     reasoning_question,
     sample_trials,
     trial_prompt,
@@ -224,6 +225,31 @@ def test_extract_answers_asks_every_rationale_when_sampling_and_wants_n_1():
     assert len(generator.calls[0][0]) == 2 and list(result.kept["predictions"][0]) == ["dog", "dog"]
     with pytest.raises(ValueError, match="params.n=2"):
         extract_answers(trials_df, generator, SamplingParams(max_new_tokens=10, n=2))
+
+
+def test_rationale_answer_choices_are_the_rationales_own_phrases():
+    choices = rationale_answer_choices("The gray blocks probably hide a Red Kite, not a dog. None of it is a car.", 2)
+    assert choices[-1] == " none" and choices.count(" none") == 1
+    for phrase in ("gray", "gray blocks", "blocks", "red", "red kite", "kite", "dog", "car", "probably hide"):
+        assert f" {phrase}" in choices
+    # no phrase starting or ending with a function word or a determiner, none across punctuation,
+    # none longer than the limit
+    for phrase in (" a dog", " the gray", " hide a", " kite, not", " kite not", " gray blocks probably"):
+        assert phrase not in choices
+    assert rationale_answer_choices(", . !", 3) == [" none"]
+
+
+def test_extract_answers_confined_to_the_rationale_passes_its_phrases_as_choices():
+    generator = FakeGenerator(lambda p, k: p.choices[1] if p.choices[0] != " none" else " none")
+    trials_df = pd.DataFrame({"id": ["a"], "trials": [["A string and a kite.", "?", "a Kite and a string"]]})
+    result = extract_answers(trials_df, generator, SamplingParams(max_new_tokens=10), answer_span_words=2)
+    prompts = generator.calls[0][0]
+    assert [p.choices for p in prompts] == [rationale_answer_choices(_rationale_of(p), 2) for p in prompts]
+    assert prompts[0].choices == [" string", " kite", " none"]
+    assert list(result.kept["predictions"][0]) == ["kite", "", "string"]
+    assert extraction_prompt("a kite").choices is None  # free, as the paper, unless asked
+    with pytest.raises(ValueError, match="answer_span_words must be >= 1"):
+        extract_answers(trials_df, generator, SamplingParams(max_new_tokens=10), answer_span_words=0)
 
 
 # --- T3 answer checking --------------------------------------------------------------------------

@@ -9,8 +9,8 @@ opts = snakemake.params.opts
 generator = make_generator(snakemake.params.generation, kind="text")
 params = SamplingParams(max_new_tokens=opts["max_new_tokens"], n=1, do_sample=False, stop=("\n",))
 job.run(
-    lambda records: extract_answers(records, generator, params),
+    lambda records: extract_answers(records, generator, params, answer_span_words=opts["answer_span_words"]),
     produced_by={"generator": generator.describe(), "sampling": params.describe(),
-                 "prompt": EXTRACTION_PROMPT_VERSION},
+                 "prompt": EXTRACTION_PROMPT_VERSION, "answer_span_words": opts["answer_span_words"]},
     chunk_size=opts["chunk_size"],
 )

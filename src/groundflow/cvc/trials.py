@@ -3,7 +3,9 @@
 T1 ("trials"): the model under training answers each instance's question on the occluded image
 `n` times (sampled); each answer is a free-text rationale.
 T2 ("extraction"): a text LLM reads each rationale and states the short answer it settles on
-(greedy, few-shot); `parse_short_answer` cleans that output.
+(greedy, few-shot); `parse_short_answer` cleans that output. Optionally (`answer_span_words`) the
+answer is closed to phrases the rationale itself writes, so the extractor cannot answer with an
+object the rationale never names (e.g. one of its few-shot examples).
 T3 ("checking"): each short answer is compared with the entity label by dense similarity; an
 answer is correct when its similarity exceeds the threshold.
 
@@ -68,11 +70,32 @@ def trial_prompt(instruction: str, image) -> "ChatPrompt":
     return ChatPrompt(messages=[{"role": "user", "content": reasoning_question(instruction)}], image=image)
 
 
-def extraction_prompt(rationale: str) -> "ChatPrompt":
-    """The few-shot extraction prompt for one rationale, answer prefilled with "Answer:"."""
+def rationale_answer_choices(rationale: str, max_words: int) -> list[str]:
+    """The answers an extractor confined to the rationale may write (each after "Answer:").
+
+    Every phrase of at most `max_words` words that the rationale itself writes and that could name
+    a thing (no punctuation inside, neither starting nor ending with a function word or a
+    determiner: the entity step's label rule), lower-cased, in order of first appearance; and
+    "none", which the prompt asks for when no object is named.
+    """
+    from groundflow.cvc.entities import entity_candidates
+
+    phrases = dict.fromkeys(label for _, label in entity_candidates(" ".join(rationale.split()), max_words))
+    phrases.pop("none", None)
+    return [f" {phrase}" for phrase in phrases] + [" none"]
+
+
+def extraction_prompt(rationale: str, *, answer_span_words: int | None = None) -> "ChatPrompt":
+    """The few-shot extraction prompt for one rationale, answer prefilled with "Answer:".
+
+    With `answer_span_words`, the answer is closed to the rationale's own phrases of at most that
+    many words (`rationale_answer_choices`): the extractor can only pick what the rationale says.
+    """
     from groundflow.generate.backends import ChatPrompt
 
-    return ChatPrompt(messages=extraction_messages(rationale), assistant_prefix=EXTRACTION_ASSISTANT_PREFIX)
+    choices = None if answer_span_words is None else rationale_answer_choices(rationale, answer_span_words)
+    return ChatPrompt(messages=extraction_messages(rationale), assistant_prefix=EXTRACTION_ASSISTANT_PREFIX,
+                      choices=choices)
 
 
 _ANSWER_LEAD = re.compile(
@@ -153,14 +176,24 @@ def sample_trials(
     return StageResult(kept=kept, rejects=rejects_frame(TRIALS_STAGE, rejected), parent_column="id")
 
 
-def extract_answers(trials_df: pd.DataFrame, generator: "Generator", params: "SamplingParams") -> StageResult:
+def extract_answers(
+    trials_df: pd.DataFrame,
+    generator: "Generator",
+    params: "SamplingParams",
+    *,
+    answer_span_words: int | None = None,
+) -> StageResult:
     """T2: add `predictions` (the short answer of each trial) and `raw_predictions` (model output).
 
     All rationales of the chunk go to ONE generate() call (flattened, then regrouped per
     instance). Under greedy decoding identical rationales give identical answers, so each
     distinct rationale is asked once; an empty rationale is not asked and gives "". An instance
     without any trial is rejected; an empty prediction is kept (it counts as incorrect later).
+    `answer_span_words` confines each answer to a phrase of its rationale (see `extraction_prompt`);
+    None leaves the extractor free, as the paper does.
     """
+    if answer_span_words is not None and answer_span_words < 1:
+        raise ValueError(f"answer_span_words must be >= 1 (or None), not {answer_span_words}")
     if params.n != 1:
         raise ValueError(f"answer extraction reads one answer per rationale; got params.n={params.n}")
     records = trials_df.reset_index(drop=True)
@@ -189,7 +222,8 @@ def extract_answers(trials_df: pd.DataFrame, generator: "Generator", params: "Sa
                 asked.append(rationale)
             row_slots.append(slot_of[rationale])
         slots.append(row_slots)
-    outputs = generator.generate([extraction_prompt(r) for r in asked], params) if asked else []
+    prompts = [extraction_prompt(r, answer_span_words=answer_span_words) for r in asked]
+    outputs = generator.generate(prompts, params) if asked else []
     _check_outputs(outputs, len(asked), 1, "answer extraction")
     raw = [row[0] for row in outputs]
     parsed = [parse_short_answer(text) for text in raw]
@@ -242,6 +276,7 @@ __all__ = [
     "extract_answers",
     "extraction_prompt",
     "parse_short_answer",
+    "rationale_answer_choices",
     "reasoning_question",
     "sample_trials",
     "trial_prompt",

@@ -1,5 +1,6 @@
-"""Batched text and vision-language generation, LM scoring of choices, constrained decoding, and
-one Generator interface over local HF models and OpenAI-compatible endpoints (`vllm serve`)."""
+"""Batched text and vision-language generation, LM scoring of choices, constrained decoding, an
+exact, cheaper top-p, and one Generator interface over local HF models and OpenAI-compatible
+endpoints (`vllm serve`)."""
 
 from groundflow.generate.backends import (
     ChatPrompt,
@@ -9,12 +10,13 @@ from groundflow.generate.backends import (
     SamplingParams,
     make_generator,
 )
-from groundflow.generate.constrained import LineSequenceConstraint, TokenTrie, tokenize_in_context
+from groundflow.generate.constrained import ChoiceConstraint, LineSequenceConstraint, TokenTrie, tokenize_in_context
 from groundflow.generate.openai_compat import (
     GenerationRequestError,
     MissingAPIKeyError,
     OpenAICompatibleGenerator,
 )
+from groundflow.generate.sampling import NucleusLogitsWarper, sampling_warpers
 from groundflow.generate.text import (
     cut_at_stop_strings,
     encode_prompts,
@@ -26,12 +28,14 @@ from groundflow.generate.vision import generate_vision_texts, render_vision_prom
 
 __all__ = [
     "ChatPrompt",
+    "ChoiceConstraint",
     "GenerationRequestError",
     "Generator",
     "HFTextGenerator",
     "HFVisionGenerator",
     "LineSequenceConstraint",
     "MissingAPIKeyError",
+    "NucleusLogitsWarper",
     "OpenAICompatibleGenerator",
     "SamplingParams",
     "TokenTrie",
@@ -42,6 +46,7 @@ __all__ = [
     "make_generator",
     "render_prompts",
     "render_vision_prompts",
+    "sampling_warpers",
     "score_choices",
     "tokenize_in_context",
 ]

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
 
-from groundflow.generate.text import generate_texts, render_prompts
+from groundflow.generate.constrained import ChoiceConstraint
+from groundflow.generate.text import generate_texts, render_prompts, stop_token_ids
 from groundflow.generate.vision import generate_vision_texts, render_vision_prompts
 
 if TYPE_CHECKING:
@@ -58,11 +59,17 @@ class SamplingParams:
 
 @dataclass
 class ChatPrompt:
-    """Chat messages, an optional image for the (first) user turn, and a prefilled answer start."""
+    """Chat messages, an optional image for the (first) user turn, and a prefilled answer start.
+
+    `choices`, when given, closes the answer: the model writes exactly one of these strings
+    (tokenised right after `assistant_prefix`) and stops; the text generator decodes under a
+    token-trie constraint (groundflow.generate.constrained.ChoiceConstraint).
+    """
 
     messages: list[dict[str, str]]
     image: "Image.Image | None" = None
     assistant_prefix: str = ""
+    choices: Sequence[str] | None = None
 
 
 @runtime_checkable
@@ -70,6 +77,16 @@ class Generator(Protocol):
     def generate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]: ...
 
     def describe(self) -> dict: ...
+
+
+def require_no_choices(prompts: Sequence[ChatPrompt], who: str) -> None:
+    """Refuse prompts with `choices` in a backend that cannot constrain its decoding."""
+    for index, prompt in enumerate(prompts):
+        if prompt.choices is not None:
+            raise NotImplementedError(
+                f"prompt {index} has choices (a closed-set answer), which {who} cannot constrain; "
+                f"use the 'hf' text generator"
+            )
 
 
 def _greedy_once(generate_n, params: SamplingParams) -> list[list[str]]:
@@ -105,6 +122,18 @@ class HFTextGenerator:
             if prompt.image is not None:
                 raise ValueError(f"prompt {index} has an image, but a text generator cannot see images")
         rendered = [render_prompts(self.tokenizer, [p.messages], p.assistant_prefix)[0] for p in prompts]
+        constraint = None
+        with_choices = [p.choices is not None for p in prompts]
+        if any(with_choices):
+            if not all(with_choices):
+                raise ValueError("either every prompt of a call has choices or none has")
+            prefixes = {p.assistant_prefix for p in prompts}
+            if len(prefixes) != 1:
+                raise ValueError(f"prompts with choices must share one assistant_prefix, got {sorted(prefixes)}")
+            constraint = ChoiceConstraint(
+                self.tokenizer, [list(p.choices) for p in prompts], context=prefixes.pop(),
+                eos_token_id=stop_token_ids(self.model, self.tokenizer)[0], max_tokens=params.max_new_tokens,
+            )
         return _greedy_once(
             lambda n: generate_texts(
                 self.model,
@@ -118,6 +147,7 @@ class HFTextGenerator:
                 batch_size=self.batch_size,
                 seed=params.seed,
                 stop_strings=params.stop or None,
+                prefix_allowed_tokens_fn=constraint,
             ),
             params,
         )
@@ -136,6 +166,7 @@ class HFVisionGenerator:
         self.pad_square = pad_square
 
     def generate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]:
+        require_no_choices(prompts, "the vision generator")
         rendered = render_vision_prompts(
             self.processor,
             [p.messages for p in prompts],
@@ -250,4 +281,5 @@ __all__ = [
     "SamplingParams",
     "check_result_shape",
     "make_generator",
+    "require_no_choices",
 ]

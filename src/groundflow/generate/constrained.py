@@ -12,7 +12,8 @@ only: no scan of the vocabulary at any step.
     <end>
 
 At each line start the model may begin any line not used yet (numbered with the next number) or
-the end marker; once the end marker is complete, only eos remains.
+the end marker; once the end marker is complete, only eos remains. `ChoiceConstraint` drives a
+one-piece answer: exactly one of a prompt's allowed strings, then eos.
 """
 
 from __future__ import annotations
@@ -86,6 +87,58 @@ def tokenize_in_context(tokenizer, strings: Sequence[str], context: str = "") ->
         for index, ids in zip(fallback, alone):
             result[index] = list(ids)
     return result  # type: ignore[return-value]
+
+
+class ChoiceConstraint:
+    """`prefix_allowed_tokens_fn` for answers that are exactly one of a prompt's choices, then eos.
+
+    `choices_per_prompt[p]` holds prompt p's allowed answers. Each is tokenised after `context`
+    (the text every answer follows, e.g. a prefilled "Answer:") and closed with eos, so a choice
+    that is a prefix of another ("dog", "dog bowl") can still end where it ends. Once a choice and
+    its eos are written, only eos remains. With `max_tokens` (the generation budget), choices that
+    could not be completed within it (eos included) are left out, so every answer is a whole
+    choice; a prompt left without any is an error. Call as fn(prompt_index, generated_ids).
+    """
+
+    def __init__(self, tokenizer, choices_per_prompt: Sequence[Sequence[str]], *, context: str = "",
+                 eos_token_id: int | None = None, max_tokens: int | None = None):
+        self.tokenizer = tokenizer
+        self.choices = [list(dict.fromkeys(choices)) for choices in choices_per_prompt]
+        for index, choices in enumerate(self.choices):
+            if not choices or any(not choice for choice in choices):
+                raise ValueError(f"prompt {index} needs at least one non-empty choice, got {choices}")
+        self.context = context
+        self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        if self.eos_token_id is None:
+            raise ValueError("a choice constraint needs an eos token to close each choice")
+        self.max_tokens = max_tokens
+        self._tries: dict[int, TokenTrie] = {}
+
+    def _trie(self, prompt_index: int) -> TokenTrie:
+        trie = self._tries.get(prompt_index)
+        if trie is None:
+            ids = tokenize_in_context(self.tokenizer, self.choices[prompt_index], self.context)
+            # Two spellings may tokenise alike: one path each.
+            paths = dict.fromkeys(tuple(row) + (self.eos_token_id,) for row in ids)
+            fitting = [path for path in paths if self.max_tokens is None or len(path) <= self.max_tokens]
+            if not fitting:
+                raise ValueError(
+                    f"prompt {prompt_index}: no choice fits in {self.max_tokens} tokens "
+                    f"(the shortest takes {min(len(path) for path in paths)}, eos included)"
+                )
+            trie = self._tries[prompt_index] = TokenTrie(fitting)
+        return trie
+
+    def allowed(self, prompt_index: int, generated: Sequence[int]) -> list[int]:
+        node = self._trie(prompt_index).root
+        for token in generated:
+            node = node.children.get(int(token))
+            if node is None or node.key is not None:  # the choice is complete (or a stray token got through)
+                return [self.eos_token_id]
+        return list(node.children)
+
+    __call__ = allowed
+
 
 
 @dataclass(frozen=True)

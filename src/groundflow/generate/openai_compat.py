@@ -31,7 +31,7 @@ from typing import Sequence
 import openai
 from PIL import Image
 
-from groundflow.generate.backends import ChatPrompt, SamplingParams, check_result_shape
+from groundflow.generate.backends import ChatPrompt, SamplingParams, check_result_shape, require_no_choices
 from groundflow.generate.text import cut_at_stop_strings
 from groundflow.models.llava import CLIP_IMAGE_MEAN, mean_fill, pad_to_square
 
@@ -231,6 +231,7 @@ class OpenAICompatibleGenerator:
         )
 
     async def agenerate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]:
+        require_no_choices(prompts, "an OpenAI-compatible endpoint")
         if not prompts:
             return []
         slots = asyncio.Semaphore(self.max_concurrency)

@@ -10,11 +10,14 @@ Shared by every method that asks a text LLM something. Three rules hold througho
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from groundflow.generate.sampling import sampling_warpers
 
 Message = dict[str, str]
 Prompt = str | Sequence[Message]
@@ -108,15 +111,17 @@ def sampling_generation_config(
     *,
     max_new_tokens: int,
     do_sample: bool,
-    temperature: float,
-    top_p: float,
     num_return_sequences: int,
     stop_strings: Sequence[str] | None,
     eos_token_id: list[int],
     pad_token_id: int | None,
     bos_token_id: int | None,
 ) -> GenerationConfig:
-    """A GenerationConfig that states every decoding knob, so no checkpoint default fills a gap."""
+    """A GenerationConfig that states every decoding knob, so no checkpoint default fills a gap.
+
+    Sampling's temperature and top_p are stated as 1 (no warper of generate()'s own): they come as
+    `sampling_warpers(...)` in `logits_processor`, in generate()'s order, with an exact faster top-p.
+    """
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         min_new_tokens=0,
@@ -124,8 +129,8 @@ def sampling_generation_config(
         num_beams=1,
         num_return_sequences=num_return_sequences,
         # Greedy decoding reads no sampling knobs; setting them would only trigger warnings.
-        temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None,
+        temperature=1.0 if do_sample else None,
+        top_p=1.0 if do_sample else None,
         top_k=0 if do_sample else None,
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
@@ -162,6 +167,58 @@ class _BatchedPrefixConstraint(LogitsProcessor):
         mask = torch.full_like(scores, float("-inf"))
         mask[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = 0.0
         return scores + mask
+
+
+def generate_sharing_prompts(
+    model,
+    inputs: dict[str, torch.Tensor],
+    *,
+    generation_config: GenerationConfig,
+    logits_processor: LogitsProcessorList,
+    tokenizer=None,
+) -> torch.Tensor:
+    """`model.generate(**inputs, ...)`, with each prompt's forward pass run once for all its samples.
+
+    generate() repeats every prompt `num_return_sequences` times before its first forward pass, so a
+    LLaVA encodes each image, and prefills each prompt, n times over. Here every prompt token but
+    the last goes through the model once per prompt (positions as generate() numbers them under
+    left padding), the cache is repeated n times, and generate() continues from it with the same
+    sampling: the n samples share the prompt's work, as vLLM's `n` shares it. The rows come back in
+    generate()'s order (prompt-major), prompts included.
+    """
+    n = generation_config.num_return_sequences or 1
+    input_ids = inputs["input_ids"]
+    attention = inputs["attention_mask"]
+    image_token = getattr(model.config, "image_token_id", None)
+    if image_token is None:
+        image_token = getattr(model.config, "image_token_index", None)
+    last_is_image = image_token is not None and bool((input_ids[:, -1] == image_token).any())
+    if n == 1 or input_ids.shape[1] < 2 or last_is_image:
+        return model.generate(
+            **inputs, generation_config=generation_config, logits_processor=logits_processor, tokenizer=tokenizer
+        )
+    positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
+    extra = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+    if _accepts_logits_to_keep(model):
+        extra["logits_to_keep"] = 1  # the prompt's logits are not needed, only its cache
+    cache = model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+        **extra,
+    ).past_key_values
+    cache.batch_repeat_interleave(n)
+    continued = copy.deepcopy(generation_config)
+    continued.num_return_sequences = 1
+    return model.generate(
+        input_ids=input_ids.repeat_interleave(n, dim=0),
+        attention_mask=attention.repeat_interleave(n, dim=0),
+        past_key_values=cache,
+        generation_config=continued,
+        logits_processor=logits_processor,
+        tokenizer=tokenizer,
+    )
 
 
 def cut_at_stop_strings(text: str, stop_strings: Sequence[str] | None) -> str:
@@ -207,8 +264,6 @@ def generate_texts(
     config = sampling_generation_config(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
-        temperature=temperature,
-        top_p=top_p,
         num_return_sequences=num_return_sequences,
         stop_strings=stop_strings,
         eos_token_id=eos_ids,
@@ -223,11 +278,12 @@ def generate_texts(
         if prefix_allowed_tokens_fn is not None:
             row_prompts = [i for i in batch for _ in range(num_return_sequences)]
             processors.append(_BatchedPrefixConstraint(prefix_allowed_tokens_fn, input_ids.shape[1], row_prompts))
+        processors.extend(sampling_warpers(do_sample=do_sample, temperature=temperature, top_p=top_p))
         torch.manual_seed(seed + batch_number)
         with explicit_generation_config(model):
-            output = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
+            output = generate_sharing_prompts(
+                model,
+                {"input_ids": input_ids, "attention_mask": attention},
                 generation_config=config,
                 logits_processor=processors,
                 tokenizer=tokenizer if stop_strings else None,

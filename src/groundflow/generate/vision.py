@@ -17,11 +17,14 @@ from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
+from transformers import LogitsProcessorList
 
+from groundflow.generate.sampling import sampling_warpers
 from groundflow.generate.text import (
     batches_by_length,
     cut_at_stop_strings,
     explicit_generation_config,
+    generate_sharing_prompts,
     sampling_generation_config,
     stop_token_ids,
 )
@@ -138,14 +141,13 @@ def generate_vision_texts(
     config = sampling_generation_config(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
-        temperature=temperature,
-        top_p=top_p,
         num_return_sequences=num_return_sequences,
         stop_strings=stop_strings,
         eos_token_id=stop_token_ids(model, tokenizer),
         pad_token_id=pad_id,
         bos_token_id=tokenizer.bos_token_id,
     )
+    warpers = sampling_warpers(do_sample=do_sample, temperature=temperature, top_p=top_p)
     # Every image expands to the same number of tokens, so text length orders the batches.
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     results: list[list[str]] = [[] for _ in prompts]
@@ -166,9 +168,11 @@ def generate_vision_texts(
         width = inputs["input_ids"].shape[1]
         torch.manual_seed(seed + batch_number)
         with explicit_generation_config(model):
-            output = model.generate(
-                **inputs,
+            output = generate_sharing_prompts(
+                model,
+                inputs,
                 generation_config=config,
+                logits_processor=LogitsProcessorList(warpers),
                 tokenizer=tokenizer if stop_strings else None,
             )
         texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
