@@ -1,0 +1,1 @@
+"""Report plots (`plots`: pure, DataFrames to figures) and what they read (`sources`)."""
