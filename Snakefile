@@ -8,10 +8,16 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/cvc_data.smk"
 include: "rules/cvc_trials.smk"
+include: "rules/cings.smk"
+include: "rules/cings_eval.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -22,9 +28,14 @@ rule all:
 
 rule cvc_prep:
     input:
-        cvc_targets(),
+        cvc_targets() + cvc_data_plots(),
 
 
 rule cvc_all:
     input:
-        cvc_targets() + cvc_training_targets(),
+        cvc_targets() + cvc_training_targets() + cvc_report_targets(),
+
+
+rule cings:
+    input:
+        cings_targets() + cings_eval_targets(),

@@ -35,21 +35,52 @@ def generation_spec(kind, model_name):
 
 
 def job_resources(kind):
+    """What a job of `kind` asks for, plus where SLURM should run it: snakemake-executor-plugin-slurm
+    reads `slurm_partition`, `gres` and `gpu_model` (and turns `gpu` into `--gpus=[model:]N`);
+    local runs ignore them."""
     spec = config["resources"][kind]
-    return {"mem_mb": spec["mem_mb"], "runtime": spec["runtime"], "gpu": spec["gpu"]}
+    resources = {"mem_mb": spec["mem_mb"], "runtime": spec["runtime"], "gpu": spec["gpu"]}
+    return {**resources, **slurm_placement(spec["gpu"])}
+
+
+def slurm_placement(gpu):
+    slurm = config["slurm"]
+    partition = slurm["gpu_partition"] if gpu else slurm["partition"]
+    placement = {"slurm_partition": partition} if partition else {}
+    if gpu:
+        # sbatch refuses --gres and --gpus that disagree on the GPU type, so both name it or neither
+        model = slurm["gpu_model"]
+        placement["gres"] = f"gpu:{model}:{gpu}" if model else f"gpu:{gpu}"
+        if model:
+            placement["gpu_model"] = model
+    return placement
 
 
 def job_threads(kind):
     return config["resources"][kind]["threads"]
 
 
+# The models a method alone uses: a run without that method does not build their tiny versions
+# (a preset layered on config.yaml keeps the demo's entries). Models of no method here are built always.
+METHOD_MODELS = {
+    "cvc": {"text_llm", "masked_lm", "detector", "sam", "llava", "llava_base", "embedder"},
+    "cings": {"cings_lm", "vision_tower"},
+}
+
+
 def tiny_model_targets():
-    """Every tiny model the config names, so the demo builds (and checks) all of them."""
-    return sorted({p for name in config["models"] for p in [model_input(name)] if p})
+    """Every tiny model the config names for the selected methods, so the demo builds (and checks) them."""
+    unused = set()
+    for method, names in METHOD_MODELS.items():
+        if method not in config["methods"]:
+            unused |= names
+    return sorted({p for name in config["models"] if name not in unused for p in [model_input(name)] if p})
 
 
 def all_targets():
     targets = tiny_model_targets()
     if "cvc" in config["methods"]:
-        targets += cvc_targets() + cvc_training_targets()
+        targets += cvc_targets() + cvc_training_targets() + cvc_report_targets()
+    if "cings" in config["methods"]:
+        targets += cings_targets() + cings_eval_targets()
     return targets

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("run_dir")
     init.add_argument("--preset", help="a preset from configs/ (e.g. cvc-paper) instead of the demo config")
     build = sub.add_parser("build-model", help="build a tiny random model of a real architecture")
-    build.add_argument("kind", choices=["llama", "roberta", "grounding-dino", "sam", "llava"])
+    build.add_argument("kind", choices=["llama", "roberta", "grounding-dino", "sam", "llava", "llama3", "clip"])
     build.add_argument("out_dir")
     build.add_argument("--seed", type=int, default=0)
     status = sub.add_parser("status", help="per stage: in / out / rejected and top reject reasons")

@@ -7,18 +7,13 @@ import pytest
 
 from groundflow.cvc.fixture import make_fixture
 from groundflow.io.schemas import table_schema
-from snakemake_runner import make_run_dir, snakemake
+from snakemake_runner import snakemake
 
 pytestmark = pytest.mark.workflow
 
 STAGES = ["ingest", "images", "entities", "causality", "grounding", "segmentation", "occlusion", "instructions"]
 
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    run = make_run_dir(tmp_path_factory.mktemp("demo"))
-    snakemake(run, "--cores", "2")
-    return run
+# `demo`: the embedded default run once per session (conftest.py), shared with test_report.py
 
 
 def test_every_stage_adds_up_and_takes_both_branches(demo):
@@ -73,12 +68,19 @@ def test_a_second_run_has_nothing_to_do(demo):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
+def demo_config(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
 def test_trial_learning_counts_add_up_and_checkpoint_generates(demo):
     import json
 
     import torch
     from PIL import Image
 
+    from groundflow.cvc.trials import rationale_answer_choices
     from groundflow.models.llava import load_llava
     from groundflow.models.spec import ModelSpec
 
@@ -94,6 +96,28 @@ def test_trial_learning_counts_add_up_and_checkpoint_generates(demo):
     assert {r["id"].rsplit("-answer-", 1)[0].rsplit("-cot-", 1)[0] for r in samples} <= {
         Path(p).stem for p in instances["occluded_image"]}
     assert len(pd.read_parquet(demo / "results/cvc/hybrid/train.parquet")) == len(mix)
+
+    # instances -> 16 trials each -> 16 checked answers each -> samples by the number correct (k)
+    checked = pd.concat(pd.read_parquet(p) for p in sorted((demo / "results/cvc/checking").glob("[0-9].parquet")))
+    assert len(checked) == counts.loc["checking", "out"] == counts.loc["selection", "in"]
+    n = demo_config(demo)["cvc"]["trials"]["n"]
+    span_words = demo_config(demo)["cvc"]["extraction"]["answer_span_words"]
+    cot_ids = {r["id"] for r in samples if "-cot-" in r["id"]}
+    answer_ids = {r["id"] for r in samples if "-answer-" in r["id"]}
+    for row in checked.itertuples():
+        assert len(row.trials) == len(row.predictions) == len(row.similarities) == len(row.correct) == n
+        assert row.n_correct == sum(row.correct)
+        for rationale, prediction in zip(row.trials, row.predictions):  # answers are the rationale's phrases
+            assert prediction == "" or f" {prediction}" in rationale_answer_choices(rationale, span_words)
+        stem = Path(row.occluded_image).stem
+        n_cot = sum(i.startswith(f"{stem}-cot-") for i in cot_ids)
+        n_answer = sum(i.startswith(f"{stem}-answer-") for i in answer_ids)
+        assert n_cot == (row.n_correct if 1 <= row.n_correct <= 4 else 0)
+        assert n_answer == len({p for p, ok in zip(row.predictions, row.correct) if ok})
+    k = checked["n_correct"]
+    assert (k == 0).sum() == counts.loc["selection", "rejected"]
+    # every selection branch is taken: no success, challenging success (CoT), easy success
+    assert (k == 0).any() and k.between(1, 4).any() and (k > 4).any()
     summary = json.loads((demo / "results/cvc/train/train_summary.json").read_text())
     assert summary["steps"] == 6
     model, processor = load_llava(ModelSpec(str(demo / "results/cvc/train/model")))

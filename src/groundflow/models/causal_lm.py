@@ -26,14 +26,16 @@ TINY_LLAMA = dict(
 )
 
 
-def build_tiny_causal_lm(out_dir: str | Path, seed: int = 0, texts: Iterable[str] = ()) -> Path:
+def build_tiny_causal_lm(out_dir: str | Path, seed: int = 0, texts: Iterable[str] = (), flavor: str = "llama") -> Path:
     """Build and save a random tiny LlamaForCausalLM plus its tokenizer into `out_dir`.
 
     The tokenizer is trained on the base corpus plus `texts` (pass the prompts the model will see
     so that they tokenise into few tokens). Same seed and texts give the same files' contents.
+    flavor: the tokenizer's (`tokenizers.build_tokenizer`); "llama3" gives Llama-3's pre-tokenizer
+    and Llama-3.1-Instruct's chat template (the CINGS base model).
     """
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer("llama", out_dir, texts)
+    tokenizer = build_tokenizer(flavor, out_dir, texts)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         tie_word_embeddings=False,

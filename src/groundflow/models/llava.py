@@ -165,3 +165,163 @@ def pad_to_square(image: Image.Image, fill: Sequence[int] | None = None) -> Imag
     square = Image.new(image.mode, (side, side), colour)
     square.paste(image, ((side - width) // 2, (side - height) // 2))
     return square
+
+
+# ---------------------------------------------------------------- LLaVA from a trained LM
+
+# A Llama-3.1 chat template over content parts (LLaVA-NeXT's `llava_llama_3` layout): the image
+# goes as "<image>\n" before the text of its turn, every message is trimmed, the system block
+# carries the same date lines the text LM was trained with.
+LLAMA3_LLAVA_CHAT_TEMPLATE = (
+    "{%- macro text(message) -%}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- else -%}"
+    "{%- for part in message['content'] if part['type'] == 'image' -%}{{ '<image>\\n' }}{%- endfor -%}"
+    "{%- for part in message['content'] if part['type'] == 'text' -%}{{ part['text'] | trim }}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endmacro -%}"
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = text(messages[0]) %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
+    "{{- system_message }}"
+    "{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + text(message) + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+# LLaVA-1.5's stage-1 `--version plain`: the prompt is the image alone (the human text is dropped),
+# the target is the caption followed by a newline.
+LLAVA_PLAIN_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}"
+    "{%- for part in message['content'] if part['type'] == 'image' %}{{ '<image>' }}{%- endfor %}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{%- for part in message['content'] if part['type'] == 'text' %}{{ part['text'] | trim }}{%- endfor %}{{ '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+)
+
+LLAVA_CHAT_TEMPLATES = {"llama3": LLAMA3_LLAVA_CHAT_TEMPLATE, "plain": LLAVA_PLAIN_CHAT_TEMPLATE}
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>",)  # Llama-3 has no pad and no unk token
+
+
+def build_tiny_clip_vision(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """A random CLIP vision tower (CLIPVisionModel + CLIPImageProcessor), saved like
+    `openai/clip-vit-large-patch14-336` is read by `compose_llava`."""
+    from transformers import CLIPVisionModel
+
+    out_dir = Path(out_dir)
+    config = CLIPVisionConfig(
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=TINY_PATCH_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+    )
+    with seeded(seed):
+        model = CLIPVisionModel(config)
+    model.save_pretrained(out_dir)
+    CLIPImageProcessor(
+        size={"shortest_edge": TINY_IMAGE_SIZE},
+        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        do_center_crop=True,
+        image_mean=list(CLIP_IMAGE_MEAN),
+        image_std=list(CLIP_IMAGE_STD),
+    ).save_pretrained(out_dir)
+    return out_dir
+
+
+def compose_llava(
+    lm_path: str | os.PathLike,
+    vision_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    vision_feature_layer: int = -2,
+    seed: int = 0,
+    dtype=None,
+) -> Path:
+    """A LLaVA-1.5 whose language model is the causal LM at `lm_path` (weights and tokenizer) and
+    whose vision tower is the CLIP at `vision_path`, joined by a new randomly initialised
+    `mlp2x_gelu` projector (LLaVA-1.5: penultimate CLIP layer, CLS dropped); saved to `out_dir`
+    with a processor whose chat template is LLaMA-3's over image parts.
+
+    The tokenizer gains "<image>" when it lacks it (the embedding matrix grows by that row, which is
+    never read: image features replace it) and a pad token (`<|finetune_right_pad_id|>` where the
+    vocabulary has it, else eos). The model is assembled on the meta device and only the given
+    weights are materialised, so an 8B LM is never held twice.
+    """
+    import torch
+    from tokenizers import AddedToken
+    from transformers import AutoModelForCausalLM, CLIPVisionModel
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    from groundflow.io.artifacts import atomic_directory
+
+    tokenizer = AutoTokenizer.from_pretrained(lm_path)
+    lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=dtype)
+    if getattr(lm.config, "model_type", None) != "llama":
+        raise ValueError(f"{lm_path}: LLaVA composition supports Llama language models, not {lm.config.model_type!r}")
+    vision = CLIPVisionModel.from_pretrained(vision_path, dtype=dtype)
+    image_processor = CLIPImageProcessor.from_pretrained(vision_path)
+
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    if tokenizer.pad_token is None:
+        vocab = tokenizer.get_vocab()
+        tokenizer.pad_token = next((t for t in PAD_CANDIDATES if t in vocab), tokenizer.eos_token)
+    if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
+        lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    vision_config = vision.config
+    num_patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    text_config = lm.config
+    text_config.pad_token_id = tokenizer.pad_token_id
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=image_token_id,
+        image_seq_length=num_patches,
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
+    )
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    with seeded(seed):
+        projector = LlavaMultiModalProjector(config).to(lm.dtype)
+    model.model.language_model.load_state_dict(lm.model.state_dict(), strict=True, assign=True)
+    model.lm_head.load_state_dict(lm.lm_head.state_dict(), strict=True, assign=True)
+    model.model.vision_tower.load_state_dict(vision.state_dict(), strict=True, assign=True)
+    model.model.multi_modal_projector.load_state_dict(projector.state_dict(), strict=True, assign=True)
+    left_on_meta = [name for name, p in model.state_dict().items() if p.is_meta]
+    if left_on_meta:
+        raise AssertionError(f"weights not filled in: {left_on_meta[:5]}")
+    for key in ("bos_token_id", "eos_token_id"):
+        setattr(model.generation_config, key, getattr(lm.generation_config, key, None))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=LLAMA3_LLAVA_CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+    )
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return Path(out_dir)

@@ -19,8 +19,18 @@ def _builders():
     from groundflow.models.masked_lm import build_tiny_masked_lm
     from groundflow.models.sam import build_tiny_sam
 
+    def build_tiny_llama3(out_dir, seed: int = 0):
+        """The CINGS base model: Llama-3.1-Instruct's chat template, vocabulary fitted to the fixture."""
+        from groundflow.cings.fixture import fixture_texts
+
+        return build_tiny_causal_lm(out_dir, seed=seed, texts=fixture_texts(), flavor="llama3")
+
+    from groundflow.models.llava import build_tiny_clip_vision
+
     return {
         "llama": build_tiny_causal_lm,
+        "llama3": build_tiny_llama3,
+        "clip": build_tiny_clip_vision,
         "roberta": build_tiny_masked_lm,
         "grounding-dino": build_tiny_grounding_dino,
         "sam": build_tiny_sam,
@@ -28,7 +38,7 @@ def _builders():
     }
 
 
-TINY_KINDS = ("llama", "roberta", "grounding-dino", "sam", "llava")
+TINY_KINDS = ("llama", "roberta", "grounding-dino", "sam", "llava", "llama3", "clip")
 
 
 def build_tiny_model(kind: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertTokenizerFast, PreTrainedTokenizerFast, RobertaTokenizerFast
 
 LLAMA3_CHAT_TEMPLATE = (
@@ -23,6 +23,26 @@ LLAMA3_CHAT_TEMPLATE = (
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+# Llama-3.1-Instruct's chat template without its tool-calling branches: a system block with the
+# knowledge-cutoff and date lines always comes first (empty system text when no system message is
+# given), every message is trimmed. CINGS trains and prompts through exactly this layout.
+LLAMA31_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\n\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\n' }}"
+    "{{- 'Today Date: ' + date_string + '\n\n' }}"
+    "{{- system_message }}"
+    "{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
 )
 
 LLAMA_SPECIALS = [
@@ -72,13 +92,27 @@ def corpus_lines(extra: Iterable[str] = ()) -> list[str]:
     return lines + [l for l in extra if l]
 
 
-def build_tokenizer(flavor: str, out_dir: str | Path, texts: Iterable[str] = (), vocab_size: int = 1024):
-    """Train a tokenizer of `flavor` on the base corpus plus `texts`; save it to `out_dir`."""
+# Llama-3's pre-tokenizer split (tokenizer.json of meta-llama/Llama-3.*): unlike GPT-2's it keeps
+# runs of newlines whole ("\n\n" is one token, `ĊĊ`) and splits digits in groups of three.
+LLAMA3_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def build_tokenizer(flavor: str, out_dir: str | Path, texts: Iterable[str] = (), vocab_size: int | None = None):
+    """Train a tokenizer of `flavor` on the base corpus plus `texts`; save it to `out_dir`.
+
+    "llama3" is "llama" with Llama-3's pre-tokenizer split and Llama-3.1-Instruct's chat template
+    (the CINGS tokenizer); vocab_size defaults to 1024 (2048 for "llama3", whose texts are longer).
+    """
     lines = corpus_lines(texts)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if flavor == "llama":
-        tok = _byte_level_bpe(lines, vocab_size, LLAMA_SPECIALS)
+    if vocab_size is None:
+        vocab_size = 2048 if flavor == "llama3" else 1024
+    if flavor in ("llama", "llama3"):
+        tok = _byte_level_bpe(lines, vocab_size, LLAMA_SPECIALS, llama3_split=flavor == "llama3")
         tok.post_processor = processors.TemplateProcessing(
             single="<|begin_of_text|> $A",
             pair="<|begin_of_text|> $A <|begin_of_text|> $B",
@@ -91,7 +125,7 @@ def build_tokenizer(flavor: str, out_dir: str | Path, texts: Iterable[str] = (),
             pad_token="<|finetune_right_pad_id|>",
             model_max_length=2048,
         )
-        fast.chat_template = LLAMA3_CHAT_TEMPLATE
+        fast.chat_template = LLAMA31_CHAT_TEMPLATE if flavor == "llama3" else LLAMA3_CHAT_TEMPLATE
     elif flavor == "roberta":
         specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
         tok = _byte_level_bpe(lines, vocab_size, specials)
@@ -105,9 +139,15 @@ def build_tokenizer(flavor: str, out_dir: str | Path, texts: Iterable[str] = (),
     return fast
 
 
-def _byte_level_bpe(lines: list[str], vocab_size: int, specials: list[str]) -> Tokenizer:
+def _byte_level_bpe(lines: list[str], vocab_size: int, specials: list[str], llama3_split: bool = False) -> Tokenizer:
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if llama3_split:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -169,7 +169,8 @@ def render_conversation(conversation: Conversation, tokenizer, *, chat_template:
         if message["role"] != "assistant":
             continue
         before = _render(tokenizer, messages[:index], chat_template, add_generation_prompt=True)
-        through = _render(tokenizer, messages[: index + 1], chat_template, add_generation_prompt=False)
+        last = index + 1 == len(messages)  # the render through the last turn is `full` itself
+        through = full if last else _render(tokenizer, messages[: index + 1], chat_template, add_generation_prompt=False)
         if not (through.startswith(before) and full.startswith(through)):
             raise ConversationError(
                 f"the chat template does not render assistant turn {index} as an extension of the turns before it"

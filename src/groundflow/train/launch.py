@@ -3,7 +3,6 @@ DeepSpeed ZeRO), with the same records, config and output layout either way."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from groundflow.models.spec import ModelSpec
-from groundflow.train.sft import SFTConfig, train_sft
+from groundflow.train.sft import SFTConfig, read_records, train_sft
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +23,7 @@ def run_sft(*, model: dict, records_path: str, image_root: str | None, out_dir: 
     accelerate_config = settings.pop("accelerate_config", "") or ""
     config = SFTConfig.from_dict(settings)
     if not accelerate_config:
-        records = json.loads(Path(records_path).read_text())
+        records = read_records(records_path)
         return train_sft(model_spec=ModelSpec.from_config(model), records=records,
                          image_root=image_root, out_dir=out_dir, config=config)
     spec = ModelSpec.from_config(model)

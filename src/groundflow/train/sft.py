@@ -64,6 +64,25 @@ PROJECTOR = "multi_modal_projector"
 LANGUAGE_MODEL = "language_model"
 
 
+# The LR times gamma after every epoch, constant within one (torch StepLR(step_size=1) stepped per
+# epoch: the CINGS original's schedule). Other names are transformers' schedulers.
+EPOCH_STEP = "epoch_step"
+EPOCH_STEP_GAMMA = 0.85
+
+
+def epoch_step_factor(steps_per_epoch: int, gamma: float, warmup_steps: int = 0):
+    """The LR multiplier after `step` optimizer steps: a linear warmup (as transformers' schedules),
+    then gamma ** (completed epochs)."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, not {steps_per_epoch}")
+
+    def factor(step: int) -> float:
+        warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+        return warm * gamma ** (step // steps_per_epoch)
+
+    return factor
+
+
 @dataclass
 class SFTConfig:
     learning_rate: float = 2e-5
@@ -90,6 +109,9 @@ class SFTConfig:
     train_language_model: bool = True  # False with lora=None: projector-only (LLaVA stage 1)
     group_by_length: bool = False
     chat_template: str | None = None  # None: the tokenizer's / processor's own
+    # Hub id or folder of the tokenizer (and chat template) to train with, when it is not the
+    # model's own (CINGS: the Instruct tokenizer on the base model); "": the model's.
+    tokenizer: str = ""
     report_to: str = "tensorboard"
 
     @classmethod
@@ -114,6 +136,13 @@ class SFTConfig:
             raise ValueError(f"bf16 must be true, false or 'auto', not {self.bf16!r}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError("set num_train_epochs > 0 or max_steps > 0")
+        if self.lr_scheduler_type == EPOCH_STEP:
+            kwargs = dict(self.lr_scheduler_kwargs or {})
+            unknown = sorted(set(kwargs) - {"gamma"})
+            if unknown:
+                raise ValueError(f"lr_scheduler_kwargs {unknown} do not apply to {EPOCH_STEP}; it takes gamma")
+            if not 0 < float(kwargs.get("gamma", EPOCH_STEP_GAMMA)) <= 1:
+                raise ValueError(f"{EPOCH_STEP} gamma must be in (0, 1], not {kwargs['gamma']}")
 
 
 # ---------------------------------------------------------------- data
@@ -141,6 +170,9 @@ def build_examples(
     A record is skipped, never silently dropped, when it has no conversation, an image that a
     text-only model cannot take or that is missing, labels the mask function refuses, an image
     token count that does not match its images, or no supervised token within max_length.
+
+    A record that carries `input_ids` and `labels` was tokenised ahead (a tokenisation cache, e.g.
+    CINGS's per-mode tables): it is taken as it is, with the same checks and truncation.
     """
     image_token_id = None
     tokens_per_image = 0
@@ -158,7 +190,8 @@ def build_examples(
             skipped.append({"id": record_id, "reason": reason})
 
         conversation = record.get("conversations")
-        if not isinstance(conversation, list) or not conversation:
+        pretokenized = record.get("input_ids") is not None and record.get("labels") is not None
+        if not pretokenized and (not isinstance(conversation, list) or not conversation):
             skip(f"record {record_id} has no conversations")
             continue
         image = record.get("image")
@@ -173,7 +206,11 @@ def build_examples(
                 skip(f"record {record_id}: missing image file {root / image}")
                 continue
         try:
-            input_ids, labels = mask_fn(conversation, tokenizer_or_processor)
+            if pretokenized:
+                input_ids = [int(token) for token in record["input_ids"]]
+                labels = [int(label) for label in record["labels"]]
+            else:
+                input_ids, labels = mask_fn(conversation, tokenizer_or_processor)
             input_ids, labels = truncate_example(input_ids, labels, max_length, image_token_id=image_token_id)
         except (ConversationError, ValueError) as error:
             skip(f"record {record_id}: {error}")
@@ -258,9 +295,15 @@ def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
     return bool(setting)
 
 
-def load_for_training(spec: ModelSpec, *, use_bf16: bool):
-    """(model, tokenizer or processor, is_llava) for training: right padding, no KV cache."""
+def load_for_training(spec: ModelSpec, *, use_bf16: bool, tokenizer: str = ""):
+    """(model, tokenizer or processor, is_llava) for training: right padding, no KV cache.
+
+    tokenizer: where the tokenizer comes from when it is not the model's own (a causal LM only);
+    its vocabulary must fit the model's embeddings, which grow to it when it is larger (as the
+    original's `resize_token_embeddings(len(tokenizer))`, a no-op for Llama-3.1 base + Instruct)."""
     is_llava = model_type_of(spec.path) in LLAVA_MODEL_TYPES
+    if tokenizer and is_llava:
+        raise ValueError("a separate tokenizer is for causal LMs; a LLaVA trains with its processor")
     if spec.dtype == "auto":
         dtype = torch.bfloat16 if use_bf16 else torch.float32
     else:
@@ -269,8 +312,12 @@ def load_for_training(spec: ModelSpec, *, use_bf16: bool):
         processing = AutoProcessor.from_pretrained(spec.path)
         model = LlavaForConditionalGeneration.from_pretrained(spec.path, dtype=dtype)
     else:
-        processing = AutoTokenizer.from_pretrained(spec.path)
+        processing = AutoTokenizer.from_pretrained(tokenizer or spec.path)
         model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype)
+        if len(processing) > model.get_input_embeddings().num_embeddings:
+            log.warning("tokenizer %s has %d tokens, the model %d embeddings: resizing",
+                        tokenizer, len(processing), model.get_input_embeddings().num_embeddings)
+            model.resize_token_embeddings(len(processing))
     tok = text_tokenizer(processing)
     tok.padding_side = "right"
     if tok.pad_token is None:
@@ -364,6 +411,28 @@ class SFTTrainer(Trainer):
     every supervised token weighs the same, whatever its micro-batch.
     """
 
+    def __init__(self, *args, sft_config: SFTConfig | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sft_config = sft_config
+        self.update_steps_per_epoch: int | None = None
+
+    def set_initial_training_values(self, *args, **kwargs):
+        values = super().set_initial_training_values(*args, **kwargs)
+        self.update_steps_per_epoch = int(values[1])  # optimizer steps per epoch, last partial window included
+        return values
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        config = self.sft_config
+        if config is None or config.lr_scheduler_type != EPOCH_STEP or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        gamma = float((config.lr_scheduler_kwargs or {}).get("gamma", EPOCH_STEP_GAMMA))
+        factor = epoch_step_factor(
+            self.update_steps_per_epoch or num_training_steps, gamma, self.args.get_warmup_steps(num_training_steps)
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         outputs = model(**inputs, use_cache=False)
@@ -392,8 +461,9 @@ def _training_arguments(config: SFTConfig, out_dir: Path, *, use_bf16: bool, use
         max_steps=config.max_steps,
         per_device_train_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        lr_scheduler_kwargs=config.lr_scheduler_kwargs,
+        # epoch_step is built by SFTTrainer.create_scheduler; transformers gets a placeholder
+        lr_scheduler_type="constant" if config.lr_scheduler_type == EPOCH_STEP else config.lr_scheduler_type,
+        lr_scheduler_kwargs={} if config.lr_scheduler_type == EPOCH_STEP else config.lr_scheduler_kwargs,
         warmup_steps=float(config.warmup_ratio),  # < 1: a ratio of the total steps
         weight_decay=config.weight_decay,
         seed=config.seed,
@@ -477,7 +547,7 @@ def train_sft(
         config, out_dir, use_bf16=use_bf16, use_cpu=device.type == "cpu", find_unused=bool(has_text_only)
     )
     set_seed(config.seed)  # LoRA initialisation is random
-    model, processing, is_llava = load_for_training(spec, use_bf16=use_bf16)
+    model, processing, is_llava = load_for_training(spec, use_bf16=use_bf16, tokenizer=config.tokenizer)
     mask_fn = mask_fn or assistant_mask_fn(chat_template=config.chat_template, max_length=config.max_length)
     examples, skipped = build_examples(
         records, processing, mask_fn, max_length=config.max_length, image_root=image_root, is_llava=is_llava
@@ -494,6 +564,7 @@ def train_sft(
     if config.report_to == "tensorboard" and args.process_index == 0:
         callbacks.append(_tensorboard_callback(out_dir / "runs"))
     trainer = SFTTrainer(
+        sft_config=config,
         model=model,
         args=args,
         train_dataset=ExampleDataset(examples),
@@ -513,6 +584,11 @@ def train_sft(
     if trainer.is_world_process_zero():
         state = trainer.state
         losses = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in state.log_history if "loss" in e]
+        learning_rates = [
+            {"step": int(e["step"]), "learning_rate": float(e["learning_rate"])}
+            for e in state.log_history
+            if "loss" in e and "learning_rate" in e
+        ]
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
         atomic_write_json(
@@ -523,6 +599,7 @@ def train_sft(
                 "model_dir": str(model_dir),
                 "steps": int(state.global_step),
                 "losses": losses,
+                "learning_rates": learning_rates,  # the LR each logged step was taken with
                 "final_loss": losses[-1]["loss"] if losses else None,
                 "tokens_seen": int(state.num_input_tokens_seen),
                 "seconds": round(time.perf_counter() - started, 3),
@@ -576,6 +653,19 @@ def _save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *
 # ---------------------------------------------------------------- command line
 
 
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Training records: a LLaVA JSON list, or a Parquet table (e.g. tokenised `id, input_ids, labels`)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    records = json.loads(path.read_text())
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of records")
+    return records
+
+
 def _load_config_file(path: str | None) -> SFTConfig:
     if not path:
         return SFTConfig()
@@ -589,7 +679,7 @@ def _load_config_file(path: str | None) -> SFTConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Supervised fine-tuning on LLaVA-format conversations")
-    parser.add_argument("--records", required=True, help="LLaVA JSON: a list of {id, image?, conversations}")
+    parser.add_argument("--records", required=True, help="LLaVA JSON: a list of {id, image?, conversations}; or Parquet of tokenised {id, input_ids, labels}")
     parser.add_argument("--image-root", default=None, help="folder that record image paths are relative to")
     parser.add_argument("--model", required=True, help="hub id or local folder of a LLaVA or causal LM")
     parser.add_argument("--dtype", default="auto")
@@ -599,9 +689,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    records = json.loads(Path(args.records).read_text())
-    if not isinstance(records, list):
-        raise SystemExit(f"{args.records}: expected a JSON list of records")
+    try:
+        records = read_records(args.records)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     model_dir = train_sft(
         model_spec=ModelSpec(args.model, dtype=args.dtype, device=args.device),
         records=records,
