@@ -13,11 +13,19 @@ report: "workflow/report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/models.smk"
-include: "rules/cvc_data.smk"
-include: "rules/cvc_trials.smk"
+
+
+# A method's rules exist when the config has its section (the schema requires the section of every
+# method in `methods`), so a preset of one method is a whole config without the others' keys.
+if "cvc" in config:
+
+    include: "rules/cvc_data.smk"
+    include: "rules/cvc_trials.smk"
+    include: "rules/report.smk"
+
+
 include: "rules/cings.smk"
 include: "rules/cings_eval.smk"
-include: "rules/report.smk"
 
 
 rule all:
@@ -26,14 +34,15 @@ rule all:
     default_target: True
 
 
-rule cvc_prep:
-    input:
-        cvc_targets() + cvc_data_plots(),
+if "cvc" in config:
 
+    rule cvc_prep:
+        input:
+            cvc_targets() + cvc_data_plots(),
 
-rule cvc_all:
-    input:
-        cvc_targets() + cvc_training_targets() + cvc_report_targets(),
+    rule cvc_all:
+        input:
+            cvc_targets() + cvc_training_targets() + cvc_report_targets(),
 
 
 rule cings:

@@ -59,4 +59,6 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return "; ".join(f"unknown key '{prefix}{k}'" for k in extra)
     if error.validator == "type":
         return f"'{where}': {error.instance!r} is not of type {error.validator_value!r}"
+    if "then" in error.schema_path:
+        return f"'{where}': {error.message}, because `methods` lists the method that needs it"
     return f"'{where}': {error.message}"

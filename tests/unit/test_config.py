@@ -52,3 +52,25 @@ def test_defaults_are_not_shared_between_configs():
     b = validate_config({k: copy.deepcopy(v) for k, v in load("config.yaml").items() if k != "resources"})
     a["resources"]["cpu_job"]["mem_mb"] = 1
     assert b["resources"]["cpu_job"]["mem_mb"] != 1
+
+
+@pytest.mark.parametrize("preset, absent", [("cvc-paper", "cings"), ("cings-paper", "cvc")])
+def test_each_paper_preset_is_a_whole_config_without_the_other_methods_keys(preset, absent):
+    config = validate_config(load(f"configs/{preset}.yaml"))
+    assert absent not in config
+
+
+@pytest.mark.parametrize("method, section, model", [("cvc", "cvc", "sam"), ("cings", "cings", "cings_lm")])
+def test_a_listed_method_needs_its_section_and_models(method, section, model):
+    config = load("config.yaml")
+    config["methods"] = [method]
+    without_section = {k: v for k, v in copy.deepcopy(config).items() if k != section}
+    with pytest.raises(ConfigError, match=rf"'{section}' is a required property, because `methods`"):
+        validate_config(without_section)
+    without_model = copy.deepcopy(config)
+    del without_model["models"][model]
+    with pytest.raises(ConfigError, match=rf"'models': '{model}' is a required property"):
+        validate_config(without_model)
+    other = "cings" if method == "cvc" else "cvc"
+    config.pop(other)  # the other method's section is not needed
+    validate_config(config)

@@ -40,3 +40,22 @@ def test_wrong_type_stops_the_run_naming_it(tmp_path):
     out = snakemake(run, "-n", check=False)
     assert out.returncode != 0
     assert "'cvc.grounding.box_threshold': 'high' is not of type 'number'" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("preset, own, other", [("cvc-paper", "cvc_", "cings_"), ("cings-paper", "cings_", "cvc_")])
+def test_a_run_folder_made_from_one_preset_plans_that_method_alone(tmp_path, preset, own, other):
+    from groundflow.cli import main
+
+    run = tmp_path / "run"
+    assert main(["init", str(run), "--preset", preset]) == 0
+    out = snakemake(run, "-n", "--quiet", "rules")
+    counts = job_counts(out.stdout + out.stderr)
+    assert any(rule.startswith(own) for rule in counts)
+    assert not any(rule.startswith(other) for rule in counts), counts
+    assert "build_tiny_model" not in counts
+    if preset == "cings-paper":
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        datasets, modes = config["cings"]["inference"]["datasets"], config["cings"]["modes"]
+        assert counts["cings_train"] == 3 and counts["cings_vl_stage2"] == 2
+        assert counts["cings_infer"] == len(datasets) * len(modes) == 24
+        assert counts["cings_eval_table"] == 1
