@@ -59,6 +59,19 @@ TINY_IMAGE_SIZE = 64
 TINY_PATCH_SIZE = 16
 
 
+def tiny_clip_vision_config() -> CLIPVisionConfig:
+    """The vision tower of every tiny LLaVA, alone or inside one."""
+    return CLIPVisionConfig(
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=TINY_PATCH_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+    )
+
+
 def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[str] = ()) -> Path:
     """Save a randomly initialised LlavaForConditionalGeneration and its processor to `out_dir`."""
     out_dir = Path(out_dir)
@@ -68,15 +81,7 @@ def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[
     if image_token_id is None or image_token_id == tokenizer.unk_token_id:
         raise AssertionError(f"tokenizer lacks the {IMAGE_TOKEN} token")
 
-    vision_config = CLIPVisionConfig(
-        image_size=TINY_IMAGE_SIZE,
-        patch_size=TINY_PATCH_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        projection_dim=32,
-    )
+    vision_config = tiny_clip_vision_config()
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -219,15 +224,7 @@ def build_tiny_clip_vision(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     from transformers import CLIPVisionModel
 
     out_dir = Path(out_dir)
-    config = CLIPVisionConfig(
-        image_size=TINY_IMAGE_SIZE,
-        patch_size=TINY_PATCH_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        projection_dim=32,
-    )
+    config = tiny_clip_vision_config()
     with seeded(seed):
         model = CLIPVisionModel(config)
     model.save_pretrained(out_dir)
