@@ -26,6 +26,17 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     assert os.listdir(tmp_path) == ["a.txt"]
 
 
+def test_a_killed_writes_temp_file_goes_with_the_next_write_of_that_path_only(tmp_path):
+    target = tmp_path / "out.parquet"
+    # what SIGKILL between writing and renaming leaves: the temp file, no `finally`
+    (tmp_path / ".out.parquet.k1ll3d.tmp.parquet").write_text("half")
+    (tmp_path / ".other.parquet.k1ll3d.tmp.parquet").write_text("another path's")
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert sorted(os.listdir(tmp_path)) == [".other.parquet.k1ll3d.tmp.parquet", "out.parquet"]
+    assert target.read_text() == "whole"
+
+
 def test_accounting_counts_and_detects_lost_and_double_records():
     kept = pd.DataFrame({"id": ["a", "b"]})
     ok = StageResult(kept, rejects_frame("s", [("c", "bad")]))

@@ -7,10 +7,13 @@ so a killed job never leaves a half-written file that a later step would trust.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import glob
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -27,17 +30,37 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Keep the real suffix last so libraries that infer the format from the name (PIL) still work.
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix or path.suffix}"
-    )
+    prefix, tmp_suffix = f".{path.name}.", f".tmp{suffix or path.suffix}"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=tmp_suffix)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fault_delay_before_rename(path)
         os.replace(tmp_path, path)
+        # a write of this path killed before its rename left its temp file; one producer per path
+        # (Snakemake's rule) means no other write of it is in flight now
+        for stale in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(tmp_suffix)}"):
+            stale.unlink(missing_ok=True)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# Test-only fault injection: the window between writing a temp file and renaming it is too short
+# for a test to kill a job inside it reliably. With GROUNDFLOW_FAULT_RENAME_DELAY="<seconds>:<glob>"
+# a write whose destination path matches the glob (fnmatch; `*` also matches `/`) waits that long
+# with its temp file written and not yet renamed (tests/workflow/test_kill_resume.py). Unset: no-op.
+FAULT_RENAME_DELAY_ENV = "GROUNDFLOW_FAULT_RENAME_DELAY"
+
+
+def _fault_delay_before_rename(path: Path) -> None:
+    spec = os.environ.get(FAULT_RENAME_DELAY_ENV)
+    if not spec:
+        return
+    seconds, _, pattern = spec.partition(":")
+    if fnmatch.fnmatch(str(path), pattern):
+        time.sleep(float(seconds))
 
 
 @contextlib.contextmanager

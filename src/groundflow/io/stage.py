@@ -126,6 +126,15 @@ def run_chunked(
             shutil.rmtree(pdir)
         pdir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(manifest, {"fingerprint": fp, "params": params})
+    finished = [] if pdir is None else [
+        i for i in range(len(bounds))
+        if (pdir / f"chunk-{i:05d}.kept.parquet").exists()
+        and (pdir / f"chunk-{i:05d}.rejects.parquet").exists()
+    ]
+    # how much of a restarted shard was saved, in the job's log (test_kill_resume.py reads it)
+    done_items = sum(bounds[i][1] - bounds[i][0] for i in finished)
+    log.info("resumed %d finished chunks (%d items), computing %d chunks (%d items)",
+             len(finished), done_items, len(bounds) - len(finished), len(records) - done_items)
     for index, (start, stop) in enumerate(bounds):
         stats["chunks"] += 1
         kept_file = pdir / f"chunk-{index:05d}.kept.parquet" if pdir else None
