@@ -7,9 +7,11 @@ node is idle. `stop()` cancels what is still queued and ends exactly the daemons
 
 The cluster has no accounting database: `MinJobAge=600` keeps finished jobs visible to `squeue`
 for ten minutes, which is what snakemake-executor-plugin-slurm's `--slurm-status-command squeue`
-relies on. Partition `cpu` (default) and partition `gpu` share the node; the node carries one
-GPU GRES backed by /dev/null, so `--gres=gpu:1` / `--gpus=1` requests are scheduled for real
-(SLURM sets CUDA_VISIBLE_DEVICES; torch still finds no CUDA device and runs on the CPU).
+relies on. Partition `cpu` (default) and partition `gpu` share the node; the node carries two
+GPU GRES backed by /dev/null and /dev/zero, so `--gres=gpu:1` / `--gpus=1` requests are scheduled
+for real (SLURM sets CUDA_VISIBLE_DEVICES; torch still finds no CUDA device and runs on the CPU).
+Two, not one: the demo's two shards then run their model stages side by side on a two-core CI
+machine instead of queueing for a single stand-in GPU (which doubled the model stages' time).
 Up to four jobs share a core (OverSubscribe=FORCE:4): a CI machine has two, and a workflow's
 waves of short jobs then start together instead of waiting for the next status check.
 Clients find this cluster through SLURM_CONF (`client_env()`); bin/srun puts it back for the
@@ -29,6 +31,7 @@ from pathlib import Path
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun")
 NODE = "gfnode"
+GPU_FILES = ("/dev/null", "/dev/zero")
 
 
 class SlurmUnavailable(RuntimeError):
@@ -131,13 +134,15 @@ MpiDefault=none
 ReturnToService=2
 MinJobAge={self.min_job_age}
 GresTypes=gpu
-NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 {hardware} Gres=gpu:1 State=UNKNOWN
+NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 {hardware} Gres=gpu:{len(GPU_FILES)} State=UNKNOWN
 PartitionName=cpu Nodes={NODE} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 PartitionName=gpu Nodes={NODE} MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 """
         )
-        # slurmd reads gres.conf beside slurm.conf; /dev/null stands in for the GPU device file
-        (r / "gres.conf").write_text(f"AutoDetect=off\nNodeName={NODE} Name=gpu File=/dev/null\n")
+        # slurmd reads gres.conf beside slurm.conf; character devices every machine has stand in
+        # for the GPU device files (one file per GPU)
+        (r / "gres.conf").write_text("AutoDetect=off\n" + "".join(
+            f"NodeName={NODE} Name=gpu File={path}\n" for path in GPU_FILES))
         # Inside a job, snakemake-executor-plugin-slurm-jobstep (0.6.1) runs the rule with `srun`
         # after dropping every SLURM_* variable, SLURM_CONF included, so srun would look for
         # /etc/slurm/slurm.conf or a configless slurmd's /run/slurm/conf, where a real cluster

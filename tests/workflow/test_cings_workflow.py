@@ -1,10 +1,17 @@
-"""CINGS training and the vision-language step through the real snakemake CLI, `methods: [cings]`."""
+"""CINGS training and the vision-language step through the real snakemake CLI.
+
+The checks read the session's demo run (conftest.py `demo`): its `methods: [cvc, cings]` builds
+these CINGS targets with the very jobs and params that a `methods: [cings]` run plans, which
+test_a_cings_only_run_would_reuse_the_demos_outputs proves; a dry run shows that `methods: [cings]`
+alone plans no CVC job and no CVC model.
+"""
 import json
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -26,10 +33,28 @@ TARGETS = ["results/cings/stage_counts.tsv", "results/cings/rejects.parquet", "r
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    folder = make_run_dir(tmp_path_factory.mktemp("cings"), OVERRIDES)
-    snakemake(folder, "--cores", "2", *TARGETS)
-    return folder
+def run(demo):
+    """The session's demo run folder: no CINGS training of this module's own (see the docstring)."""
+    return demo
+
+
+def _summary(run, *args) -> list[tuple[str, str]]:
+    """(output file, rule) of every job in the DAG of `args` (`snakemake --summary`)."""
+    lines = snakemake(run, *args, "--summary").stdout.splitlines()
+    assert lines[0].startswith("output_file\t"), lines[:3]
+    return [(f[0], f[2]) for f in (line.split("\t") for line in lines[1:] if line.strip())]
+
+
+def test_cings_alone_plans_no_cvc_job_or_model(tmp_path):
+    folder = make_run_dir(tmp_path, OVERRIDES)
+    planned = _summary(folder)  # the default target, `all`
+    rules = {rule for _, rule in planned}
+    assert {"cings_train", "cings_vl_stage2", "cings_infer"} <= rules
+    assert not [rule for rule in rules if not rule.startswith("cings_") and rule != "build_tiny_model"], rules
+    # CVC's tiny models are not built for CINGS: only its LM and vision tower
+    assert {out for out, rule in planned if rule == "build_tiny_model"} == {
+        "resources/models/tiny-llama3", "resources/models/tiny-clip"}
+    assert set(TARGETS) <= {out for out, _ in planned}
 
 
 def test_counts_add_up_and_bad_records_are_rejected_with_reasons(run, tmp_path):
@@ -44,7 +69,6 @@ def test_counts_add_up_and_bad_records_are_rejected_with_reasons(run, tmp_path):
         assert counts.loc[f"train:{mode}", "in"] == counts.loc[f"tokenize:{mode}", "out"] > 0
     rejects = pd.read_parquet(run / "results/cings/rejects.parquet").set_index("id")
     assert len(rejects) == counts["rejected"].sum()
-    assert not (run / "resources/models/tiny-sam").exists()  # CVC's models are not built for CINGS
     for case in expected["bad_cases"]:
         assert rejects.loc[case["id"], "stage"] == "convert"
         assert case["reason"] in rejects.loc[case["id"], "reason"], case
@@ -88,9 +112,15 @@ def test_vl_checkpoint_loads_and_generates(run):
     assert len(texts) == 1 and isinstance(texts[0][0], str)
 
 
-def test_a_second_run_has_nothing_to_do(run):
-    out = snakemake(run, "-n", "--cores", "2", *TARGETS)
-    assert "Nothing to be done" in out.stdout + out.stderr
+def test_a_cings_only_run_would_reuse_the_demos_outputs(run, tmp_path):
+    # Snakemake reruns a job whose params, code or inputs changed: nothing to do for a
+    # `methods: [cings]` config means its CINGS jobs are the demo's, so the checks above hold
+    # for a CINGS-only run. (Also the second-run check: the demo's own config has nothing to do.)
+    cings_only = tmp_path / "cings_only.yaml"
+    cings_only.write_text(yaml.safe_dump(OVERRIDES))
+    for extra in ([], ["--configfile", str(cings_only)]):
+        out = snakemake(run, "-n", "--cores", "2", *TARGETS, *extra)  # --configfile takes 1+ files
+        assert "Nothing to be done" in out.stdout + out.stderr, (extra, out.stdout[-3000:])
 
 
 def test_paper_preset_plans_three_trainings_and_two_llavas(tmp_path):

@@ -1,5 +1,7 @@
 """The demo's data preparation submitted through profiles/slurm to a one-node SLURM cluster on this
-machine (tests/workflow/slurm_cluster.py) gives the same files as a run through profiles/local.
+machine (tests/workflow/slurm_cluster.py) gives the same files as the local run of the embedded
+default (the session's `demo` fixture, tests/workflow/conftest.py: `snakemake --cores 2`, as
+profiles/local runs it), which builds everything cvc_prep does from the same config.
 
 Needs Debian's slurm-wlm and munge and root (`make system-deps`; CI runs as root). It fails,
 never skips, without them.
@@ -9,7 +11,6 @@ import json
 import re
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,15 +21,15 @@ from snakemake_runner import ROOT, make_run_dir, snakemake
 
 pytestmark = pytest.mark.workflow
 
-# Fewer fixture images and one shard keep the job count and the time low; every data-preparation
-# stage still runs. Model stages ask for a GPU so that the SLURM run places them
-# in the gpu partition with --gres (the test node's GPU is a stand-in; torch runs on the CPU).
+# The demo's config, so that the files can be compared with the demo's, changed only in what jobs
+# ask SLURM for (rules/common.smk: job_resources; no rule reads these values otherwise). Model
+# stages ask for a GPU so that the SLURM run places them in the gpu partition with --gres (the
+# test node's GPU is a stand-in; torch runs on the CPU); less memory lets all jobs of a wave share
+# a small CI node.
 OVERRIDES = {
-    "shards": 1,
-    "cvc": {"fixture": {"n_images": 8}},
     "resources": {
-        "cpu_job": {"threads": 1, "mem_mb": 1000, "runtime": 15},
-        "model_job": {"threads": 1, "mem_mb": 1000, "runtime": 15, "gpu": 1},
+        "cpu_job": {"mem_mb": 1000, "runtime": 15},
+        "model_job": {"mem_mb": 1000, "runtime": 15, "gpu": 1},
     },
     "slurm": {"partition": "cpu", "gpu_partition": "gpu", "gpu_model": ""},
 }
@@ -49,7 +50,9 @@ def cluster(pytestconfig):
         require_slurm()
     except SlurmUnavailable as error:
         pytest.fail(str(error))
-    cluster = SlurmCluster()
+    # squeue is the status command and the test's job list: finished jobs must stay listed for
+    # the whole run, which outlasts the default ten minutes on a loaded two-core machine.
+    cluster = SlurmCluster(min_job_age=3600)
     try:
         start = time.monotonic()
         cluster.start()
@@ -68,31 +71,25 @@ def cluster(pytestconfig):
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory, pytestconfig):
-    base = tmp_path_factory.mktemp("slurm")
-    local = make_run_dir(base / "local", OVERRIDES)
-    on_slurm = make_run_dir(base / "slurm", OVERRIDES)
-
-    def timed(run, *args):
-        start = time.monotonic()
-        out = snakemake(run, "cvc_prep", *args)
-        return out, time.monotonic() - start
-
-    # the local run fills the SLURM run's waits between status checks
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        local_job = pool.submit(timed, local, "--profile", str(ROOT / "profiles/local"))
-        slurm_job = pool.submit(
-            timed, on_slurm, "--profile", str(ROOT / "profiles/slurm"),
-            # no accounting database here: squeue answers, MinJobAge=600 keeps finished jobs
-            "--slurm-status-command", "squeue",
-            # the plugin polls 5 s after a job ends, then 15 s, 25 s, ... later (default 40 s,
-            # 50 s, ...): on two free cores most jobs here take 10-20 s
-            "--slurm-init-seconds-before-status-checks", "5",
-            "--slurm-keep-successful-logs",
-        )
-        (local_out, local_s), (_, slurm_s) = local_job.result(), slurm_job.result()
-    _say(pytestconfig, f"cvc_prep: local run {local_s:.0f} s, SLURM run {slurm_s:.0f} s (side by side)")
-    return {"local": local, "slurm": on_slurm, "local_jobs": _job_stats(local_out.stderr)}
+def runs(demo, cluster, tmp_path_factory, pytestconfig):
+    on_slurm = make_run_dir(tmp_path_factory.mktemp("slurm"), OVERRIDES)
+    start = time.monotonic()
+    out = snakemake(
+        on_slurm, "cvc_prep", "--profile", str(ROOT / "profiles/slurm"),
+        # no accounting database here: squeue answers, MinJobAge keeps finished jobs
+        "--slurm-status-command", "squeue",
+        # the plugin polls 5 s after a job ends, then 15 s, 25 s, ... later (default 40 s,
+        # 50 s, ...): on two free cores most jobs here take 7-20 s, so most are seen done at
+        # the first or second poll (1 s polls first would see a 15 s job only at 33 s)
+        "--slurm-init-seconds-before-status-checks", "5",
+        "--slurm-keep-successful-logs",
+    )
+    _say(pytestconfig, f"cvc_prep: SLURM run {time.monotonic() - start:.0f} s")
+    # what cvc_prep makes, as the DAG declares it (files and directory outputs)
+    summary = snakemake(on_slurm, "cvc_prep", "--summary").stdout.splitlines()
+    assert summary[0].startswith("output_file\t"), summary[:3]
+    outputs = [line.split("\t")[0] for line in summary[1:] if line.strip()]
+    return {"slurm": on_slurm, "demo": demo, "outputs": outputs, "jobs": _job_stats(out.stderr)}
 
 
 def _job_stats(log: str) -> dict[str, int]:
@@ -112,6 +109,16 @@ def _files(run: Path) -> dict[str, Path]:
     }
 
 
+def _output_files(run: Path, outputs: list[str]) -> dict[str, Path]:
+    """The files of the given outputs in `run`; a directory output stands for every file in it."""
+    files = {}
+    for name in outputs:
+        path = run / name
+        inside = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files.update({str(p.relative_to(run)): p for p in inside if p.is_file()})
+    return files
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -123,8 +130,14 @@ def _counts_without_timing(path: Path) -> dict:
 
 
 def test_slurm_run_gives_the_same_files_as_a_local_run(runs, pytestconfig):
-    local, on_slurm = _files(runs["local"]), _files(runs["slurm"])
-    assert set(local) == set(on_slurm)
+    # The demo made more than cvc_prep. Every file the SLURM run made is one of the demo's, and
+    # it made every file of cvc_prep's declared outputs (directory outputs expanded as the demo
+    # has them); a job's undeclared side files (the fixture's outside.png) are compared too.
+    on_slurm, demo = _files(runs["slurm"]), _files(runs["demo"])
+    declared = _output_files(runs["demo"], runs["outputs"])
+    assert not set(on_slurm) - set(demo), "files the demo lacks"
+    assert not set(declared) - set(on_slurm), "cvc_prep outputs the SLURM run lacks"
+    local = {name: demo[name] for name in on_slurm}
     assert "results/cvc/instances.parquet" in local
     assert any(name.startswith("results/cvc/occluded/") for name in local)
     differing = []
@@ -138,8 +151,8 @@ def test_slurm_run_gives_the_same_files_as_a_local_run(runs, pytestconfig):
             same = _sha256(path) == _sha256(other)
         if not same:
             differing.append(name)
-    assert not differing, f"files differ between the local and the SLURM run: {differing}"
-    _say(pytestconfig, f"{len(local)} files under results/ and resources/ equal in both runs")
+    assert not differing, f"files differ between the local (demo) and the SLURM run: {differing}"
+    _say(pytestconfig, f"{len(local)} files of cvc_prep under results/ and resources/ equal in both runs")
 
 
 def test_every_job_ran_as_a_slurm_job_in_its_partition(runs, cluster, pytestconfig):
@@ -153,8 +166,8 @@ def test_every_job_ran_as_a_slurm_job_in_its_partition(runs, cluster, pytestconf
             assert (job["partition"], job["gres"]) == ("gpu", "gres:gpu:1"), job
         else:
             assert (job["partition"], job["gres"]) == ("cpu", "N/A"), job
-    # the same jobs as the local run, each one a SLURM job
-    assert per_rule == {rule: n for rule, n in runs["local_jobs"].items() if rule not in TARGET_RULES}
+    # every job the run planned, each one a SLURM job
+    assert per_rule == {rule: n for rule, n in runs["jobs"].items() if rule not in TARGET_RULES}
     assert per_rule["build_tiny_model"] == 4  # llama, roberta, grounding-dino, sam
     assert len({job["name"] for job in jobs}) == 1  # one snakemake run (its run id)
     # SLURM's output of every job, kept by --slurm-keep-successful-logs, named by its job id

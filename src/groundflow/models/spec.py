@@ -11,16 +11,22 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+# torch is imported inside the functions that need it: pipeline.py and rules/common.smk import
+# this module, and a top-level torch import cost every Snakefile parse and every light CPU job
+# (ingest, plots, counts) 2-4 s. tests/unit/test_lazy_imports.py keeps it that way.
+if TYPE_CHECKING:
+    import torch
 
+# Names of torch dtypes, resolved with getattr(torch, ...) so the table needs no torch import.
 _DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
 }
 
 
@@ -65,6 +71,8 @@ class ModelSpec:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -72,10 +80,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """bf16 on GPU, fp32 on CPU unless the spec says otherwise."""
+    import torch
+
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        return _DTYPES[dtype]
+        return getattr(torch, _DTYPES[dtype])
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(_DTYPES)} or 'auto'") from None
 
@@ -83,6 +93,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 @contextlib.contextmanager
 def seeded(seed: int):
     """Seed torch for a random initialisation without moving the caller's global RNG state."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
