@@ -75,10 +75,11 @@ class DevToolsPipe:
         self.log_path = profile_dir / "chromium.log"
         to_browser, self._commands = os.pipe()
         self._replies, from_browser = os.pipe()
-        # the shell moves the pipe ends onto fds 3 and 4 before it execs the browser
+        # the shell moves the pipe ends onto fds 3 and 4 before it execs the browser; bash, since
+        # dash (Debian's sh) refuses fd numbers above 9, which a long test session's pipes get
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                ["sh", "-c", f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}', binary,
+                ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}', binary,
                  *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
                 pass_fds=(to_browser, from_browser), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
