@@ -34,3 +34,9 @@ def _deep_update(base: dict, new: dict) -> None:
             _deep_update(base[key], value)
         else:
             base[key] = value
+
+
+def say(pytestconfig, line: str) -> None:
+    """Print past pytest's output capture, so that `make test` (CI) shows a measurement."""
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\n{line}", end="", flush=True)

@@ -25,7 +25,7 @@ import pytest
 from cvc_reference import copy_run, file_states, reference_run
 from groundflow.io.artifacts import FAULT_RENAME_DELAY_ENV
 from groundflow.io.stage import chunk_bounds
-from snakemake_runner import ROOT, snakemake
+from snakemake_runner import ROOT, say, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -113,7 +113,7 @@ def remove_outputs_from(run: Path, output: str) -> set[str]:
     return removed
 
 
-def test_killed_runs_resume_to_the_uninterrupted_outputs(reference, tmp_path):
+def test_killed_runs_resume_to_the_uninterrupted_outputs(reference, tmp_path, pytestconfig):
     run = copy_run(reference, tmp_path / "run")
     removed = remove_outputs_from(run, OUTPUT)
     assert {OUTPUT, "results/cvc/instructions/0.parquet", "results/cvc/instances.parquet"} <= removed
@@ -174,10 +174,10 @@ def test_killed_runs_resume_to_the_uninterrupted_outputs(reference, tmp_path):
     assert (counts["chunks_reused"], counts["items_recomputed"]) == (len(bounds), 0)
     for recomputed in (computed_items_b, computed_items_c):
         assert recomputed < items
-    print(f"\nkill/resume: {STAGE} shard {SHARD}, {items} items in {len(bounds)} chunks; items the "
-          f"restarted job recomputed: {computed_items_b} of {items} after (a) the kill with {len(done_a)} "
-          f"chunks finished, {computed_items_c} of {items} after (b) the kill in chunk {k}'s write, "
-          f"{computed_items} of {items} after (c) the kill in the output's write")
+    say(pytestconfig, f"kill/resume: {STAGE} shard {SHARD}, {items} items in {len(bounds)} chunks; items the "
+        f"restarted job computed again (the rest reused from chunk checkpoints): {computed_items_b} of "
+        f"{items} after (a) the kill with {len(done_a)} chunks finished, {computed_items_c} of {items} after "
+        f"(b) the kill in chunk {k}'s write, {computed_items} of {items} after (c) the kill in the output's write")
 
     assert not progress.exists()  # the checkpoints go once the shard's outputs are written
     after = snakemake(run, "cvc_prep", "-n")

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from slurm_cluster import SlurmCluster, SlurmUnavailable, require_slurm
-from snakemake_runner import ROOT, make_run_dir, snakemake
+from snakemake_runner import ROOT, make_run_dir, say, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -39,9 +39,8 @@ TARGET_RULES = {"cvc_prep"}  # input-only rules: snakemake finishes them itself,
 
 
 def _say(config: pytest.Config, line: str) -> None:
-    """Print past pytest's output capture, so that `make test` (CI) shows what ran where."""
-    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        print(f"\nslurm test: {line}", end="", flush=True)
+    """So that `make test` (CI) shows what ran where."""
+    say(config, f"slurm test: {line}")
 
 
 @pytest.fixture(scope="module")
