@@ -7,7 +7,6 @@ from, and that batched greedy generation equals one-prompt-at-a-time greedy gene
 
 import pandas as pd
 import pytest
-import torch
 
 from groundflow.cings.data import training_conversation
 from groundflow.cings.eval_fixture import eval_fixture_texts, eval_records
@@ -24,6 +23,7 @@ from groundflow.generate.text import encode_prompts, render_prompts
 from groundflow.models.causal_lm import build_tiny_causal_lm
 from groundflow.config import load_schema
 from groundflow.train.conversations import render_conversation
+from reference_decoding import argmax_decode
 
 RAW = eval_records(12)
 # training's system prompt: the config default of cings.data.system_prompt
@@ -77,18 +77,6 @@ def test_prefilled_prompt_is_the_training_text_cut_after_the_answer_marker(batch
     assert tokenizer.decode(training_ids[len(prompt_ids):], skip_special_tokens=True) == f" {answer}"
 
 
-def _argmax_decode(model, tokenizer, prompt, max_new_tokens):
-    ids = torch.tensor([encode_prompts(tokenizer, [prompt])[0]])
-    start = ids.shape[1]
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            next_id = model(input_ids=ids).logits[0, -1].argmax()
-            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-            if int(next_id) == tokenizer.convert_tokens_to_ids("<|eot_id|>"):
-                break
-    return tokenizer.decode(ids[0, start:], skip_special_tokens=True)
-
-
 def test_the_model_continues_the_prefill(batched, records):
     record = records.iloc[3].to_dict()
     params = SamplingParams(max_new_tokens=6)
@@ -96,9 +84,9 @@ def test_the_model_continues_the_prefill(batched, records):
     parts = build_prompt(record, "prefilled_1doc", ndocs=3, system_prompt=SYSTEM)
     with_prefill = render_prompts(batched.tokenizer, [list(parts.messages)], parts.assistant_prefix)[0]
     without = render_prompts(batched.tokenizer, [list(parts.messages)], "")[0]
-    expected = _argmax_decode(batched.model, batched.tokenizer, with_prefill, 6)
+    expected = argmax_decode(batched.model, batched.tokenizer, with_prefill, 6, stop_token="<|eot_id|>")
     assert result.kept.iloc[0]["generation"] == expected
-    assert expected != _argmax_decode(batched.model, batched.tokenizer, without, 6)
+    assert expected != argmax_decode(batched.model, batched.tokenizer, without, 6, stop_token="<|eot_id|>")
 
 
 def test_batched_generation_equals_one_at_a_time(model_dir, batched, records):

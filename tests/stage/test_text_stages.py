@@ -18,6 +18,7 @@ from groundflow.generate.text import encode_prompts, generate_texts, render_prom
 from groundflow.io.stage import check_accounting
 from groundflow.models.causal_lm import build_tiny_causal_lm, load_causal_lm
 from groundflow.models.spec import ModelSpec
+from reference_decoding import argmax_decode
 
 PROMPTS = [
     "A man is riding a bicycle",
@@ -36,19 +37,6 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lm(tiny_dir):
     return load_causal_lm(ModelSpec(str(tiny_dir), device="cpu"))
-
-
-def argmax_decode(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """Greedy decoding the slow, obvious way: full forward pass per step, no cache, no padding."""
-    ids = torch.tensor([encode_prompts(tokenizer, [prompt])[0]])
-    start = ids.shape[1]
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            next_id = model(input_ids=ids).logits[0, -1].argmax()
-            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-            if int(next_id) == tokenizer.eos_token_id:
-                break
-    return tokenizer.decode(ids[0, start:], skip_special_tokens=True)
 
 
 def test_build_is_deterministic_and_loads_by_path(tmp_path, lm):
