@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -118,10 +118,11 @@ def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.
     return pq.read_table(path, columns=columns).to_pandas()
 
 
-def concat_tables(paths: list[str | os.PathLike]) -> pd.DataFrame:
-    """Concatenate Parquet files (shards) in the order given; empty shards keep their columns."""
-    frames = [read_table(p) for p in paths]
+def concat_tables(paths: Sequence[str | os.PathLike], columns: list[str] | None = None) -> pd.DataFrame:
+    """Concatenate Parquet files (shards) in the order given, only `columns` if named; empty
+    shards keep their columns."""
+    frames = [read_table(p, columns=columns) for p in paths]
     non_empty = [f for f in frames if len(f)]
     if not non_empty:
-        return frames[0].iloc[0:0] if frames else pd.DataFrame()
+        return frames[0].iloc[0:0] if frames else pd.DataFrame(columns=columns)
     return pd.concat(non_empty, ignore_index=True)
