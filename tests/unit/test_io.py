@@ -37,6 +37,21 @@ def test_a_killed_writes_temp_file_goes_with_the_next_write_of_that_path_only(tm
     assert target.read_text() == "whole"
 
 
+def test_atomic_artifacts_get_the_mode_of_a_plain_write(tmp_path):
+    from groundflow.io.artifacts import atomic_directory
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "table.parquet") as tmp:
+            tmp.write_text("x")
+        with atomic_directory(tmp_path / "model") as folder:
+            (folder / "config.json").write_text("{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "table.parquet").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+
+
 def test_accounting_counts_and_detects_lost_and_double_records():
     kept = pd.DataFrame({"id": ["a", "b"]})
     ok = StageResult(kept, rejects_frame("s", [("c", "bad")]))

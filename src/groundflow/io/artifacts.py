@@ -37,6 +37,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp_path
         _fault_delay_before_rename(path)
+        _as_if_created_plainly(tmp_path, 0o666)
         os.replace(tmp_path, path)
         # a write of this path killed before its rename left its temp file; one producer per path
         # (Snakemake's rule) means no other write of it is in flight now
@@ -45,6 +46,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _as_if_created_plainly(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create owner-only (0600/0700) entries; an artifact gets the mode a plain
+    open()/mkdir() would give it under the umask, so others on a shared cluster can read results."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 # Test-only fault injection: the window between writing a temp file and renaming it is too short
@@ -75,6 +84,7 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
         yield tmp
+        _as_if_created_plainly(tmp, 0o777)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
