@@ -17,24 +17,12 @@ include: "rules/models.smk"
 
 # A method's rules exist when the config has its section (the schema requires the section of every
 # method in `methods`), so a preset of one method is a whole config without the others' keys.
+# This is the one switch: the rule files of a method assume its section is there.
 if "cvc" in config:
 
     include: "rules/cvc_data.smk"
     include: "rules/cvc_trials.smk"
     include: "rules/report.smk"
-
-
-include: "rules/cings.smk"
-include: "rules/cings_eval.smk"
-
-
-rule all:
-    input:
-        all_targets(),
-    default_target: True
-
-
-if "cvc" in config:
 
     rule cvc_prep:
         input:
@@ -45,6 +33,17 @@ if "cvc" in config:
             cvc_targets() + cvc_training_targets() + cvc_report_targets(),
 
 
-rule cings:
+if "cings" in config:
+
+    include: "rules/cings.smk"
+    include: "rules/cings_eval.smk"
+
+    rule cings:
+        input:
+            cings_targets() + cings_eval_targets(),
+
+
+rule all:
     input:
-        cings_targets() + cings_eval_targets(),
+        all_targets(),
+    default_target: True

@@ -2,13 +2,13 @@
 # per mode (results/cings/train/{mode}/model) -> for `cings.vl.modes`, a LLaVA on that LM trained
 # in two stages (projector; LM + projector). rules/cings_eval.smk evaluates the trained LMs.
 
-CINGS_ON = "cings" in config
-CINGS = config.get("cings", {})
-CINGS_MODES = list(CINGS.get("modes", []))
-CINGS_VL_MODES = list(CINGS.get("vl", {}).get("modes", []))
-CINGS_FIXTURE = CINGS.get("fixture", {}).get("dir", "resources/fixtures/cings")
+# Included only when the config has a `cings` section (Snakefile).
+CINGS = config["cings"]
+CINGS_MODES = list(CINGS["modes"])
+CINGS_VL_MODES = list(CINGS["vl"]["modes"])
+CINGS_FIXTURE = CINGS["fixture"]["dir"]
 
-if CINGS_ON and "cings" in config["methods"]:
+if "cings" in config["methods"]:
     for _name in ["cings_lm"] + (["vision_tower"] if CINGS_VL_MODES else []):
         if _name not in config["models"]:
             raise ValueError(f"methods: [cings] needs models.{_name} in the config")
@@ -17,7 +17,7 @@ if CINGS_ON and "cings" in config["methods"]:
         raise ValueError(f"cings.vl.modes {_unknown_vl} are not trained: add them to cings.modes")
 
 wildcard_constraints:
-    cings_mode="no_context|context|no_mask",
+    mode="no_context|context|no_mask",
 
 
 def cings(*parts):
@@ -27,8 +27,6 @@ def cings(*parts):
 def cings_targets():
     """What `methods: [cings]` builds: one trained LM per mode, the VL LLaVAs, and the counts.
     rules/cings_eval.smk adds its evaluation table through cings_eval_targets()."""
-    if not CINGS_ON:
-        return []
     return (
         [cings("stage_counts.tsv"), cings("rejects.parquet")]
         + [cings("train", mode, "model") for mode in CINGS_MODES]
@@ -36,24 +34,9 @@ def cings_targets():
     )
 
 
-def cings_records_input(wildcards):
-    """The records file; a missing one that no rule makes is named by the convert job at run time,
-    so that a preset can be planned (`-n`) before its data are downloaded."""
-    path = CINGS["records"]
-    if path == f"{CINGS_FIXTURE}/selfrag.jsonl" or os.path.exists(path):
-        return path
-    return []
-
-
 def cings_vl_data_input(kind):
-    def input_fn(wildcards):
-        path = CINGS["vl"][kind]["path"]
-        fixture = f"{CINGS_FIXTURE}/vl/{'pretrain' if kind == 'pretrain_data' else 'instruct'}.json"
-        if path == fixture or os.path.exists(path):
-            return path
-        return []
-
-    return input_fn
+    fixture = f"{CINGS_FIXTURE}/vl/{'pretrain' if kind == 'pretrain_data' else 'instruct'}.json"
+    return user_file_or_fixture(CINGS["vl"][kind]["path"], fixture)
 
 
 def cings_lm_spec():
@@ -61,9 +44,7 @@ def cings_lm_spec():
 
 
 def cings_tokenizer_input():
-    """The tokenizer folder when it is a tiny model built here (else a hub id: nothing to build)."""
-    path = CINGS["train"]["tokenizer"]
-    return path if path.startswith(config["models_dir"].rstrip("/") + "/tiny-") else []
+    return tiny_model_input(CINGS["train"]["tokenizer"])
 
 
 rule cings_fixture:
@@ -88,7 +69,7 @@ rule cings_fixture:
 
 rule cings_convert:
     input:
-        records=cings_records_input,
+        records=user_file_or_fixture(CINGS["records"], f"{CINGS_FIXTURE}/selfrag.jsonl"),
     output:
         table=cings("data", "records.parquet"),
         filtered=cings("data", "filtered.jsonl"),
@@ -137,21 +118,21 @@ rule cings_tokenize:
 
 rule cings_train:
     input:
-        table=cings("tokenized", "{cings_mode}.parquet"),
-        counts=cings("tokenized", "{cings_mode}.counts.json"),
+        table=cings("tokenized", "{mode}.parquet"),
+        counts=cings("tokenized", "{mode}.counts.json"),
         model=lambda wildcards: model_input("cings_lm"),
         tokenizer=lambda wildcards: cings_tokenizer_input(),
     output:
-        model=directory(cings("train", "{cings_mode}", "model")),
-        summary=cings("train", "{cings_mode}", "train_summary.json"),
+        model=directory(cings("train", "{mode}", "model")),
+        summary=cings("train", "{mode}", "train_summary.json"),
     params:
         model=lambda wildcards: cings_lm_spec(),
         train=CINGS.get("train", {}),
-        out_dir=cings("train", "{cings_mode}"),
+        out_dir=cings("train", "{mode}"),
     log:
-        "logs/cings/train/{cings_mode}.log",
+        "logs/cings/train/{mode}.log",
     benchmark:
-        "benchmarks/cings/train/{cings_mode}.tsv"
+        "benchmarks/cings/train/{mode}.tsv"
     threads: job_threads("train_job")
     resources:
         **job_resources("train_job"),
@@ -184,24 +165,24 @@ rule cings_counts:
 
 rule cings_vl_stage1:
     input:
-        lm=cings("train", "{cings_mode}", "model"),
+        lm=cings("train", "{mode}", "model"),
         vision=lambda wildcards: model_input("vision_tower"),
         records=cings_vl_data_input("pretrain_data"),
     output:
-        base=directory(cings("vl", "{cings_mode}", "base")),
-        model=directory(cings("vl", "{cings_mode}", "stage1", "model")),
-        summary=cings("vl", "{cings_mode}", "stage1", "train_summary.json"),
+        base=directory(cings("vl", "{mode}", "base")),
+        model=directory(cings("vl", "{mode}", "stage1", "model")),
+        summary=cings("vl", "{mode}", "stage1", "train_summary.json"),
     params:
         vision=lambda wildcards: config["models"]["vision_tower"],
         vision_feature_layer=CINGS.get("vl", {}).get("vision_feature_layer", -2),
         seed=config["seed"],
         records=CINGS.get("vl", {}).get("pretrain_data", {}),
         train=CINGS.get("vl", {}).get("stage1", {}),
-        out_dir=cings("vl", "{cings_mode}", "stage1"),
+        out_dir=cings("vl", "{mode}", "stage1"),
     log:
-        "logs/cings/vl/{cings_mode}/stage1.log",
+        "logs/cings/vl/{mode}/stage1.log",
     benchmark:
-        "benchmarks/cings/vl/{cings_mode}/stage1.tsv"
+        "benchmarks/cings/vl/{mode}/stage1.tsv"
     threads: job_threads("train_job")
     resources:
         **job_resources("train_job"),
@@ -211,20 +192,20 @@ rule cings_vl_stage1:
 
 rule cings_vl_stage2:
     input:
-        model=cings("vl", "{cings_mode}", "stage1", "model"),
+        model=cings("vl", "{mode}", "stage1", "model"),
         records=cings_vl_data_input("instruct_data"),
     output:
-        model=directory(cings("vl", "{cings_mode}", "stage2", "model")),
-        summary=cings("vl", "{cings_mode}", "stage2", "train_summary.json"),
+        model=directory(cings("vl", "{mode}", "stage2", "model")),
+        summary=cings("vl", "{mode}", "stage2", "train_summary.json"),
     params:
         records=CINGS.get("vl", {}).get("instruct_data", {}),
         train=CINGS.get("vl", {}).get("stage2", {}),
         system_prompt=CINGS.get("vl", {}).get("system_prompt", ""),
-        out_dir=cings("vl", "{cings_mode}", "stage2"),
+        out_dir=cings("vl", "{mode}", "stage2"),
     log:
-        "logs/cings/vl/{cings_mode}/stage2.log",
+        "logs/cings/vl/{mode}/stage2.log",
     benchmark:
-        "benchmarks/cings/vl/{cings_mode}/stage2.tsv"
+        "benchmarks/cings/vl/{mode}/stage2.tsv"
     threads: job_threads("train_job")
     resources:
         **job_resources("train_job"),

@@ -18,11 +18,21 @@ def results(*parts):
     return str(Path(RESULTS, *parts))
 
 
-def model_input(name):
-    """The tiny model's folder when it is built here (so Snakemake builds it first); nothing for
-    a hub id or a checkpoint the user supplies."""
-    path = config["models"][name]["path"]
+def tiny_model_input(path):
+    """`path` when it is a tiny model built here (so Snakemake builds it first); nothing for a hub
+    id or a checkpoint the user supplies."""
     return path if path.startswith(config["models_dir"].rstrip("/") + "/tiny-") else []
+
+
+def model_input(name):
+    return tiny_model_input(config["models"][name]["path"])
+
+
+def user_file_or_fixture(path, fixture):
+    """The input file of a method: `path` when it is the bundled fixture (a rule makes it) or
+    exists; otherwise nothing, so that a preset can be planned (`-n`) before its data are
+    downloaded, and the job that reads it names the missing file at run time."""
+    return path if path == fixture or os.path.exists(path) else []
 
 
 def model_params(*names):

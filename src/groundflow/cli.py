@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(source, target)
         print(f"{target} written; run: snakemake --snakefile {ROOT / 'Snakefile'} --directory {run_dir} --cores N")
     elif args.command == "build-model":
-        from groundflow.models.tiny import build_tiny_model
+        from groundflow.demo import build_demo_model
 
-        print(build_tiny_model(args.kind, args.out_dir, seed=args.seed))
+        print(build_demo_model(args.kind, args.out_dir, seed=args.seed))
     elif args.command == "status":
         try:
             print(stage_status(args.results_dir, top=args.top))

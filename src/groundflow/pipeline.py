@@ -7,7 +7,6 @@ invariant (in = out + rejected), and writes kept records, rejects and counts ato
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -25,6 +24,12 @@ log = logging.getLogger("groundflow")
 
 
 def setup_logging(log_file: str | None) -> None:
+    """Log to stderr and to the job's `log:` file, uncaught errors included.
+
+    Snakemake's "see log" and a SLURM job's log point at the `log:` file, but Python prints an
+    uncaught traceback only to stderr; the excepthook sends it through logging, so it lands in
+    both places (once each).
+    """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +40,16 @@ def setup_logging(log_file: str | None) -> None:
         handlers=handlers,
         force=True,
     )
+    sys.excepthook = log_uncaught_error
+
+
+def log_uncaught_error(exc_type, exc, traceback) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, traceback)
+        return
+    log.critical("job failed: %s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, traceback))
+    for handler in logging.getLogger().handlers:
+        handler.flush()
 
 
 class StageJob:
@@ -93,10 +108,3 @@ class StageJob:
         if self.progress_dir:
             shutil.rmtree(self.progress_dir, ignore_errors=True)
         return summary
-
-
-def read_counts(paths: list[str]) -> pd.DataFrame:
-    """Sum per-shard counts files into one row per stage, in first-seen order."""
-    rows = [json.loads(Path(p).read_text()) for p in paths]
-    df = pd.DataFrame([{k: r[k] for k in ("stage", "in", "out", "rejected")} for r in rows])
-    return df.groupby("stage", sort=False, as_index=False).sum()

@@ -25,7 +25,7 @@ from groundflow.generate.text import generate_texts, render_prompts
 from groundflow.generate.vision import generate_vision_texts, render_vision_prompts
 from groundflow.models.llava import build_tiny_clip_vision, compose_llava, load_llava
 from groundflow.models.spec import ModelSpec
-from groundflow.models.tiny import build_tiny_model
+from groundflow.demo import build_demo_model
 from groundflow.train.sft import epoch_step_factor
 
 SYSTEM = "You are a helpful language assistant."
@@ -36,7 +36,7 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.05,
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    return build_tiny_model("llama3", tmp_path_factory.mktemp("models") / "tiny-llama3", seed=0)
+    return build_demo_model("llama3", tmp_path_factory.mktemp("models") / "tiny-llama3", seed=0)
 
 
 @pytest.fixture(scope="module")

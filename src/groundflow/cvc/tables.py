@@ -10,8 +10,7 @@ import pandas as pd
 
 from groundflow.io.artifacts import atomic_write_json, atomic_write_text, concat_tables, write_table
 from groundflow.io.schemas import table_schema
-from groundflow.io.stage import check_accounting
-from groundflow.pipeline import read_counts
+from groundflow.io.stage import check_accounting, read_counts
 
 log = logging.getLogger(__name__)
 

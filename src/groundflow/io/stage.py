@@ -177,3 +177,10 @@ def _concat(parts: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
     if not parts:
         return empty
     return pd.concat(parts, ignore_index=True)
+
+
+def read_counts(paths: list[str]) -> pd.DataFrame:
+    """Sum per-shard counts files into one row per stage, in first-seen order."""
+    rows = [json.loads(Path(p).read_text()) for p in paths]
+    df = pd.DataFrame([{k: r[k] for k in ("stage", "in", "out", "rejected")} for r in rows])
+    return df.groupby("stage", sort=False, as_index=False).sum()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 from groundflow.io.artifacts import atomic_directory
 
@@ -19,11 +20,11 @@ def _builders():
     from groundflow.models.masked_lm import build_tiny_masked_lm
     from groundflow.models.sam import build_tiny_sam
 
-    def build_tiny_llama3(out_dir, seed: int = 0):
-        """The CINGS base model: Llama-3.1-Instruct's chat template, vocabulary fitted to the fixture."""
-        from groundflow.cings.fixture import fixture_texts
-
-        return build_tiny_causal_lm(out_dir, seed=seed, texts=fixture_texts(), flavor="llama3")
+    def build_tiny_llama3(out_dir, seed: int = 0, vocabulary: Sequence[str] | None = None):
+        """Llama-3.1-Instruct's chat template; its byte-level BPE is fitted to `vocabulary` texts."""
+        if not vocabulary:
+            raise ValueError("a tiny llama3 needs `vocabulary`: the texts its tokenizer is fitted to")
+        return build_tiny_causal_lm(out_dir, seed=seed, texts=list(vocabulary), flavor="llama3")
 
     from groundflow.models.llava import build_tiny_clip_vision
 
@@ -39,13 +40,22 @@ def _builders():
 
 
 TINY_KINDS = ("llama", "roberta", "grounding-dino", "sam", "llava", "llama3", "clip")
+FITTED_KINDS = ("llama3",)
 
 
-def build_tiny_model(kind: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Build `kind` into `out_dir` atomically: a killed build never leaves a half model."""
+def build_tiny_model(kind: str, out_dir: str | os.PathLike, seed: int = 0,
+                     vocabulary: Sequence[str] | None = None) -> Path:
+    """Build `kind` into `out_dir` atomically: a killed build never leaves a half model.
+
+    `vocabulary`: texts a kind with a fitted tokenizer (llama3) learns its merges from; the caller
+    (groundflow.demo) takes them from a method's fixture, so this layer imports no method.
+    """
     builders = _builders()
     if kind not in builders:
         raise ValueError(f"unknown tiny model kind {kind!r}; one of {sorted(builders)}")
+    options = {"vocabulary": vocabulary} if kind in FITTED_KINDS else {}
+    if vocabulary is not None and not options:
+        raise ValueError(f"tiny {kind} has a fixed vocabulary; only {FITTED_KINDS} take `vocabulary`")
     with atomic_directory(out_dir) as tmp:
-        builders[kind](tmp, seed=seed)
+        builders[kind](tmp, seed=seed, **options)
     return Path(out_dir)
