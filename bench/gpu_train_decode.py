@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
 
-from groundflow.train.sft import apply_lora, causal_lm_loss_sum  # noqa: E402
+from groundflow.train.model_prep import apply_lora  # noqa: E402
+from groundflow.train.trainer import causal_lm_loss_sum  # noqa: E402
 
 
 @dataclass(frozen=True)

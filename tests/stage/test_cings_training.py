@@ -26,7 +26,7 @@ from groundflow.generate.vision import generate_vision_texts, render_vision_prom
 from groundflow.models.llava import build_tiny_clip_vision, compose_llava, load_llava
 from groundflow.models.spec import ModelSpec
 from groundflow.demo import build_demo_model
-from groundflow.train.sft import epoch_step_factor
+from groundflow.train.config import epoch_step_factor
 
 SYSTEM = "You are a helpful language assistant."
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05,

@@ -12,7 +12,10 @@ from groundflow.models.causal_lm import build_tiny_causal_lm
 from groundflow.models.llava import build_tiny_llava, load_llava
 from groundflow.models.spec import ModelSpec
 from groundflow.train.conversations import IGNORE_INDEX, assistant_mask_fn, assistant_only_labels
-from groundflow.train.sft import SFTCollator, SFTConfig, build_examples, lora_target_names, train_sft
+from groundflow.train.config import SFTConfig
+from groundflow.train.data import SFTCollator, build_examples
+from groundflow.train.model_prep import lora_target_names
+from groundflow.train.sft import train_sft
 
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["What colour is the sky?", "The sky is blue.", "Name an animal that barks.", "A dog barks."]

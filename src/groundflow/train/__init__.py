@@ -1,9 +1,11 @@
-"""Shared supervised fine-tuning: conversation masking (`conversations`) and the trainer (`sft`).
+"""Shared supervised fine-tuning: conversation masking (`conversations`), settings (`config`),
+examples and batches (`data`), model loading and LoRA (`model_prep`), the Trainer subclass
+(`trainer`) and the entry point (`sft`: `train_sft`, `python -m groundflow.train.sft`).
 
-`groundflow.train.conversations` is pure tokenizer code; import `groundflow.train.sft` for the
-trainer (it pulls in transformers' Trainer and peft).
+`conversations` and `config` are light (no Trainer, no peft); the rest load transformers' Trainer.
 """
 
+from groundflow.train.config import SFTConfig
 from groundflow.train.conversations import (
     IGNORE_INDEX,
     ConversationError,
@@ -39,8 +41,8 @@ __all__ = [
 
 def __getattr__(name):
     # The trainer is imported on first use: masking code and tests need not load Trainer/peft.
-    if name in ("SFTConfig", "train_sft"):
-        from groundflow.train import sft
+    if name == "train_sft":
+        from groundflow.train.sft import train_sft
 
-        return getattr(sft, name)
+        return train_sft
     raise AttributeError(name)

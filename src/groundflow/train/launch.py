@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from groundflow.models.spec import ModelSpec
-from groundflow.train.sft import SFTConfig, read_records, train_sft
+from groundflow.train.config import SFTConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,10 @@ def run_sft(*, model: dict, records_path: str, image_root: str | None, out_dir: 
     accelerate_config = settings.pop("accelerate_config", "") or ""
     config = SFTConfig.from_dict(settings)
     if not accelerate_config:
+        # The trainer is imported here: the `accelerate launch` path runs it in child processes.
+        from groundflow.train.data import read_records
+        from groundflow.train.sft import train_sft
+
         records = read_records(records_path)
         return train_sft(model_spec=ModelSpec.from_config(model), records=records,
                          image_root=image_root, out_dir=out_dir, config=config)

@@ -1,0 +1,153 @@
+"""The `transformers.Trainer` of the SFT trainer: its loss (summed token cross-entropy over the
+labelled tokens), the `epoch_step` schedule, its TrainingArguments and TensorBoard callback, and
+saving the final model from every process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+
+from groundflow.models.spec import ModelSpec, resolve_dtype
+from groundflow.train.config import EPOCH_STEP, EPOCH_STEP_GAMMA, SFTConfig, epoch_step_factor
+from groundflow.train.conversations import IGNORE_INDEX
+from groundflow.train.model_prep import merge_lora_checkpoint
+
+
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over labelled positions and their count."""
+    shifted_labels = labels[:, 1:].to(logits.device)
+    shifted_logits = logits[:, :-1, :].float()
+    loss_sum = F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.shape[-1]),
+        shifted_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss_sum, (shifted_labels != IGNORE_INDEX).sum()
+
+
+class SFTTrainer(Trainer):
+    """Trainer whose loss is the causal-LM cross-entropy on the collated labels.
+
+    With gradient accumulation (or several devices) Trainer passes `num_items_in_batch`, the
+    labelled-token count of the whole accumulated batch; the summed loss is divided by it so that
+    every supervised token weighs the same, whatever its micro-batch.
+    """
+
+    def __init__(self, *args, sft_config: SFTConfig | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sft_config = sft_config
+        self.update_steps_per_epoch: int | None = None
+
+    def set_initial_training_values(self, *args, **kwargs):
+        values = super().set_initial_training_values(*args, **kwargs)
+        self.update_steps_per_epoch = int(values[1])  # optimizer steps per epoch, last partial window included
+        return values
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        config = self.sft_config
+        if config is None or config.lr_scheduler_type != EPOCH_STEP or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        gamma = float((config.lr_scheduler_kwargs or {}).get("gamma", EPOCH_STEP_GAMMA))
+        factor = epoch_step_factor(
+            self.update_steps_per_epoch or num_training_steps, gamma, self.args.get_warmup_steps(num_training_steps)
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, use_cache=False)
+        loss_sum, count = causal_lm_loss_sum(outputs.logits, labels)
+        if num_items_in_batch is not None:
+            loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                # DDP averages gradients over processes while the divisor counted all of them.
+                loss = loss * self.accelerator.num_processes
+            self.loss_is_scaled_for_ga = True
+        else:
+            loss = loss_sum / count.clamp(min=1)
+            self.loss_is_scaled_for_ga = False
+        return (loss, outputs) if return_outputs else loss
+
+
+def training_arguments(config: SFTConfig, out_dir: Path, *, use_bf16: bool, use_cpu: bool, find_unused: bool):
+    report_to = "none" if config.report_to in ("tensorboard", "none", None) else config.report_to
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # epoch_step is built by SFTTrainer.create_scheduler; transformers gets a placeholder
+        lr_scheduler_type="constant" if config.lr_scheduler_type == EPOCH_STEP else config.lr_scheduler_type,
+        lr_scheduler_kwargs={} if config.lr_scheduler_type == EPOCH_STEP else config.lr_scheduler_kwargs,
+        warmup_steps=float(config.warmup_ratio),  # < 1: a ratio of the total steps
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=use_bf16,
+        use_cpu=use_cpu,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to=report_to,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        ddp_find_unused_parameters=find_unused,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def tensorboard_callback(runs_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(runs_dir)))
+
+def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *, is_llava: bool, out_dir: Path, use_bf16: bool) -> None:
+    """Every process takes part in `save_model` (ZeRO-3 gathers the shards); the main process then
+    completes the folder and moves it into place, so out_dir/model is whole or absent."""
+    partial = out_dir / ".model.partial"
+    if trainer.is_world_process_zero() and partial.exists():
+        shutil.rmtree(partial)
+    trainer.accelerator.wait_for_everyone()
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(unwrapped, "config"):
+        unwrapped.config.use_cache = True  # saved for generation
+    trainer.save_model(str(partial))
+    if trainer.is_world_process_zero():
+        model_dir = out_dir / "model"
+        if config.lora is not None and config.merge_lora:
+            dtype = torch.bfloat16 if use_bf16 else torch.float32
+            if spec.dtype != "auto":
+                dtype = resolve_dtype(spec.dtype, spec.torch_device())
+            # Only this process loads the base copy: ZeRO-3's partitioned init must not run here.
+            plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+            no_zero3 = plugin.zero3_init_context_manager(enable=False) if plugin is not None else contextlib.nullcontext()
+            with no_zero3:
+                merge_lora_checkpoint(spec.path, partial, model_dir, is_llava=is_llava, dtype=dtype, processing=processing)
+            shutil.rmtree(partial)
+        else:
+            processing.save_pretrained(partial)
+            (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle; the summary holds the config
+            if model_dir.exists():
+                shutil.rmtree(model_dir)
+            os.replace(partial, model_dir)
+    trainer.accelerator.wait_for_everyone()
+
