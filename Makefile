@@ -1,4 +1,5 @@
-# Two commands: `make demo` (set up + run the embedded default) and `make test`.
+# Two commands: `make demo` (set up + run the embedded default) and `make test` (what CI runs);
+# `make test-fast` runs the unit and stage tests only, for a developer's edit-test loop.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv system-deps clean
+.PHONY: demo test test-fast venv system-deps clean
 
 # Debian packages the tests drive for real: a one-node SLURM cluster (slurm-wlm, munge) and
 # headless Chromium to render report.html. Installed with apt when missing (CI runs as root).
@@ -34,6 +35,10 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+# No snakemake run, no cluster, no browser: pure cores and stages on tiny models (minutes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit tests/stage
 
 clean:
 	rm -rf results logs benchmarks .snakemake
