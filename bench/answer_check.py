@@ -27,10 +27,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.append(str(ROOT / "tests"))  # last: tests/reference as `reference`, shadowing nothing installed
 
 from groundflow.embed import PACKAGED_MINILM, load_embedder  # noqa: E402
-from groundflow.judge.answers import answer_similarities, answer_similarities_per_instance, judge_correct  # noqa: E402
+from groundflow.judge.answers import answer_similarities, judge_correct  # noqa: E402
+from reference.answers import answer_similarities_per_instance  # noqa: E402
 
 # Entities with the wrong answers a model plausibly gives for them.
 NEAR_MISSES = {

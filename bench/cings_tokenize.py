@@ -31,7 +31,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.append(str(ROOT / "tests"))  # last: tests/reference as `reference`, shadowing nothing installed
 
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -39,9 +41,10 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from groundflow.cings.data import convert_lines, training_conversation  # noqa: E402
 from groundflow.cings.fixture import fixture_texts, make_selfrag_fixture  # noqa: E402
-from groundflow.cings.labels import CingsLabeler, LabelSettings, original_style_labels  # noqa: E402
+from groundflow.cings.labels import CingsLabeler, LabelSettings  # noqa: E402
 from groundflow.cings.training import tokenize_mode, write_tokenized  # noqa: E402
 from groundflow.models.tokenizers import build_tokenizer  # noqa: E402
+from reference.cings_labels import original_style_labels  # noqa: E402
 
 SYSTEM = ("You are a helpful language assistant. You are able to understand the external context that the user "
           "provides, and assist the user with a variety of tasks using natural language.")

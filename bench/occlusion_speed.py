@@ -22,9 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.append(str(ROOT / "tests"))  # last: tests/reference as `reference`, shadowing nothing installed
 
-from groundflow.vision.occlusion import occlusion_mask, occlusion_mask_reference, patch_geometry  # noqa: E402
+from groundflow.vision.occlusion import occlusion_mask, patch_geometry  # noqa: E402
+from reference.occlusion import occlusion_mask_reference  # noqa: E402
 
 
 def instance(rng: np.random.Generator, h: int = 480, w: int = 640):

@@ -12,7 +12,8 @@ from groundflow.embed import (
     build_tiny_bge_m3,
     load_embedder,
 )
-from groundflow.judge.answers import answer_similarities, answer_similarities_per_instance, judge_correct
+from groundflow.judge.answers import answer_similarities, judge_correct
+from reference.answers import answer_similarities_per_instance
 
 TEXTS = ["a cup", "a very long sentence about a dog chasing a cat in the park", "a cup", "x", "the red car"]
 

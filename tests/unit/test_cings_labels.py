@@ -10,10 +10,11 @@ from transformers import AutoTokenizer
 
 from groundflow.cings.data import convert_lines, training_conversation
 from groundflow.cings.fixture import fixture_texts, make_selfrag_fixture
-from groundflow.cings.labels import CingsLabeler, LabelSettings, original_style_labels, unmask_token_ids
+from groundflow.cings.labels import CingsLabeler, LabelSettings, unmask_token_ids
 from groundflow.models.tokenizers import build_tokenizer
 from groundflow.train.conversations import IGNORE_INDEX
 from groundflow.train.data import SFTCollator
+from reference.cings_labels import original_style_labels
 
 SINGLE = "## Context Danube\nThe Danube flows into the Black Sea. ## Answer The Black Sea."
 MULTI = SINGLE + " ## Context Saturn\nSaturn has rings. ## Answer It has rings."

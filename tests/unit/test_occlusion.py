@@ -14,15 +14,12 @@ from groundflow.vision.occlusion import (
     grid_shape,
     mask_bounds,
     occlusion_mask,
-    occlusion_mask_reference,
-    paint_squares,
     paint_squares_into,
     painted_window,
-    patch_centres,
     patch_geometry,
-    placement_indices,
     record_rng,
 )
+from reference.occlusion import occlusion_mask_reference, paint_squares, patch_centres, placement_indices
 
 
 class FixedSkips(random.Random):

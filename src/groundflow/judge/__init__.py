@@ -1,5 +1,5 @@
 """Judging model outputs against references (CVC answer checking by dense similarity)."""
 
-from groundflow.judge.answers import answer_similarities, answer_similarities_per_instance, judge_correct
+from groundflow.judge.answers import answer_similarities, judge_correct
 
-__all__ = ["answer_similarities", "answer_similarities_per_instance", "judge_correct"]
+__all__ = ["answer_similarities", "judge_correct"]

@@ -3,7 +3,8 @@
 The seed encodes each instance's predictions and its label in separate calls (two model calls per
 instance). Here every distinct string of a whole shard is encoded once, in one batched call, and
 the per-instance cosines are gathered from that table. Both give the same numbers; the seed's way
-is kept as `answer_similarities_per_instance` for the benchmark and the equivalence test.
+is `answer_similarities_per_instance` in tests/reference/answers.py, for the benchmark and the
+equivalence test.
 """
 
 from __future__ import annotations
@@ -38,23 +39,6 @@ def answer_similarities(
     ref_rows = np.repeat([index.get(r, -1) for r in references], counts)
     sims = np.einsum("ij,ij->i", vectors[pred_rows], vectors[ref_rows])
     return np.split(sims, np.cumsum(counts)[:-1])
-
-
-def answer_similarities_per_instance(
-    embedder: Embedder, predictions: Sequence[Sequence[str]], references: Sequence[str]
-) -> list[np.ndarray]:
-    """The seed's way, for the benchmark baseline: per instance, one encode call for its
-    predictions and one for its reference."""
-    predictions, references = _checked(predictions, references)
-    out = []
-    for preds, reference in zip(predictions, references):
-        if not preds:
-            out.append(np.zeros(0, dtype=np.float64))
-            continue
-        pred_vectors = _encode(embedder, preds)
-        ref_vector = _encode(embedder, [reference])[0]
-        out.append(pred_vectors @ ref_vector)
-    return out
 
 
 def judge_correct(similarities: Sequence[Sequence[float]], threshold: float) -> list[np.ndarray]:

@@ -10,10 +10,11 @@ Geometry of the original, per box (x0, y0, x1, y1):
 The painted area is the union over all boxes of the entity. Squares are full squares, so they may
 spill past the object (as in the original); `occluded_fraction` counts mask pixels only.
 
-`occlusion_mask` is the vectorised version; `occlusion_mask_reference` is the original's Python
-loop, kept for tests and benchmarks. Both take their skips from `draw_skips`, so with the same RNG
-state they paint identical masks. The vectorised version does only the work that can change the
-result: it turns skips into placements with a cumulative sum, stops drawing skips after the last
+`occlusion_mask` is the vectorised version; the original's Python loop is `occlusion_mask_reference`
+in tests/reference/occlusion.py, which tests and benchmarks compare against. Both take their skips
+from `draw_skips`, so with the same RNG state they paint identical masks. The vectorised version
+does only the work that can change the result: it turns skips into placements with a cumulative
+sum, stops drawing skips after the last
 grid row holding mask pixels (the last box's remaining draws are never made; earlier boxes still
 draw all theirs so the next box's stream is the reference's), tests the mask only at placements,
 and paints squares by slicing (or prefix sums, for many) on the touched crop.
@@ -29,7 +30,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from groundflow.io import StageResult, atomic_path, rejects_frame
@@ -71,12 +71,6 @@ def draw_skips(rng: np.random.Generator | random.Random, n: int, p: int) -> np.n
     if isinstance(rng, random.Random):
         return np.array([rng.randint(0, p) for _ in range(n)], dtype=np.int64)
     return rng.integers(0, p + 1, size=n, dtype=np.int64)
-
-
-def placement_indices(skips: np.ndarray, n_grid: int) -> np.ndarray:
-    """Row-major grid indices where the counter fires: the k-th placement follows skips[k] points."""
-    idx = np.cumsum(skips + 1) - 1
-    return idx[idx < n_grid]
 
 
 def _draw_steps(rng: np.random.Generator | random.Random, n: int, p: int) -> np.ndarray:
@@ -140,15 +134,6 @@ def painted_window(painted: np.ndarray) -> tuple[slice, slice]:
         return slice(0, 0), slice(0, 0)
     top, bottom, left, right = bounds
     return slice(top, bottom + 1), slice(left, right + 1)
-
-
-def patch_centres(
-    mask: np.ndarray, box, rng: np.random.Generator | random.Random
-) -> tuple[np.ndarray, np.ndarray]:
-    """Centres (ys, xs) of the patches one box places inside `mask`; draws what the reference draws."""
-    hits, nx, g, _ = _box_hits(np.asarray(mask, dtype=bool), box, rng, consume_all=True)
-    grid_y, grid_x = np.divmod(hits, nx)
-    return grid_y * g, grid_x * g
 
 
 def _box_hits(
@@ -242,11 +227,6 @@ def _paint_hits(out: np.ndarray, hits: np.ndarray, nx: int, g: int, p: int) -> N
     _slice_squares(out, (((i // nx) * g, (i % nx) * g) for i in hits.tolist()), p // 2)
 
 
-def paint_squares(shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, p: int) -> np.ndarray:
-    """Union of squares [y - p//2, y + p//2] x [x - p//2, x + p//2] clipped to `shape`, as bool."""
-    return paint_squares_into(np.zeros(shape, dtype=bool), ys, xs, p)
-
-
 def occlusion_mask(
     mask: np.ndarray, boxes, rng: np.random.Generator | random.Random
 ) -> Occlusion:
@@ -264,42 +244,6 @@ def occlusion_mask(
         _paint_hits(painted, hits, nx, g, p)
         n_patches += len(hits)
     return Occlusion(painted, n_patches)
-
-
-def occlusion_mask_reference(
-    mask: np.ndarray, boxes, rng_py: random.Random | np.random.Generator
-) -> Occlusion:
-    """The original's loop, as written, for tests and benchmarks.
-
-    Like the original it walks every grid point in Python and indexes / paints torch tensors (its
-    mask came out of SAM as a tensor), so its cost is the original's. Only the skips differ in
-    origin: they come from `draw_skips`, which makes the result equal to `occlusion_mask`'s.
-    """
-    temp_mask = torch.as_tensor(np.asarray(mask, dtype=bool))
-    h, w = temp_mask.shape
-    painted = torch.zeros((h, w), dtype=torch.bool)
-    n_patches = 0
-    for box in boxes:
-        patch_size, gap = patch_geometry(box)
-        ny, nx = grid_shape((h, w), gap)
-        skips = iter(draw_skips(rng_py, ny * nx + 1, patch_size).tolist())
-        cur_step = 0
-        next_step = next(skips)
-        for i in range(0, h, gap):
-            for j in range(0, w, gap):
-                if cur_step == next_step:
-                    cur_step = 0
-                    next_step = next(skips)
-                    if temp_mask[i, j]:
-                        n_patches += 1
-                        left_i = max(0, i - (patch_size // 2))
-                        right_i = min(h - 1, i + (patch_size // 2))
-                        left_j = max(0, j - (patch_size // 2))
-                        right_j = min(w - 1, j + (patch_size // 2))
-                        painted[left_i : right_i + 1, left_j : right_j + 1] = True
-                else:
-                    cur_step += 1
-    return Occlusion(painted.numpy(), n_patches)
 
 
 def record_rng(seed: int, record_id: str) -> np.random.Generator:
@@ -412,12 +356,8 @@ __all__ = [
     "mask_bounds",
     "occlude",
     "occlusion_mask",
-    "occlusion_mask_reference",
-    "paint_squares",
     "paint_squares_into",
     "painted_window",
-    "patch_centres",
     "patch_geometry",
-    "placement_indices",
     "record_rng",
 ]
