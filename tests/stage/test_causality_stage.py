@@ -9,10 +9,10 @@ from groundflow.cvc.causality import (
     ADDED_COLUMNS,
     STAGE,
     mention_texts,
-    score_span_texts,
     tag_causality,
     window_reason,
 )
+from groundflow.generate.masked_lm import MaskedLMScorer, score_span_texts
 from groundflow.io.stage import check_accounting
 from groundflow.models.masked_lm import build_tiny_masked_lm, load_masked_lm
 from groundflow.models.spec import ModelSpec
@@ -63,7 +63,7 @@ def masked_lm(tmp_path_factory):
 @pytest.fixture(scope="module")
 def wide(masked_lm):
     model, tokenizer = masked_lm
-    return tag_causality(ENTITIES, model, tokenizer, batch_size=5, ppl_low=0.0, ppl_high=math.inf)
+    return tag_causality(ENTITIES, MaskedLMScorer(model, tokenizer, batch_size=5), ppl_low=0.0, ppl_high=math.inf)
 
 
 def test_loader_returns_eval_model_and_fast_tokenizer(masked_lm):
@@ -129,7 +129,7 @@ def test_perplexity_matches_a_direct_forward_pass(masked_lm):
 
 def test_batched_equals_one_at_a_time(masked_lm, wide):
     model, tokenizer = masked_lm
-    single = tag_causality(ENTITIES, model, tokenizer, batch_size=1, ppl_low=0.0, ppl_high=math.inf)
+    single = tag_causality(ENTITIES, MaskedLMScorer(model, tokenizer, batch_size=1), ppl_low=0.0, ppl_high=math.inf)
     assert list(single.kept["id"]) == list(wide.kept["id"])
     assert list(single.kept["caption_id"]) == list(wide.kept["caption_id"])
     np.testing.assert_allclose(single.kept["causality_ppl"], wide.kept["causality_ppl"], rtol=1e-4)
@@ -140,7 +140,7 @@ def test_window_keeps_and_rejects(masked_lm, wide):
     model, tokenizer = masked_lm
     ppls = wide.kept.set_index("id")["causality_ppl"]
     ppl_low, ppl_high = 1.0, float(ppls.median())
-    result = tag_causality(ENTITIES, model, tokenizer, batch_size=4, ppl_low=ppl_low, ppl_high=ppl_high)
+    result = tag_causality(ENTITIES, MaskedLMScorer(model, tokenizer, batch_size=4), ppl_low=ppl_low, ppl_high=ppl_high)
     check_accounting(STAGE, ENTITIES["id"], result)
 
     expected_kept = sorted(ppls.index[ppls < ppl_high])
@@ -159,6 +159,6 @@ def test_window_keeps_and_rejects(masked_lm, wide):
 
 def test_empty_input(masked_lm):
     model, tokenizer = masked_lm
-    result = tag_causality(ENTITIES.iloc[0:0], model, tokenizer, batch_size=4, ppl_low=1.0, ppl_high=3.33)
+    result = tag_causality(ENTITIES.iloc[0:0], MaskedLMScorer(model, tokenizer, batch_size=4), ppl_low=1.0, ppl_high=3.33)
     assert result.kept.empty and result.rejects.empty
     assert list(result.kept.columns) == list(ENTITIES.columns) + list(ADDED_COLUMNS)

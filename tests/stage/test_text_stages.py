@@ -14,6 +14,7 @@ from transformers import GenerationConfig
 from groundflow.cvc.entities import entity_candidates, extract_entities, normalize_text
 from groundflow.cvc.instructions import build_question, generate_instructions, is_plural
 from groundflow.cvc.prompts import ENTITY_INSTRUCTIONS
+from groundflow.generate.backends import HFTextGenerator
 from groundflow.generate.text import encode_prompts, generate_texts, render_prompts, score_choices
 from groundflow.io.stage import check_accounting
 from groundflow.models.causal_lm import build_tiny_causal_lm, load_causal_lm
@@ -176,7 +177,7 @@ CAPTIONS = pd.DataFrame(
 
 def test_extract_entities(lm):
     model, tokenizer = lm
-    result = extract_entities(CAPTIONS, model, tokenizer, batch_size=3, max_entities=3, max_span_words=3)
+    result = extract_entities(CAPTIONS, HFTextGenerator(model, tokenizer, batch_size=3), max_entities=3, max_span_words=3)
     counts = check_accounting("entities", CAPTIONS["id"], result)
     assert result.parent_column == "caption_ids"
     kept = result.kept
@@ -201,14 +202,14 @@ def test_extract_entities(lm):
     per_caption = kept.explode("caption_ids").groupby("caption_ids").size()
     assert per_caption.max() <= 3
     # the same input gives the same output
-    again = extract_entities(CAPTIONS, model, tokenizer, batch_size=7, max_entities=3, max_span_words=3)
+    again = extract_entities(CAPTIONS, HFTextGenerator(model, tokenizer, batch_size=7), max_entities=3, max_span_words=3)
     pd.testing.assert_frame_equal(again.kept, kept)
 
 
 def test_extract_entities_all_rejected_keeps_columns(lm):
     model, tokenizer = lm
     df = CAPTIONS[CAPTIONS["id"] == "c6"]
-    result = extract_entities(df, model, tokenizer, batch_size=2, max_entities=3, max_span_words=3)
+    result = extract_entities(df, HFTextGenerator(model, tokenizer, batch_size=2), max_entities=3, max_span_words=3)
     check_accounting("entities", df["id"], result)
     assert result.kept.empty and "label" in result.kept.columns and "caption_ids" in result.kept.columns
 
@@ -232,7 +233,7 @@ INSTANCES = pd.DataFrame(
 def test_generate_instructions(lm):
     model, tokenizer = lm
     types = ["object", "animal", "vehicle", "person"]
-    result = generate_instructions(INSTANCES.iloc[:3], model, tokenizer, batch_size=5, object_types=types)
+    result = generate_instructions(INSTANCES.iloc[:3], HFTextGenerator(model, tokenizer, batch_size=5), object_types=types)
     check_accounting("instructions", INSTANCES["id"].iloc[:3], result)
     kept = result.kept
     assert list(kept.columns) == list(INSTANCES.columns) + ["object_type", "instruction"]
@@ -247,7 +248,7 @@ def test_generate_instructions(lm):
 
 def test_instruction_revealing_the_entity_is_rejected(lm):
     model, tokenizer = lm
-    result = generate_instructions(INSTANCES, model, tokenizer, batch_size=4, object_types=["food"])
+    result = generate_instructions(INSTANCES, HFTextGenerator(model, tokenizer, batch_size=4), object_types=["food"])
     check_accounting("instructions", INSTANCES["id"], result)
     assert list(result.kept["id"]) == ["a-bicycle", "b-dogs", "c-cat"]
     assert list(result.kept["object_type"]) == ["food"] * 3

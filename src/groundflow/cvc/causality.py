@@ -23,11 +23,10 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from groundflow.cvc.words import find_phrase_spans
 from groundflow.io.stage import StageResult, rejects_frame
@@ -135,81 +134,12 @@ def window_reason(ppl: float, ppl_low: float, ppl_high: float, label: str, capti
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# model scoring
+class SpanScorer(Protocol):
+    """What scores masked spans: groundflow.generate.masked_lm.MaskedLMScorer (a masked LM)."""
 
-
-def _max_tokens(model, tokenizer) -> int:
-    limits = [int(tokenizer.model_max_length)] if tokenizer.model_max_length < 1_000_000 else []
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    if max_positions:
-        # RoBERTa's position ids start after the padding index, so 2 positions are never usable
-        roberta_like = getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
-        limits.append(int(max_positions) - (2 if roberta_like else 0))
-    return min(limits) if limits else 512
-
-
-def score_span_texts(model, tokenizer, items: Sequence[SpanText], *, batch_size: int) -> list[float]:
-    """Perplexity of the masked span of each item, scored in padded batches of `batch_size`.
-
-    NaN for an item whose span covers no token or whose text is longer than the model accepts.
-    Items are grouped by token length so batches carry little padding; the result is in input
-    order.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    results = [math.nan] * len(items)
-    if not items:
-        return results
-    encoded = tokenizer(
-        [item.text for item in items],
-        add_special_tokens=True,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-        truncation=False,
-    )
-    limit = _max_tokens(model, tokenizer)
-    prepared: list[tuple[int, list[int], list[int], list[int]]] = []
-    for index, item in enumerate(items):
-        ids = encoded["input_ids"][index]
-        if len(ids) > limit:
-            log.warning("text of %d tokens exceeds the model's %d: %r", len(ids), limit, item.text[:80])
-            continue
-        positions = span_token_positions(
-            encoded["offset_mapping"][index], encoded["special_tokens_mask"][index], item.start, item.end
-        )
-        if not positions:
-            continue
-        masked, targets = mask_positions(ids, positions, tokenizer.mask_token_id)
-        prepared.append((index, masked, positions, targets))
-
-    prepared.sort(key=lambda entry: len(entry[1]))
-    device = model.device
-    pad_id = tokenizer.pad_token_id
-    with torch.inference_mode():
-        for batch_start in range(0, len(prepared), batch_size):
-            batch = prepared[batch_start : batch_start + batch_size]
-            width = max(len(entry[1]) for entry in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            rows, cols, targets, counts = [], [], [], []
-            for row, (_, masked, positions, target_ids) in enumerate(batch):
-                input_ids[row, : len(masked)] = torch.tensor(masked)
-                attention_mask[row, : len(masked)] = 1
-                rows += [row] * len(positions)
-                cols += positions
-                targets += target_ids
-                counts.append(len(positions))
-            logits = model(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
-            ).logits
-            masked_logits = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-            log_probs = torch.log_softmax(masked_logits.float(), dim=-1)
-            target_log_probs = log_probs.gather(-1, torch.tensor(targets, device=device)[:, None])[:, 0]
-            per_item = torch.split(target_log_probs.cpu(), counts)
-            for (index, *_), values in zip(batch, per_item):
-                results[index] = perplexity(values.double().numpy())
-    return results
+    def score_spans(self, items: Sequence[SpanText]) -> list[float]:
+        """Perplexity of each item's masked span; NaN for one that cannot be scored."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,17 +148,15 @@ def score_span_texts(model, tokenizer, items: Sequence[SpanText], *, batch_size:
 
 def tag_causality(
     entities_df: pd.DataFrame,
-    model,
-    tokenizer,
+    scorer: SpanScorer,
     *,
-    batch_size: int,
     ppl_low: float,
     ppl_high: float,
 ) -> StageResult:
     """Score every mention of every entity row; keep rows whose best label ppl is in the window.
 
-    All masked texts of the whole frame (two per mention) are scored together in batches of
-    `batch_size`. Kept rows gain caption_id, caption, full_form (of the best mention),
+    All masked texts of the whole frame (two per mention) go to the scorer in one call (a masked
+    LM scores them in batches of its batch size). Kept rows gain caption_id, caption, full_form (of the best mention),
     causality_ppl (its label perplexity) and full_form_ppl.
     """
     rows_mentions: list[list[Mention]] = []
@@ -241,7 +169,7 @@ def tag_causality(
     span_texts = [
         text for mentions in rows_mentions for m in mentions for text in (m.full_form_text, m.label_text)
     ]
-    scores = iter(score_span_texts(model, tokenizer, span_texts, batch_size=batch_size))
+    scores = iter(scorer.score_spans(span_texts))
 
     kept_positions: list[int] = []
     added: dict[str, list] = {column: [] for column in ADDED_COLUMNS}

@@ -10,12 +10,20 @@ constrained: every line the model can write is a candidate built from the captio
 So the model only chooses among the caption's own phrases, at most `max_entities` of them, and
 ends with <end>. Text is normalised (lower case, single spaces) and matched case-insensitively.
 
+The model is any `Generator`. One with the "lines" feature (the local HF text generator: token
+tries; an endpoint with guided decoding: a regular expression) is constrained to the candidate
+lines. One without it (an OpenAI-compatible endpoint without guided decoding) writes freely, and
+its lines are parsed and filtered to the caption's candidates: the same filter that guards the
+constrained path, now doing the work. `entity_decoding` names which of the two ran; the stage
+stores it with the outputs.
+
 Words are split by `groundflow.cvc.words`, the tokeniser the causality step uses to find the full
 form again in the caption, so every full form produced here is found there.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Iterable, Sequence
 
@@ -23,9 +31,10 @@ import pandas as pd
 
 from groundflow.cvc.prompts import ENTITY_ASSISTANT_PREFIX, ENTITY_END, entity_messages
 from groundflow.cvc.words import word_tokenize
-from groundflow.generate.constrained import LineSequenceConstraint
-from groundflow.generate.text import generate_texts, render_prompts
+from groundflow.generate.backends import ChatPrompt, Generator, LineChoices, SamplingParams
 from groundflow.io.stage import StageResult, rejects_frame
+
+log = logging.getLogger(__name__)
 
 STAGE = "entities"
 ARROW = " -> "
@@ -179,59 +188,61 @@ def no_entity_reason(caption_id: str, caption: str) -> str:
 # model
 
 
+CONSTRAINED = "constrained"
+FREE_FILTERED = "free_filtered"
+
+
+def entity_decoding(generator: Generator) -> str:
+    """"constrained" when the generator can close an answer to allowed lines, else "free_filtered"."""
+    return CONSTRAINED if "lines" in generator.features else FREE_FILTERED
+
+
+def entity_prompt(caption: str, pairs: Sequence[tuple[str, str]], *, max_entities: int, min_entities: int,
+                  constrained: bool) -> tuple[ChatPrompt, LineChoices]:
+    """The prompt of one caption, and the lines its answer may hold (attached when constrained)."""
+    lines = LineChoices(
+        allowed=tuple(format_entity_line(f, l) for f, l in pairs),
+        end_marker=ENTITY_END,
+        min_lines=min_entities,
+        max_lines=max_entities,
+    )
+    prompt = ChatPrompt(messages=entity_messages(caption), assistant_prefix=ENTITY_ASSISTANT_PREFIX,
+                        lines=lines if constrained else None)
+    return prompt, lines
+
+
 def generate_entity_lines(
-    model,
-    tokenizer,
+    generator: Generator,
     captions: Sequence[str],
     candidates: Sequence[Sequence[tuple[str, str]]],
     *,
-    batch_size: int,
     max_entities: int,
     min_entities: int = 1,
     max_new_tokens: int | None = None,
 ) -> list[str]:
-    """Greedy, constrained answers (the text after "<begin>\\n") for captions with candidates.
+    """Greedy answers (the text after "<begin>\\n") for captions with candidates.
 
-    Prompts go through in groups of a few batches, each with its own constraint, so the token
-    tries (thousands of nodes per caption) never pile up over a whole shard.
+    Constrained when the generator can (`entity_decoding`). The token budget defaults to a bound
+    from the candidate lines' bytes that any complete answer fits in; a constraining local
+    generator stops each answer at its end marker anyway.
     """
-    answers: list[str] = []
-    group = max(batch_size, 1) * 4
-    for start in range(0, len(captions), group):
-        group_captions = captions[start:start + group]
-        prompts = render_prompts(
-            tokenizer, [entity_messages(c) for c in group_captions], ENTITY_ASSISTANT_PREFIX
-        )
-        constraint = LineSequenceConstraint(
-            tokenizer,
-            [[format_entity_line(f, l) for f, l in pairs] for pairs in candidates[start:start + group]],
-            context=ENTITY_ASSISTANT_PREFIX,
-            end_marker=ENTITY_END,
-            max_lines=max_entities,
-            min_lines=min_entities,
-        )
-        budget = max_new_tokens
-        if budget is None:
-            budget = max(constraint.token_budget(i) for i in range(len(prompts)))
-        outputs = generate_texts(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=budget,
-            do_sample=False,
-            batch_size=batch_size,
-            prefix_allowed_tokens_fn=constraint,
-        )
-        answers.extend(texts[0] for texts in outputs)
-    return answers
+    if not captions:
+        return []
+    constrained = entity_decoding(generator) == CONSTRAINED
+    built = [
+        entity_prompt(caption, pairs, max_entities=max_entities, min_entities=min_entities, constrained=constrained)
+        for caption, pairs in zip(captions, candidates)
+    ]
+    budget = max_new_tokens if max_new_tokens is not None else max(lines.byte_budget() for _, lines in built)
+    params = SamplingParams(max_new_tokens=budget, n=1, do_sample=False)
+    outputs = generator.generate([prompt for prompt, _ in built], params)
+    return [texts[0] for texts in outputs]
 
 
 def extract_entities(
     captions_df: pd.DataFrame,
-    model,
-    tokenizer,
+    generator: Generator,
     *,
-    batch_size: int,
     max_entities: int,
     max_span_words: int,
     min_entities: int = 1,
@@ -241,7 +252,7 @@ def extract_entities(
 
     Image-level input columns (all but id and caption: image, image_id, width, height, ...) are
     carried over from the image's first caption. `max_new_tokens` defaults to a bound that every
-    complete constrained answer fits in.
+    complete answer of allowed lines fits in.
 
     `min_entities` lines are required before <end> may be written (when the caption has that
     many candidates): COCO-style captions always name something, and without this floor a weak
@@ -255,20 +266,26 @@ def extract_entities(
     candidates = [entity_candidates(c, max_span_words) for c in captions]
     runnable = [i for i, pairs in enumerate(candidates) if pairs]
     answers = generate_entity_lines(
-        model,
-        tokenizer,
+        generator,
         [captions[i] for i in runnable],
         [candidates[i] for i in runnable],
-        batch_size=batch_size,
         max_entities=max_entities,
         min_entities=min_entities,
         max_new_tokens=max_new_tokens,
     )
     extracted: dict[int, list[tuple[str, str]]] = {}
+    dropped = 0
     for i, answer in zip(runnable, answers):
         allowed = set(candidates[i])
-        # The constraint already guarantees this; the filter keeps the promise for any decoder.
-        extracted[i] = dedupe_by_label(p for p in parse_entity_lines(answer) if p in allowed)
+        # A constraint already guarantees this; the filter keeps the promise for any decoder, and
+        # is what confines free generation to the caption's phrases.
+        parsed = parse_entity_lines(answer)
+        dropped += sum(p not in allowed for p in parsed)
+        # A regular expression (guided decoding) cannot forbid repeats, nor free text exceed the
+        # line limit: keep the first max_entities distinct labels.
+        extracted[i] = dedupe_by_label(p for p in parsed if p in allowed)[:max_entities]
+    if dropped:
+        log.info("entities: %d generated lines were not candidates of their caption and were dropped", dropped)
 
     image_ids = [str(v) for v in records["image_id"]]
     mentions = [

@@ -7,6 +7,11 @@ shape, with plural forms for plural entities and the right indefinite article. A
 would reveal the entity (its label, or the label's singular or plural, occurs as words of the
 question) is rejected with the reason, rather than written.
 
+The type comes from any `Generator`: by LM scoring where it can ("score_choices": the local HF
+text generator), else by guided decoding of one of the types where the endpoint does that
+("choices": vLLM with `guided_decoding` set), a different method that `type_selection` names and
+the stage records; an endpoint that can do neither is refused with what to set instead.
+
 The reasoning suffix ("Please provide your reasoning process ...") is NOT part of the stored
 instruction: prompts that want it append `prompts.REASONING_SUFFIX` (the seed stored it in the
 question and appended it again when formatting chain-of-thought samples).
@@ -14,6 +19,7 @@ question and appended it again when formatting chain-of-thought samples).
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Sequence
 
@@ -26,10 +32,14 @@ from groundflow.cvc.prompts import (
     TYPE_ASSISTANT_PREFIX,
     type_messages,
 )
-from groundflow.generate.text import render_prompts, score_choices
+from groundflow.generate.backends import ChatPrompt, Generator, SamplingParams, UnsupportedFeatureError
 from groundflow.io.stage import StageResult, rejects_frame
 
+log = logging.getLogger(__name__)
+
 STAGE = "instructions"
+LM_SCORING = "lm_scoring"
+GUIDED_CHOICE = "guided_choice"
 
 DEFAULT_OBJECT_TYPES = [
     "object", "animal", "vehicle", "machine", "appliance", "device",
@@ -192,43 +202,79 @@ def reveal_reason(record_id: str, label: str, question: str, revealed: str) -> s
 # model
 
 
+def type_selection(generator: Generator) -> str:
+    """How the object type is chosen with this generator: "lm_scoring" or "guided_choice".
+
+    Raises UnsupportedFeatureError, naming the stage, the backend and what to set, when the
+    generator can do neither.
+    """
+    if "score_choices" in generator.features:
+        return LM_SCORING
+    if "choices" in generator.features:
+        return GUIDED_CHOICE
+    described = generator.describe()
+    where = described.get("base_url") or described.get("model", "")
+    raise UnsupportedFeatureError(
+        f"{STAGE}: choosing each entity's object type scores the log-likelihood of every type, which the "
+        f"'{described.get('backend')}' generator ({where}) cannot do. Set generation.text.guided_decoding "
+        f"(structured_outputs for vLLM >= 0.10.2, guided for older vLLM) to let the server choose the type by "
+        f"guided decoding, or generation.text.backend: hf to score the types with a local model"
+    )
+
+
+def _type_prompts(labels: Sequence[str], captions: Sequence[str], types: Sequence[str],
+                  choices: Sequence[str] | None = None) -> list[ChatPrompt]:
+    return [
+        ChatPrompt(messages=type_messages(l, c, list(types)), assistant_prefix=TYPE_ASSISTANT_PREFIX,
+                   choices=None if choices is None else list(choices))
+        for l, c in zip(labels, captions)
+    ]
+
+
 def choose_object_types(
-    model,
-    tokenizer,
+    generator: Generator,
     labels: Sequence[str],
     captions: Sequence[str],
     object_types: Sequence[str],
     *,
-    batch_size: int,
     normalize: str = "sum",
 ) -> list[str]:
-    """The most likely type of each entity, by LM scoring of every type as the answer."""
+    """The most likely type of each entity: by LM scoring of every type as the answer, or (an
+    endpoint that cannot score) the type its guided decoding writes (`type_selection`)."""
     if not labels:
         return []
     types = list(object_types)
-    prompts = render_prompts(
-        tokenizer, [type_messages(l, c, types) for l, c in zip(labels, captions)], TYPE_ASSISTANT_PREFIX
-    )
-    scores = score_choices(
-        model, tokenizer, prompts, [f" {t}" for t in types], batch_size=batch_size, normalize=normalize
-    )
-    # argmax keeps the first type on ties, so config order decides between equals.
-    return [types[int(np.argmax(row))] for row in scores]
+    answers = [f" {t}" for t in types]
+    method = type_selection(generator)
+    if method == LM_SCORING:
+        scores = generator.score_choices(_type_prompts(labels, captions, types), [answers] * len(labels),
+                                         normalize=normalize)
+        # argmax keeps the first type on ties, so config order decides between equals.
+        return [types[int(np.argmax(row))] for row in scores]
+    width = max(len(a.encode()) for a in answers) + 2  # tokens never outnumber bytes; + eos
+    written = generator.generate(_type_prompts(labels, captions, types, answers),
+                                 SamplingParams(max_new_tokens=width, n=1, do_sample=False))
+    by_answer = {a.strip(): t for a, t in zip(answers, types)}
+    chosen = []
+    for index, texts in enumerate(written):
+        text = texts[0].strip()
+        if text not in by_answer:
+            raise ValueError(f"{STAGE}: guided decoding returned {texts[0]!r} for prompt {index}, not one of the types")
+        chosen.append(by_answer[text])
+    return chosen
 
 
 def generate_instructions(
     instances_df: pd.DataFrame,
-    model,
-    tokenizer,
+    generator: Generator,
     *,
-    batch_size: int,
     object_types: Sequence[str] | None = None,
     normalize: str = "sum",
 ) -> StageResult:
     """Add object_type and instruction to every row; reject rows whose question reveals the entity.
 
-    `batch_size` counts (entity, type) pairs scored per forward pass. The caption shown to the
-    model is the row's `caption` column when present (set by the causality step).
+    The caption shown to the model is the row's `caption` column when present (set by the
+    causality step).
     """
     types = list(object_types or DEFAULT_OBJECT_TYPES)
     if not types:
@@ -239,9 +285,7 @@ def generate_instructions(
         captions = [c if isinstance(c, str) else "" for c in records["caption"]]
     else:
         captions = [""] * len(records)
-    chosen = choose_object_types(
-        model, tokenizer, labels, captions, types, batch_size=batch_size, normalize=normalize
-    )
+    chosen = choose_object_types(generator, labels, captions, types, normalize=normalize)
     questions = [build_question(t, is_plural(l)) for t, l in zip(chosen, labels)]
     keep = []
     rejected = []

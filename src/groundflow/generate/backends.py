@@ -4,19 +4,34 @@ Methods ask for `params.n` completions of each `ChatPrompt` and get back, in pro
 that many strings per prompt, whichever backend answers: batched transformers generation on a
 local causal LM or LLaVA, or an HTTP endpoint (OpenAI, or `vllm serve` for speed at scale).
 `describe()` of the generator and of the SamplingParams is stored beside the outputs.
+
+What a backend can do beyond free generation is in its `features`:
+- "choices": closed one-piece answers (`ChatPrompt.choices`);
+- "lines": answers made of allowed lines (`ChatPrompt.lines`, a `LineChoices`);
+- "score_choices": log-likelihood of each option (`score_choices`).
+The local text generator has all three (token-trie constraints, LM scoring); an OpenAI-compatible
+endpoint has "choices" and "lines" only when its config says the server does guided decoding
+(vLLM), and never "score_choices". A stage picks its method from `features` and records the pick,
+so nothing falls back silently.
+
+This module does not import torch: the HF generators load their generation code when built, so
+method code (groundflow.cvc) can build prompts without pulling torch in.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
-
-from groundflow.generate.constrained import ChoiceConstraint
-from groundflow.generate.text import generate_texts, render_prompts, stop_token_ids
-from groundflow.generate.vision import generate_vision_texts, render_vision_prompts
+from typing import TYPE_CHECKING, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:
     from PIL import Image
+
+FEATURES = frozenset({"choices", "lines", "score_choices"})
+
+
+class UnsupportedFeatureError(NotImplementedError):
+    """A backend was asked for something it cannot do (e.g. choice scoring from an HTTP endpoint)."""
 
 
 @dataclass(frozen=True)
@@ -57,36 +72,103 @@ class SamplingParams:
         return described
 
 
+@dataclass(frozen=True)
+class LineChoices:
+    """An answer made of lines from an allowed set, then an end marker.
+
+    Line i reads f"{i}. {content}{line_end}" (content + line_end when not `numbered`), each
+    content from `allowed` at most once; at least `min_lines` lines (or all there are), at most
+    `max_lines` (None: no limit), then `end_marker`. The HF text generator decodes it under
+    groundflow.generate.constrained.LineSequenceConstraint; a guided-decoding endpoint gets a
+    regular expression of it (`line_choices_regex`), which cannot forbid a repeated line.
+    """
+
+    allowed: tuple[str, ...]
+    end_marker: str
+    min_lines: int = 0
+    max_lines: int | None = None
+    numbered: bool = True
+    line_end: str = "\n"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.allowed, str):
+            raise TypeError("allowed must be a sequence of line contents, not one string")
+        object.__setattr__(self, "allowed", tuple(dict.fromkeys(self.allowed)))
+        if any(not line for line in self.allowed):
+            raise ValueError("allowed line contents must be non-empty")
+        if not self.end_marker:
+            raise ValueError("end_marker must be non-empty")
+        if self.min_lines < 0 or (self.max_lines is not None and self.max_lines < 1):
+            raise ValueError(f"need min_lines >= 0 and max_lines >= 1, got {self.min_lines}, {self.max_lines}")
+
+    def line_text(self, number: int, content: str) -> str:
+        return f"{number}. {content}{self.line_end}" if self.numbered else f"{content}{self.line_end}"
+
+    def byte_budget(self) -> int:
+        """An upper bound on the tokens of any complete answer, from UTF-8 bytes.
+
+        Byte-level BPE and byte-fallback SentencePiece tokens each cover at least one byte, so the
+        bytes of the longest complete answer (plus eos and a little slack) bound its token count
+        without a tokenizer; an HTTP backend has none.
+        """
+        count = len(self.allowed) if self.max_lines is None else min(self.max_lines, len(self.allowed))
+        widest = max(count, 1)
+        lengths = sorted((len(self.line_text(widest, c).encode()) for c in self.allowed), reverse=True)
+        return sum(lengths[:count]) + 2 * count + len(self.end_marker.encode()) + 2
+
+
 @dataclass
 class ChatPrompt:
     """Chat messages, an optional image for the (first) user turn, and a prefilled answer start.
 
     `choices`, when given, closes the answer: the model writes exactly one of these strings
     (tokenised right after `assistant_prefix`) and stops; the text generator decodes under a
-    token-trie constraint (groundflow.generate.constrained.ChoiceConstraint).
+    token-trie constraint (groundflow.generate.constrained.ChoiceConstraint). `lines`, when given,
+    closes it to a sequence of allowed lines (`LineChoices`). At most one of the two.
     """
 
     messages: list[dict[str, str]]
     image: "Image.Image | None" = None
     assistant_prefix: str = ""
     choices: Sequence[str] | None = None
+    lines: LineChoices | None = None
+
+    def __post_init__(self) -> None:
+        if self.choices is not None and self.lines is not None:
+            raise ValueError("a prompt closes its answer by choices or by lines, not both")
 
 
 @runtime_checkable
 class Generator(Protocol):
+    features: frozenset[str]
+
     def generate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]: ...
+
+    def score_choices(self, prompts: Sequence[ChatPrompt], choices: Sequence[Sequence[str]], *,
+                      normalize: str = "sum") -> list[list[float]]:
+        """Log-likelihood of each of prompt p's `choices[p]` as the continuation of its
+        `assistant_prefix` ("sum": log p(choice | prompt); "mean": per token)."""
+        ...
 
     def describe(self) -> dict: ...
 
 
 def require_no_choices(prompts: Sequence[ChatPrompt], who: str) -> None:
-    """Refuse prompts with `choices` in a backend that cannot constrain its decoding."""
+    """Refuse prompts with `choices` or `lines` in a backend that cannot constrain its decoding."""
     for index, prompt in enumerate(prompts):
-        if prompt.choices is not None:
-            raise NotImplementedError(
-                f"prompt {index} has choices (a closed-set answer), which {who} cannot constrain; "
-                f"use the 'hf' text generator"
+        if prompt.choices is not None or prompt.lines is not None:
+            what = "choices (a closed-set answer)" if prompt.choices is not None else "lines (a closed set of lines)"
+            raise UnsupportedFeatureError(
+                f"prompt {index} has {what}, which {who} cannot constrain; use the 'hf' text "
+                f"generator, or an endpoint with guided decoding (generation.<kind>.guided_decoding)"
             )
+
+
+def _shared_prefix(prompts: Sequence[ChatPrompt], what: str) -> str:
+    prefixes = {p.assistant_prefix for p in prompts}
+    if len(prefixes) != 1:
+        raise ValueError(f"prompts with {what} must share one assistant_prefix, got {sorted(prefixes)}")
+    return prefixes.pop()
 
 
 def _greedy_once(generate_n, params: SamplingParams) -> list[list[str]]:
@@ -112,34 +194,83 @@ def _model_description(model, backend: str, kind: str, batch_size: int) -> dict:
 class HFTextGenerator:
     """Batched generation with a local causal LM (groundflow.generate.text)."""
 
+    features = FEATURES
+
+    # Prompts with `lines` go through in groups of this many batches, each group with its own
+    # constraint, so the token tries (thousands of nodes per prompt) never pile up over a chunk.
+    LINE_GROUP_BATCHES = 4
+
     def __init__(self, model, tokenizer, *, batch_size: int = 8):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
 
-    def generate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]:
+    def _render(self, prompts: Sequence[ChatPrompt]) -> list[str]:
+        from groundflow.generate.text import render_prompts
+
         for index, prompt in enumerate(prompts):
             if prompt.image is not None:
                 raise ValueError(f"prompt {index} has an image, but a text generator cannot see images")
-        rendered = [render_prompts(self.tokenizer, [p.messages], p.assistant_prefix)[0] for p in prompts]
+        return [render_prompts(self.tokenizer, [p.messages], p.assistant_prefix)[0] for p in prompts]
+
+    def generate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]:
+        from groundflow.generate.constrained import ChoiceConstraint
+        from groundflow.generate.text import stop_token_ids
+
+        rendered = self._render(prompts)
+        with_lines = [p.lines is not None for p in prompts]
+        if any(with_lines):
+            if not all(with_lines):
+                raise ValueError("either every prompt of a call has lines or none has")
+            return self._generate_lines(prompts, rendered, params)
         constraint = None
         with_choices = [p.choices is not None for p in prompts]
         if any(with_choices):
             if not all(with_choices):
                 raise ValueError("either every prompt of a call has choices or none has")
-            prefixes = {p.assistant_prefix for p in prompts}
-            if len(prefixes) != 1:
-                raise ValueError(f"prompts with choices must share one assistant_prefix, got {sorted(prefixes)}")
             constraint = ChoiceConstraint(
-                self.tokenizer, [list(p.choices) for p in prompts], context=prefixes.pop(),
+                self.tokenizer, [list(p.choices) for p in prompts], context=_shared_prefix(prompts, "choices"),
                 eos_token_id=stop_token_ids(self.model, self.tokenizer)[0], max_tokens=params.max_new_tokens,
             )
+        return self._decode(rendered, params, constraint, params.max_new_tokens)
+
+    def _generate_lines(self, prompts: Sequence[ChatPrompt], rendered: list[str],
+                        params: SamplingParams) -> list[list[str]]:
+        """Decoding under a LineSequenceConstraint per group of prompts.
+
+        The budget of a group is the tokens its longest complete answer can take, capped by
+        params.max_new_tokens: any budget at least that large gives the same answers.
+        """
+        from groundflow.generate.constrained import LineSequenceConstraint
+
+        context = _shared_prefix(prompts, "lines")
+        shapes = {(p.lines.end_marker, p.lines.min_lines, p.lines.max_lines, p.lines.numbered, p.lines.line_end)
+                  for p in prompts}
+        if len(shapes) != 1:
+            raise ValueError("prompts with lines in one call must share end marker, line counts and format")
+        end_marker, min_lines, max_lines, numbered, line_end = shapes.pop()
+        results: list[list[str]] = []
+        group = max(self.batch_size, 1) * self.LINE_GROUP_BATCHES
+        for start in range(0, len(prompts), group):
+            members = prompts[start:start + group]
+            constraint = LineSequenceConstraint(
+                self.tokenizer, [list(p.lines.allowed) for p in members], context=context,
+                end_marker=end_marker, line_end=line_end, numbered=numbered,
+                max_lines=max_lines, min_lines=min_lines,
+            )
+            budget = min(params.max_new_tokens, max(constraint.token_budget(i) for i in range(len(members))))
+            results.extend(self._decode(rendered[start:start + group], params, constraint, budget))
+        return results
+
+    def _decode(self, rendered: list[str], params: SamplingParams, constraint, max_new_tokens: int) -> list[list[str]]:
+        from groundflow.generate.text import generate_texts
+
         return _greedy_once(
             lambda n: generate_texts(
                 self.model,
                 self.tokenizer,
                 rendered,
-                max_new_tokens=params.max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 do_sample=params.do_sample,
                 temperature=params.temperature,
                 top_p=params.top_p,
@@ -152,12 +283,26 @@ class HFTextGenerator:
             params,
         )
 
+    def score_choices(self, prompts: Sequence[ChatPrompt], choices: Sequence[Sequence[str]], *,
+                      normalize: str = "sum") -> list[list[float]]:
+        """Log-likelihoods by one batched forward pass per `batch_size` (prompt, choice) pairs."""
+        from groundflow.generate.text import score_choices
+
+        if len(choices) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(choices)} choice lists")
+        if not prompts:
+            return []
+        return score_choices(self.model, self.tokenizer, self._render(prompts), [list(c) for c in choices],
+                             batch_size=self.batch_size, normalize=normalize)
+
     def describe(self) -> dict:
         return _model_description(self.model, "hf", "text", self.batch_size)
 
 
 class HFVisionGenerator:
     """Batched generation with a local LLaVA (groundflow.generate.vision), images padded to square."""
+
+    features: frozenset[str] = frozenset()
 
     def __init__(self, model, processor, *, batch_size: int = 8, pad_square: bool = True):
         self.model = model
@@ -166,6 +311,8 @@ class HFVisionGenerator:
         self.pad_square = pad_square
 
     def generate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]:
+        from groundflow.generate.vision import generate_vision_texts, render_vision_prompts
+
         require_no_choices(prompts, "the vision generator")
         rendered = render_vision_prompts(
             self.processor,
@@ -192,6 +339,10 @@ class HFVisionGenerator:
             params,
         )
 
+    def score_choices(self, prompts: Sequence[ChatPrompt], choices: Sequence[Sequence[str]], *,
+                      normalize: str = "sum") -> list[list[float]]:
+        raise UnsupportedFeatureError("the HF vision generator does not score choices; use the 'hf' text generator")
+
     def describe(self) -> dict:
         return {**_model_description(self.model, "hf", "vision", self.batch_size), "pad_square": self.pad_square}
 
@@ -209,21 +360,13 @@ GENERATOR_SPEC_KEYS = frozenset(
         "timeout_s",
         "max_retries",
         "backoff_s",
+        "guided_decoding",
+        "serve",
     }
 )
 
 
-def make_generator(spec: dict, *, kind: Literal["text", "vision"]) -> Generator:
-    """A generator from config.
-
-    spec = {"backend": "hf" | "openai", "model": {path, dtype, device}, "batch_size": int,
-            "base_url": str, "served_model": str, "api_key_env": str, "max_concurrency": int,
-            "timeout_s": float, "max_retries": int}
-    "hf" loads the model once (a causal LM for kind "text", a LLaVA for "vision"). "openai" talks to
-    `base_url`; the served model name defaults to the model's path, as `vllm serve PATH` names it.
-    """
-    if kind not in ("text", "vision"):
-        raise ValueError(f"kind must be 'text' or 'vision', not {kind!r}")
+def _build_generator(spec: dict, kind: str) -> Generator:
     unknown = set(spec) - GENERATOR_SPEC_KEYS
     if unknown:
         raise ValueError(f"generator spec has unknown keys {sorted(unknown)}; known: {sorted(GENERATOR_SPEC_KEYS)}")
@@ -233,6 +376,8 @@ def make_generator(spec: dict, *, kind: Literal["text", "vision"]) -> Generator:
 
         if "model" not in spec:
             raise ValueError("an 'hf' generator spec needs 'model': {path, dtype, device}")
+        if spec.get("serve"):
+            raise ValueError("'serve' starts an OpenAI-compatible server: it needs backend: openai")
         model_spec = ModelSpec.from_config(spec["model"])
         batch_size = int(spec.get("batch_size", 8))
         if kind == "text":
@@ -247,8 +392,8 @@ def make_generator(spec: dict, *, kind: Literal["text", "vision"]) -> Generator:
     if backend == "openai":
         from groundflow.generate.openai_compat import OpenAICompatibleGenerator
 
-        if "base_url" not in spec:
-            raise ValueError("an 'openai' generator spec needs 'base_url'")
+        if not spec.get("base_url"):
+            raise ValueError("an 'openai' generator spec needs 'base_url' (or 'serve' to start a server)")
         served_model = spec.get("served_model")
         if not served_model:
             if "model" not in spec:
@@ -257,11 +402,52 @@ def make_generator(spec: dict, *, kind: Literal["text", "vision"]) -> Generator:
             served_model = model_value if isinstance(model_value, str) else model_value["path"]
         options = {
             key: spec[key]
-            for key in ("api_key_env", "max_concurrency", "timeout_s", "max_retries", "backoff_s", "pad_square")
+            for key in ("api_key_env", "max_concurrency", "timeout_s", "max_retries", "backoff_s", "pad_square",
+                        "guided_decoding")
             if key in spec
         }
         return OpenAICompatibleGenerator(base_url=spec["base_url"], model=served_model, **options)
     raise ValueError(f"unknown generator backend {backend!r}; one of 'hf', 'openai'")
+
+
+@contextlib.contextmanager
+def open_generator(spec: dict, *, kind: Literal["text", "vision"],
+                   server_log: str | None = None) -> Iterator[Generator]:
+    """A generator from config for the length of a block; a managed server (`serve`) lives as long.
+
+    spec = {"backend": "hf" | "openai", "model": {path, dtype, device}, "batch_size": int,
+            "base_url": str, "served_model": str, "api_key_env": str, "max_concurrency": int,
+            "timeout_s": float, "max_retries": int, "guided_decoding": None | "structured_outputs"
+            | "guided", "serve": None | {command, args, port, startup_timeout_s, stop_timeout_s, log}}
+    "hf" loads the model once (a causal LM for kind "text", a LLaVA for "vision"). "openai" talks to
+    `base_url`; the served model name defaults to the model's path, as `vllm serve PATH` names it.
+    With `serve`, `vllm serve` (or the configured command) is started for the block and stopped
+    after it (groundflow.generate.served); `server_log` receives its output.
+    """
+    if kind not in ("text", "vision"):
+        raise ValueError(f"kind must be 'text' or 'vision', not {kind!r}")
+    from groundflow.generate.served import served_endpoint
+
+    with served_endpoint(spec, log_path=server_log) as resolved:
+        yield _build_generator(resolved, kind)
+
+
+def make_generator(spec: dict, *, kind: Literal["text", "vision"], server_log: str | None = None) -> Generator:
+    """A generator from config (the spec of `open_generator`), for callers without a `with` block.
+
+    A managed server it starts is stopped when this process exits (atexit; a SIGTERM is turned
+    into an exit while the server runs); `open_generator` stops it as soon as the block ends.
+    """
+    if not spec.get("serve"):
+        if kind not in ("text", "vision"):
+            raise ValueError(f"kind must be 'text' or 'vision', not {kind!r}")
+        return _build_generator(spec, kind)
+    import atexit
+
+    stack = contextlib.ExitStack()
+    generator = stack.enter_context(open_generator(spec, kind=kind, server_log=server_log))
+    atexit.register(stack.close)
+    return generator
 
 
 def check_result_shape(results: Sequence[Sequence[str]], prompts: Sequence[object], n: int) -> None:
@@ -274,12 +460,16 @@ def check_result_shape(results: Sequence[Sequence[str]], prompts: Sequence[objec
 
 
 __all__ = [
+    "FEATURES",
     "ChatPrompt",
     "Generator",
     "HFTextGenerator",
     "HFVisionGenerator",
+    "LineChoices",
     "SamplingParams",
+    "UnsupportedFeatureError",
     "check_result_shape",
     "make_generator",
+    "open_generator",
     "require_no_choices",
 ]
