@@ -117,11 +117,12 @@ rule cvc_images:
 rule cvc_entities:
     input:
         records=stage_records("images"),
-        model=model_input("text_llm"),
+        # An endpoint someone else runs needs no local copy; a local model or a managed server does.
+        model=model_input("text_llm") if config["generation"]["text"]["backend"] == "hf" or config["generation"]["text"]["serve"] else [],
     output:
         **stage_outputs("entities"),
     params:
-        models=model_params("text_llm"),
+        generation=generation_spec("text", "text_llm"),
         opts=CVC["entities"],
         progress_dir=progress_dir("entities"),
     log:
@@ -227,11 +228,11 @@ rule cvc_occlusion:
 rule cvc_instructions:
     input:
         records=stage_records("occlusion"),
-        model=model_input("text_llm"),
+        model=model_input("text_llm") if config["generation"]["text"]["backend"] == "hf" or config["generation"]["text"]["serve"] else [],
     output:
         **stage_outputs("instructions"),
     params:
-        models=model_params("text_llm"),
+        generation=generation_spec("text", "text_llm"),
         opts=CVC["instructions"],
         progress_dir=progress_dir("instructions"),
     log:

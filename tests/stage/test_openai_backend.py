@@ -1,4 +1,10 @@
-"""The OpenAI-compatible backend against a fake chat-completions server on 127.0.0.1."""
+"""The OpenAI-compatible backend against a fake chat-completions server on 127.0.0.1.
+
+No test measures time or relies on a race: failures come by request number, a timeout is a
+request the server never answers, concurrency is a gate the server holds requests at, and
+back-off delays are read from the generator's sleep seam instead of waited out. Client timeouts
+are generous wherever a timeout is not what is tested, so a busy machine cannot trigger a retry.
+"""
 
 import asyncio
 import base64
@@ -8,14 +14,24 @@ import logging
 import sys
 from pathlib import Path
 
+import re
+
 import pytest
 from PIL import Image
 
-from groundflow.generate.backends import ChatPrompt, SamplingParams, make_generator
+from groundflow.generate.backends import (
+    ChatPrompt,
+    LineChoices,
+    SamplingParams,
+    UnsupportedFeatureError,
+    make_generator,
+)
 from groundflow.generate.openai_compat import (
     GenerationRequestError,
     MissingAPIKeyError,
     OpenAICompatibleGenerator,
+    line_choices_regex,
+    regex_escape,
 )
 from groundflow.models.llava import mean_fill
 
@@ -46,7 +62,7 @@ def serve(**behaviour):
 
 
 def generator(server, **options):
-    settings = dict(api_key_env=KEY_ENV, max_concurrency=4, timeout_s=2.0, max_retries=3, backoff_s=0.01)
+    settings = dict(api_key_env=KEY_ENV, max_concurrency=4, timeout_s=60.0, max_retries=3, backoff_s=0.01)
     settings.update(options)
     return OpenAICompatibleGenerator(base_url=server.base_url, model="llava-test", **settings)
 
@@ -145,35 +161,71 @@ def test_client_errors_are_not_retried(key_env):
         assert server.state.requests == 1
 
 
+def _recording_sleeps(backend):
+    """Replace the back-off sleep with one that records the delay and does not wait."""
+    delays = []
+
+    async def record(delay):
+        delays.append(delay)
+
+    backend._sleep = record
+    return delays
+
+
 def test_retry_after_header_is_respected(key_env):
-    with serve(fail_first=1, fail_status=429, retry_after="0.3") as server:
-        loop_time = []
+    with serve(fail_first=1, fail_status=429, retry_after="7") as server:
+        backend = generator(server, backoff_s=0.001)
+        delays = _recording_sleeps(backend)
+        assert backend.generate(prompts(1), SamplingParams(max_new_tokens=4)) == [["question 0|choice=0|seed=0"]]
+        assert server.state.statuses == [429, 200]
+    assert delays == [7.0]  # the server's Retry-After, not the 1 ms back-off
 
-        async def timed():
-            start = asyncio.get_running_loop().time()
-            result = await generator(server, backoff_s=0.001).agenerate(prompts(1), SamplingParams(max_new_tokens=4))
-            loop_time.append(asyncio.get_running_loop().time() - start)
-            return result
 
-        assert asyncio.run(timed()) == [["question 0|choice=0|seed=0"]]
-    assert loop_time[0] >= 0.3
+def test_backoff_grows_exponentially_between_retries(key_env):
+    with serve(fail_first=3, fail_status=503) as server:
+        backend = generator(server, backoff_s=1.0, max_retries=3)
+        delays = _recording_sleeps(backend)
+        backend.generate(prompts(1), SamplingParams(max_new_tokens=4))
+    assert len(delays) == 3
+    for attempt, delay in enumerate(delays):
+        assert 0.5 * 2 ** attempt <= delay <= 2 ** attempt  # jitter scales into [0.5, 1]
 
 
 def test_timeout_is_retried(key_env, caplog):
+    """The first request is never answered: only the client's timeout can end it."""
     caplog.set_level(logging.WARNING, logger="groundflow.generate.openai_compat")
-    with serve(delay_first=1, delay_s=1.0) as server:
-        results = generator(server, timeout_s=0.3).generate(prompts(1), SamplingParams(max_new_tokens=4))
-        assert server.state.requests == 2
+    with serve(hang_first=1) as server:
+        results = generator(server, timeout_s=0.5, max_retries=5).generate(prompts(1), SamplingParams(max_new_tokens=4))
+        assert server.state.requests >= 2
+        assert server.state.statuses[-1] == 200
     assert results == [["question 0|choice=0|seed=0"]]
-    assert any("timed out" in r.getMessage() for r in caplog.records)
+    assert any("prompt 0: timed out" in r.getMessage() for r in caplog.records)
 
 
-def test_in_flight_requests_never_exceed_max_concurrency(key_env):
-    with serve(delay_all_s=0.05) as server:
-        results = generator(server, max_concurrency=3).generate(prompts(12), SAMPLING)
+def test_a_server_that_never_answers_exhausts_the_retries(key_env):
+    with serve(hang_first=100) as server:
+        with pytest.raises(GenerationRequestError, match=r"gave up after 2 attempts .*timed out"):
+            generator(server, timeout_s=0.2, max_retries=1).generate(prompts(1), SamplingParams(max_new_tokens=4))
+        assert server.state.requests == 2 and server.state.statuses == []
+
+
+def test_in_flight_requests_reach_but_never_exceed_max_concurrency(key_env):
+    """The server holds every request until 3 are in flight at once: the call completes only if
+    the client does run 3 concurrently, and the peak count shows it never runs more."""
+    with serve(gate_in_flight=3) as server:
+        results = generator(server, max_concurrency=3, max_retries=0).generate(prompts(12), SAMPLING)
         peak = server.state.max_in_flight
+        assert server.state.requests == 12
     assert len(results) == 12 and all(len(r) == 3 for r in results)
-    assert 2 <= peak <= 3  # bounded, and actually concurrent
+    assert peak == 3
+
+
+def test_one_slot_never_reaches_a_gate_of_two(key_env):
+    """The gate's negative: a client limited to one request at a time cannot open it."""
+    with serve(gate_in_flight=2, gate_wait_s=0.5) as server:
+        with pytest.raises(GenerationRequestError, match="gate of 2 concurrent requests never reached"):
+            generator(server, max_concurrency=1, max_retries=0).generate(prompts(3), SAMPLING)
+        assert server.state.max_in_flight == 1
 
 
 def test_missing_key_variable_is_named_in_the_error(monkeypatch):
@@ -222,3 +274,65 @@ def test_make_generator_builds_the_openai_backend(key_env):
         assert backend.generate(prompts(1), SamplingParams(max_new_tokens=4)) == [["question 0|choice=0|seed=0"]]
         assert server.state.payloads[0]["model"] == "served-llava"
     assert backend.describe()["max_concurrency"] == 2 and backend.describe()["backend"] == "openai"
+
+
+def test_models_endpoint_lists_the_served_model(key_env):
+    import json
+    import urllib.request
+
+    with serve(model="served-llm") as server:
+        request = urllib.request.Request(f"{server.base_url}/models", headers={"Authorization": f"Bearer {KEY}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.loads(response.read())
+    assert [m["id"] for m in body["data"]] == ["served-llm"]
+
+
+LINES = LineChoices(allowed=("a dog -> dog", "the (big) car -> car", "dog's bowl -> bowl"), end_marker="<end>",
+                    min_lines=1, max_lines=2)
+
+
+def test_line_choices_regex_accepts_exactly_the_allowed_answers():
+    pattern = re.compile(line_choices_regex(LINES))
+    assert pattern.fullmatch("1. a dog -> dog\n<end>")
+    assert pattern.fullmatch("1. the (big) car -> car\n2. dog's bowl -> bowl\n<end>")
+    assert not pattern.fullmatch("<end>")  # min_lines 1
+    assert not pattern.fullmatch("1. a dog -> dog\n2. a dog -> dog\n3. a dog -> dog\n<end>")  # max_lines 2
+    assert not pattern.fullmatch("1. a cat -> cat\n<end>")
+    assert not pattern.fullmatch("1. the big car -> car\n<end>")  # the brackets are literal
+    assert not pattern.fullmatch("1. a dog -> dog\n")  # the end marker is required
+    assert regex_escape("a.b*c\n") == "a\\.b\\*c\\n"
+
+
+@pytest.mark.parametrize("mode", ["structured_outputs", "guided"])
+def test_guided_decoding_sends_choices_and_line_regexes(key_env, mode):
+    choice_prompt = ChatPrompt(messages=[{"role": "user", "content": "which?"}], assistant_prefix="Type:",
+                               choices=[" animal", " object"])
+    line_prompt = ChatPrompt(messages=[{"role": "user", "content": "list"}], assistant_prefix="<begin>\n",
+                             lines=LINES)
+    with serve() as server:
+        backend = generator(server, guided_decoding=mode)
+        assert backend.features == frozenset({"choices", "lines"})
+        chosen = backend.generate([choice_prompt], SamplingParams(max_new_tokens=4))
+        backend.generate([line_prompt], SamplingParams(max_new_tokens=40))
+        choice_payload, line_payload = server.state.payloads
+    assert chosen[0][0] in (" animal", " object")
+    if mode == "structured_outputs":
+        assert choice_payload["structured_outputs"] == {"choice": [" animal", " object"]}
+        assert line_payload["structured_outputs"] == {"regex": line_choices_regex(LINES)}
+    else:
+        assert choice_payload["guided_choice"] == [" animal", " object"]
+        assert line_payload["guided_regex"] == line_choices_regex(LINES)
+    assert line_payload["continue_final_message"] is True
+    assert backend.describe()["guided_decoding"] == mode
+
+
+def test_without_guided_decoding_closed_answers_and_scoring_are_refused(key_env):
+    backend = OpenAICompatibleGenerator(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=KEY_ENV)
+    assert backend.features == frozenset()
+    closed = ChatPrompt(messages=[{"role": "user", "content": "list"}], lines=LINES)
+    with pytest.raises(UnsupportedFeatureError, match="lines .*guided_decoding"):
+        backend.generate([closed], SamplingParams(max_new_tokens=4))
+    with pytest.raises(UnsupportedFeatureError, match=r"http://127.0.0.1:9/v1 \(backend 'openai'\) cannot score choices"):
+        backend.score_choices(prompts(1), [["a", "b"]])
+    with pytest.raises(ValueError, match="guided_decoding must be one of"):
+        OpenAICompatibleGenerator(base_url="http://x:1/v1", model="m", api_key_env=KEY_ENV, guided_decoding="outlines")

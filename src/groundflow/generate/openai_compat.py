@@ -12,7 +12,12 @@ off), so it is explicit and tested against a fake server:
 - images travel as base64 PNG data URLs in the OpenAI vision message format, padded to square as
   LLaVA-1.5 trains (the server's HF processor would centre-crop);
 - an assistant prefix is sent as a final assistant message that vLLM continues
-  (`continue_final_message`), a vLLM extension the OpenAI API does not have.
+  (`continue_final_message`), a vLLM extension the OpenAI API does not have;
+- closed answers (`ChatPrompt.choices`, `ChatPrompt.lines`) only with `guided_decoding` set, the
+  server's guided decoding doing the constraining: "structured_outputs" sends vLLM's current
+  `structured_outputs: {choice | regex}` (vLLM >= 0.10.2), "guided" the older `guided_choice` /
+  `guided_regex` (removed in vLLM 0.12). Without it such prompts are refused, and so is choice
+  scoring always: an endpoint returns no log-likelihood of a given continuation.
 The API key comes from the environment variable named by `api_key_env`; it is never logged, put in
 an error message or shown by repr().
 """
@@ -31,7 +36,14 @@ from typing import Sequence
 import openai
 from PIL import Image
 
-from groundflow.generate.backends import ChatPrompt, SamplingParams, check_result_shape, require_no_choices
+from groundflow.generate.backends import (
+    ChatPrompt,
+    LineChoices,
+    SamplingParams,
+    UnsupportedFeatureError,
+    check_result_shape,
+    require_no_choices,
+)
 from groundflow.generate.text import cut_at_stop_strings
 from groundflow.models.llava import CLIP_IMAGE_MEAN, mean_fill, pad_to_square
 
@@ -39,6 +51,9 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 MAX_BACKOFF_S = 30.0
+GUIDED_DECODING = (None, "structured_outputs", "guided")
+_REGEX_SPECIAL = frozenset(".^$*+?{}[]|()\\/")
+_REGEX_CONTROL = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 class MissingAPIKeyError(RuntimeError):
@@ -130,8 +145,46 @@ def openai_messages(prompt: ChatPrompt, image_url: str | None = None) -> list[di
     return messages
 
 
+def regex_escape(text: str) -> str:
+    """`text` as a regex literal, escaping only what must be: the grammar compilers behind vLLM's
+    guided decoding (xgrammar, outlines) accept a smaller escape set than Python's re.escape uses."""
+    return "".join("\\" + ch if ch in _REGEX_SPECIAL else _REGEX_CONTROL.get(ch, ch) for ch in text)
+
+
+def line_choices_regex(lines: LineChoices) -> str:
+    """A regular expression of the answers `lines` allows (the text after the assistant prefix).
+
+    Line numbers are any positive number and a line may repeat: a regular expression cannot count
+    up or remember used lines without growing with max_lines x the allowed lines. Parsers of the
+    answer must therefore drop repeats (the entity stage keeps the first line of each label).
+    """
+    end = regex_escape(lines.end_marker)
+    if not lines.allowed:
+        return end
+    alternatives = "|".join(regex_escape(content) for content in lines.allowed)
+    number = "[1-9][0-9]*\\. " if lines.numbered else ""
+    low = min(lines.min_lines, len(lines.allowed))
+    high = len(lines.allowed) if lines.max_lines is None else min(lines.max_lines, len(lines.allowed))
+    return f"({number}({alternatives}){regex_escape(lines.line_end)}){{{low},{high}}}{end}"
+
+
+def guided_fields(prompt: ChatPrompt, mode: str | None) -> dict:
+    """The request's extra fields that close the answer of `prompt` (none for a free answer)."""
+    if prompt.choices is None and prompt.lines is None:
+        return {}
+    if mode not in ("structured_outputs", "guided"):
+        raise UnsupportedFeatureError(f"guided decoding mode {mode!r} cannot close an answer")
+    if prompt.choices is not None:
+        kind, value = "choice", list(dict.fromkeys(prompt.choices))
+    else:
+        kind, value = "regex", line_choices_regex(prompt.lines)
+    if mode == "structured_outputs":
+        return {"structured_outputs": {kind: value}}
+    return {f"guided_{kind}": value}
+
+
 def request_arguments(messages: list[dict], params: SamplingParams, *, model: str, n: int, seed: int,
-                      continue_final_message: bool) -> dict:
+                      continue_final_message: bool, guided: dict | None = None) -> dict:
     """Keyword arguments of chat.completions.create: every sampling parameter stated explicitly."""
     arguments: dict = {
         "model": model,
@@ -144,8 +197,11 @@ def request_arguments(messages: list[dict], params: SamplingParams, *, model: st
     }
     if params.stop:
         arguments["stop"] = list(params.stop)
+    extra = dict(guided or {})
     if continue_final_message:
-        arguments["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        extra.update({"continue_final_message": True, "add_generation_prompt": False})
+    if extra:
+        arguments["extra_body"] = extra
     return arguments
 
 
@@ -176,7 +232,10 @@ class OpenAICompatibleGenerator:
         max_retries: int = 5,
         backoff_s: float = 0.5,
         pad_square: bool = True,
+        guided_decoding: str | None = None,
     ):
+        if guided_decoding not in GUIDED_DECODING:
+            raise ValueError(f"guided_decoding must be one of {GUIDED_DECODING}, not {guided_decoding!r}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
         if max_retries < 0:
@@ -199,7 +258,11 @@ class OpenAICompatibleGenerator:
         self.max_retries = max_retries
         self.backoff_s = float(backoff_s)
         self.pad_square = pad_square
+        self.guided_decoding = guided_decoding
+        self.features = frozenset({"choices", "lines"}) if guided_decoding else frozenset()
         self._jitter = random.Random()
+        # A seam for tests: they check the back-off delays without waiting them out.
+        self._sleep = asyncio.sleep
 
     def __repr__(self) -> str:
         return (
@@ -217,7 +280,15 @@ class OpenAICompatibleGenerator:
             "timeout_s": self.timeout_s,
             "max_retries": self.max_retries,
             "pad_square": self.pad_square,
+            "guided_decoding": self.guided_decoding,
         }
+
+    def score_choices(self, prompts: Sequence[ChatPrompt], choices: Sequence[Sequence[str]], *,
+                      normalize: str = "sum") -> list[list[float]]:
+        raise UnsupportedFeatureError(
+            f"the OpenAI-compatible endpoint {self.base_url} (backend 'openai') cannot score choices: "
+            f"chat completions return no log-likelihood of a given continuation"
+        )
 
     def generate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]:
         """Synchronous entry point: runs its own event loop (so not from inside a running one)."""
@@ -231,7 +302,8 @@ class OpenAICompatibleGenerator:
         )
 
     async def agenerate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]:
-        require_no_choices(prompts, "an OpenAI-compatible endpoint")
+        if not self.guided_decoding:
+            require_no_choices(prompts, f"the OpenAI-compatible endpoint {self.base_url} without guided_decoding")
         if not prompts:
             return []
         slots = asyncio.Semaphore(self.max_concurrency)
@@ -261,9 +333,10 @@ class OpenAICompatibleGenerator:
             image_url = None if prompt.image is None else image_data_url(prompt.image, pad_square=self.pad_square)
             messages = openai_messages(prompt, image_url)
             continue_final = bool(prompt.assistant_prefix)
+            guided = guided_fields(prompt, self.guided_decoding)
             if not params.do_sample:
                 arguments = request_arguments(messages, params, model=self.model, n=1, seed=params.seed,
-                                              continue_final_message=continue_final)
+                                              continue_final_message=continue_final, guided=guided)
                 texts = await self._request(client, index, arguments)
                 return [cut_at_stop_strings(texts[0], params.stop)] * params.n
             collected: list[str] = []
@@ -273,7 +346,7 @@ class OpenAICompatibleGenerator:
                 # A top-up request gets its own seed, or a seeded server would repeat the first samples.
                 arguments = request_arguments(messages, params, model=self.model, n=wanted,
                                               seed=params.seed + request_number,
-                                              continue_final_message=continue_final)
+                                              continue_final_message=continue_final, guided=guided)
                 texts = await self._request(client, index, arguments)
                 collected.extend(cut_at_stop_strings(text, params.stop) for text in texts[:wanted])
                 request_number += 1
@@ -297,7 +370,7 @@ class OpenAICompatibleGenerator:
                 delay = backoff_delay(attempt, self.backoff_s, self._jitter.random(), retry_after_s=retry_after)
                 log.warning("prompt %d: %s; retry %d/%d in %.2f s", index, last_reason, attempt + 1,
                             self.max_retries, delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             choices = sorted(response.choices, key=lambda choice: choice.index)
             if not choices:
@@ -314,7 +387,9 @@ __all__ = [
     "MissingAPIKeyError",
     "OpenAICompatibleGenerator",
     "backoff_delay",
+    "guided_fields",
     "image_data_url",
+    "line_choices_regex",
     "openai_messages",
     "parse_retry_after",
     "request_arguments",

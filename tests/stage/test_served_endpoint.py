@@ -1,0 +1,154 @@
+"""A managed `vllm serve` (groundflow.generate.served), played by tests/data/fake_openai_server.py.
+
+The fake takes vllm serve's command line (`serve MODEL --host H --port P`, key from VLLM_API_KEY)
+and prints its pid into the server log, so each test can check the very process it started.
+"""
+
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from groundflow.generate.backends import ChatPrompt, SamplingParams, open_generator
+from groundflow.generate.served import ManagedServerError, served_endpoint
+
+FAKE_SERVER = Path(__file__).resolve().parents[1] / "data" / "fake_openai_server.py"
+KEY_ENV = "GROUNDFLOW_TEST_SERVED_KEY"
+
+
+def spec(*args, **serve):
+    return {
+        "backend": "openai",
+        "model": {"path": "tiny/served-llm"},
+        "api_key_env": KEY_ENV,
+        "max_retries": 0,  # the server must be up before the first request: no retry may hide it
+        "timeout_s": 60,
+        "serve": {"command": f"{sys.executable} {FAKE_SERVER} serve", "args": list(args), "poll_s": 0.05,
+                  "stop_timeout_s": 10, "startup_timeout_s": 120, **serve},
+    }
+
+
+def server_pid(log: Path) -> int:
+    return int(re.search(r"\(pid (\d+)\)", log.read_text())[1])
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def nothing_listens(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
+
+
+@pytest.fixture(autouse=True)
+def no_key(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+
+
+def test_server_answers_before_the_first_request_and_is_stopped_after(tmp_path):
+    log = tmp_path / "server.log"
+    prompt = [ChatPrompt(messages=[{"role": "user", "content": "hello"}])]
+    with open_generator(spec(), kind="text", server_log=str(log)) as generator:
+        base_url = generator.describe()["base_url"]
+        port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+        key = os.environ[KEY_ENV]  # a fresh key for this server, the variable set while it runs
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{base_url}/models", headers={"Authorization": f"Bearer {key}"}), timeout=30) as response:
+            assert response.status == 200
+        assert generator.generate(prompt, SamplingParams(max_new_tokens=4)) == [["hello|choice=0|seed=0"]]
+        assert generator.describe()["model"] == "tiny/served-llm"
+        pid = server_pid(log)
+        assert not gone(pid)
+    assert gone(pid)
+    assert nothing_listens(port)
+    assert KEY_ENV not in os.environ
+    text = log.read_text()
+    assert text.startswith(f"# groundflow: {sys.executable} {FAKE_SERVER} serve tiny/served-llm --host 127.0.0.1")
+    assert "stopped on SIGTERM" in text
+    assert key not in text  # the key travels in the environment, never on the command line
+
+
+def test_an_error_in_the_stage_still_stops_the_server(tmp_path):
+    log = tmp_path / "server.log"
+    with pytest.raises(RuntimeError, match="stage failed"):
+        with served_endpoint(spec(), log_path=log) as resolved:
+            assert "serve" not in resolved and resolved["base_url"].startswith("http://127.0.0.1:")
+            pid = server_pid(log)
+            raise RuntimeError("stage failed")
+    assert gone(pid)
+
+
+def test_a_server_that_exits_early_is_an_error_naming_its_log(tmp_path):
+    log = tmp_path / "server.log"
+    with pytest.raises(ManagedServerError) as raised:
+        with served_endpoint(spec("--exit-at-start", "3"), log_path=log):
+            pytest.fail("the block must not run")
+    message = str(raised.value)
+    assert "exited with code 3" in message and str(log) in message
+    assert "CUDA out of memory while loading the model (played)" in message  # the log's tail
+
+
+def test_a_server_that_never_answers_times_out_and_is_stopped(tmp_path):
+    log = tmp_path / "server.log"
+    silent = {**spec(), "serve": {"command": [sys.executable, "-c", "import sys, time; print('loading', flush=True); time.sleep(600)"],
+                                  "startup_timeout_s": 0.5, "poll_s": 0.05, "stop_timeout_s": 10}}
+    with pytest.raises(ManagedServerError, match=r"did not answer .*/models within .*serve.startup_timeout_s") as raised:
+        with served_endpoint(silent, log_path=log):
+            pytest.fail("the block must not run")
+    assert str(log) in str(raised.value) and "loading" in str(raised.value)
+
+
+def test_a_server_ignoring_sigterm_is_killed(tmp_path):
+    log = tmp_path / "server.log"
+    with served_endpoint(spec("--ignore-sigterm", stop_timeout_s=0.5), log_path=log):
+        pid = server_pid(log)
+    assert gone(pid)
+    assert "SIGTERM ignored" in log.read_text()
+
+
+def test_a_configured_log_wins_and_serve_needs_the_openai_backend(tmp_path):
+    configured = tmp_path / "configured.log"
+    with served_endpoint(spec(log=str(configured)), log_path=tmp_path / "default.log"):
+        pass
+    assert "stopped on SIGTERM" in configured.read_text() and not (tmp_path / "default.log").exists()
+    with pytest.raises(ValueError, match="needs backend: openai"):
+        with served_endpoint({**spec(), "backend": "hf"}):
+            pass
+
+
+def test_make_generator_without_a_block_stops_the_server_when_the_job_is_terminated(tmp_path):
+    """Stage scripts that call make_generator (no `with`) still stop their server: a SIGTERM to the
+    job (Snakemake cancelling it) becomes an exit, and the exit stops the server."""
+    log = tmp_path / "server.log"
+    job = textwrap.dedent(f"""
+        import sys, time
+        from groundflow.generate.backends import make_generator
+        generator = make_generator({spec()!r}, kind="text", server_log={str(log)!r})
+        print("ready", flush=True)
+        time.sleep(600)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", job], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        pid = server_pid(log)
+        assert not gone(pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert gone(pid)
+    assert "stopped on SIGTERM" in log.read_text()
