@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="per stage: in / out / rejected and top reject reasons")
     status.add_argument("results_dir", nargs="?", default="results")
     status.add_argument("--top", type=int, default=3)
+    trace = sub.add_parser("trace", help="one caption, image or record through every stage: kept (its row) or rejected (why)")
+    trace.add_argument("id", help="any record id: caption, image, entity, hybrid record, CINGS record, eval question")
+    trace.add_argument("results_dir", nargs="?", default="results")
+    trace.add_argument("--json", action="store_true", help="the trace as JSON instead of a text tree")
     args = parser.parse_args(argv)
 
     if args.command == "init":
@@ -81,6 +85,20 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as e:
             print(f"groundflow status: {e}", file=sys.stderr)
             return 1
+    elif args.command == "trace":
+        return trace_command(args.id, args.results_dir, as_json=args.json)
+    return 0
+
+
+def trace_command(record_id: str, results_dir: str, *, as_json: bool = False) -> int:
+    from groundflow.trace import UnknownId, render_json, render_text, trace_results
+
+    try:
+        result = trace_results(record_id, results_dir)
+    except (UnknownId, FileNotFoundError) as e:
+        print(f"groundflow trace: {e}", file=sys.stderr)
+        return 1
+    print(render_json(result) if as_json else render_text(result))
     return 0
 
 
