@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def trace_command(record_id: str, results_dir: str, *, as_json: bool = False) -> int:
+    import os
+
     from groundflow.trace import UnknownId, render_json, render_text, trace_results
 
     try:
@@ -98,7 +100,10 @@ def trace_command(record_id: str, results_dir: str, *, as_json: bool = False) ->
     except (UnknownId, FileNotFoundError) as e:
         print(f"groundflow trace: {e}", file=sys.stderr)
         return 1
-    print(render_json(result) if as_json else render_text(result))
+    try:
+        print(render_json(result) if as_json else render_text(result))
+    except BrokenPipeError:  # `groundflow trace X | head`: the reader has all it wanted
+        sys.stdout = open(os.devnull, "w")  # Python's recipe: no second error when stdout is flushed at exit
     return 0
 
 

@@ -490,10 +490,11 @@ def suggest(query: str, tables: Tables, n: int = 5) -> list[str]:
     pool = pd.unique(pd.concat([tables.values(name, col).astype(str) for name, col in columns if name in names]
                                or [pd.Series([], dtype=str)]))
     lowered = query.lower()
-    near = [i for i in pool if lowered in i.lower() or i.lower() in lowered][:n]
-    if len(near) < n and len(pool) <= MAX_FUZZY_POOL:
-        near += [i for i in difflib.get_close_matches(query, list(pool), n=n, cutoff=0.6) if i not in near]
-    return near[:n]
+    near = {i for i in pool if lowered in i.lower() or i.lower() in lowered}
+    if len(pool) <= MAX_FUZZY_POOL:
+        near.update(difflib.get_close_matches(query, list(pool), n=n, cutoff=0.6))
+    # most alike first; ties in a stable (alphabetical) order
+    return sorted(near, key=lambda i: (-difflib.SequenceMatcher(None, query, i).ratio(), i))[:n]
 
 
 # ---------------------------------------------------------------------------------------------
