@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Sequence
 
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from groundflow.io.artifacts import atomic_write_json
 from groundflow.models.spec import ModelSpec
+from groundflow.train.checkpoints import last_complete_checkpoint
 from groundflow.train.config import SFTConfig, load_config_file
 from groundflow.train.conversations import LossMaskFn, assistant_mask_fn, text_tokenizer
 from groundflow.train.data import ExampleDataset, SFTCollator, build_examples, read_records
@@ -99,9 +99,7 @@ def train_sft(
         processing_class=processing,
         callbacks=callbacks,
     )
-    last_checkpoint = None
-    if resume and checkpoints_dir.is_dir():
-        last_checkpoint = get_last_checkpoint(str(checkpoints_dir))
+    last_checkpoint = last_complete_checkpoint(checkpoints_dir) if resume else None
     if last_checkpoint:
         log.info("resuming from %s", last_checkpoint)
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
