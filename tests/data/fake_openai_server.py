@@ -90,6 +90,12 @@ def entity_answer(payload: dict) -> str:
     raise ValueError(f"no answer of the fake entity responder matches the guided regex {value[:200]!r}")
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog of 5 refuses connections when a client opens a dozen at once
+    # (vLLM's uvicorn listens with 2048); a refused connect is not what any test is about.
+    request_queue_size = 256
+
+
 @dataclass
 class FakeServerBehaviour:
     api_key: str
@@ -133,7 +139,7 @@ class FakeOpenAIServer:
             def do_GET(self):
                 server._handle_get(self)
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd = _Server((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
