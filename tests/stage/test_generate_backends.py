@@ -291,7 +291,7 @@ def test_text_generator_answers_with_exactly_one_of_the_choices(text_generator):
 
 def test_vision_generator_refuses_choices(vision):
     prompt = ChatPrompt(messages=[{"role": "user", "content": "What is it?"}], image=_images()[0], choices=[" dog"])
-    with pytest.raises(NotImplementedError, match="prompt 0 has choices"):
+    with pytest.raises(NotImplementedError, match="prompt 0 has choices"):  # UnsupportedFeatureError is one
         vision.generate([prompt], SamplingParams(max_new_tokens=4))
 
 
@@ -306,3 +306,53 @@ def test_make_generator_rejects_unknown_keys_and_backends(llava_dir):
         make_generator({"backend": "hf", "model": {"path": str(llava_dir)}, "batchsize": 4}, kind="vision")
     with pytest.raises(ValueError, match="unknown generator backend 'vllm'"):
         make_generator({"backend": "vllm", "model": {"path": str(llava_dir)}}, kind="vision")
+
+
+def test_generators_declare_their_features(text_generator, vision):
+    assert text_generator.features == frozenset({"choices", "lines", "score_choices"})
+    assert vision.features == frozenset()
+    assert isinstance(text_generator, Generator) and isinstance(vision, Generator)
+
+
+def test_text_generator_lines_decode_under_the_line_constraint(text_generator):
+    """ChatPrompt.lines gives what generate_texts gives under a LineSequenceConstraint directly."""
+    from groundflow.generate.backends import LineChoices
+    from groundflow.generate.constrained import LineSequenceConstraint
+    from groundflow.generate.text import generate_texts
+
+    allowed = [["a dog -> dog", "the red kite -> kite", "gray blocks -> blocks"],
+               ["an object -> object", "the animal -> animal"]] * 2
+    lines = [LineChoices(allowed=tuple(a), end_marker="<end>", min_lines=1, max_lines=2) for a in allowed]
+    prompts = [ChatPrompt(messages=[{"role": "user", "content": q}], assistant_prefix="<begin>\n", lines=l)
+               for q, l in zip(QUESTIONS, lines)]
+    got = text_generator.generate(prompts, SamplingParams(max_new_tokens=max(l.byte_budget() for l in lines)))
+    model, tokenizer = text_generator.model, text_generator.tokenizer
+    constraint = LineSequenceConstraint(tokenizer, allowed, context="<begin>\n", end_marker="<end>",
+                                        max_lines=2, min_lines=1)
+    budgets = [constraint.token_budget(i) for i in range(len(allowed))]
+    assert all(l.byte_budget() >= b for l, b in zip(lines, budgets))  # the tokenizer-free bound holds
+    rendered = render_prompts(tokenizer, [p.messages for p in prompts], "<begin>\n")
+    expected = generate_texts(model, tokenizer, rendered, max_new_tokens=max(budgets),
+                              batch_size=text_generator.batch_size, prefix_allowed_tokens_fn=constraint)
+    assert got == expected
+    for answer, allowed_lines in zip(got, allowed):
+        body = answer[0].split("<end>")[0].splitlines()
+        assert 1 <= len(body) <= 2 and all(line.split(". ", 1)[1] in allowed_lines for line in body)
+
+
+def test_text_generator_scores_choices_as_the_lm_scorer_does(text_generator, vision):
+    from groundflow.generate.backends import UnsupportedFeatureError
+    from groundflow.generate.text import score_choices
+
+    prompts = [ChatPrompt(messages=[{"role": "user", "content": q}], assistant_prefix="Type:") for q in QUESTIONS]
+    choices = [[" object", " animal", " dog bowl"]] * len(prompts)
+    got = text_generator.score_choices(prompts, choices, normalize="mean")
+    rendered = render_prompts(text_generator.tokenizer, [p.messages for p in prompts], "Type:")
+    expected = score_choices(text_generator.model, text_generator.tokenizer, rendered, choices, batch_size=1,
+                             normalize="mean")
+    assert len(got) == len(prompts) and all(len(row) == 3 for row in got)
+    for row, expected_row in zip(got, expected):
+        assert row == pytest.approx(expected_row, abs=1e-4)
+    assert len({tuple(row) for row in got}) > 1  # the prompts matter
+    with pytest.raises(UnsupportedFeatureError, match="does not score choices"):
+        vision.score_choices(prompts, choices)
