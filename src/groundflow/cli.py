@@ -9,7 +9,18 @@ from pathlib import Path
 
 import pandas as pd
 
+# The workflow checkout (Snakefile, config.yaml, configs/): the source tree of an editable install;
+# with a plain `pip install .` the package has no checkout beside it, and `init --workflow` names it.
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def workflow_root(given: str | None) -> Path:
+    root = Path(given).resolve() if given else ROOT
+    if not (root / "Snakefile").is_file():
+        raise FileNotFoundError(
+            f"no Snakefile in {root}: pass --workflow <the groundflow checkout> (this groundflow is "
+            f"installed as a package, apart from the workflow files)")
+    return root
 
 
 def stage_status(results_dir: str | Path, top: int = 3) -> str:
@@ -51,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     init = sub.add_parser("init", help="make a run folder holding a config to edit")
     init.add_argument("run_dir")
     init.add_argument("--preset", help="a preset from configs/ (e.g. cvc-paper) instead of the demo config")
+    init.add_argument("--workflow", help="the groundflow checkout holding the Snakefile (default: this package's source tree)")
     build = sub.add_parser("build-model", help="build a tiny random model of a real architecture")
     build.add_argument("kind", choices=["llama", "roberta", "grounding-dino", "sam", "llava", "llama3", "clip"])
     build.add_argument("out_dir")
@@ -65,16 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "init":
-        run_dir = Path(args.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        source = ROOT / "configs" / f"{args.preset}.yaml" if args.preset else ROOT / "config.yaml"
+        try:
+            root = workflow_root(args.workflow)
+        except FileNotFoundError as e:
+            parser.error(str(e))
+        source = root / "configs" / f"{args.preset}.yaml" if args.preset else root / "config.yaml"
         if not source.exists():
             parser.error(f"no preset {source}")
+        run_dir = Path(args.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
         target = run_dir / "config.yaml"
         if target.exists():
             parser.error(f"{target} exists; not overwriting it")
         shutil.copyfile(source, target)
-        print(f"{target} written; run: snakemake --snakefile {ROOT / 'Snakefile'} --directory {run_dir} --cores N")
+        print(f"{target} written; run: snakemake --snakefile {root / 'Snakefile'} --directory {run_dir} --cores N")
     elif args.command == "build-model":
         from groundflow.demo import build_demo_model
 

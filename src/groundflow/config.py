@@ -1,4 +1,4 @@
-"""Config validation against workflow/schemas/config.schema.yaml.
+"""Config validation against the packaged schema (groundflow/schemas/config.schema.yaml).
 
 Unknown keys and wrong types stop the run with the key's dotted path in the message; defaults
 from the schema are filled in so rules never guess.
@@ -14,7 +14,8 @@ import jsonschema
 import yaml
 from jsonschema import validators
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# Package data, so that an installed (not editable) groundflow validates configs too.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):

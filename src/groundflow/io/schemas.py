@@ -1,4 +1,4 @@
-"""Artifact table schemas, declared once in workflow/schemas/*.schema.yaml."""
+"""Artifact table schemas, declared once in groundflow/schemas/*.schema.yaml (package data)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-SCHEMA_DIR = Path(__file__).resolve().parents[3] / "workflow" / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 
 _SCALARS = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 
