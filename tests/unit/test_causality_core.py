@@ -3,15 +3,8 @@ import math
 import pytest
 from transformers import AutoTokenizer
 
-from groundflow.cvc.causality import (
-    SpanText,
-    in_causality_window,
-    mask_positions,
-    mention_texts,
-    perplexity,
-    span_token_positions,
-    window_reason,
-)
+from groundflow.cvc.causality import in_causality_window, mention_texts, window_reason
+from groundflow.generate.spans import SpanText, mask_positions, perplexity, span_token_positions
 from groundflow.models.tokenizers import build_tokenizer
 
 

@@ -1,6 +1,6 @@
 """Masked-LM scoring: the perplexity of a masked span, for every span text in padded batches.
 
-The pure parts (which tokens cover a span, masking, perplexity) are in groundflow.cvc.causality;
+The pure parts (which tokens cover a span, masking, perplexity) are in groundflow.generate.spans;
 this module is the model call, kept with the other model calls so that method code stays free of
 torch.
 """
@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from groundflow.cvc.causality import SpanText, mask_positions, perplexity, span_token_positions
+from groundflow.generate.spans import SpanText, mask_positions, perplexity, span_token_positions
 
 log = logging.getLogger(__name__)
 
