@@ -11,19 +11,11 @@ def cvc(*parts):
 
 
 def cvc_captions_input(wildcards):
-    """The captions file; when it is missing and no rule makes it, the ingest job names it at run
-    time, so that a preset can be planned (`-n`) before its data are downloaded."""
-    path = CVC["captions"]
-    if path == f"{FIXTURE}/captions.jsonl" or os.path.exists(path):
-        return path
-    return []
+    return user_file_or_fixture(CVC["captions"], f"{FIXTURE}/captions.jsonl")
 
 
 def cvc_instruction_data_input(wildcards):
-    path = CVC["instruction_data"]["path"]
-    if path == f"{FIXTURE}/llava_instruct.json" or os.path.exists(path):
-        return path
-    return []
+    return user_file_or_fixture(CVC["instruction_data"]["path"], f"{FIXTURE}/llava_instruct.json")
 
 
 def stage_outputs(stage):
