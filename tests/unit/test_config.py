@@ -74,3 +74,11 @@ def test_a_listed_method_needs_its_section_and_models(method, section, model):
     other = "cings" if method == "cvc" else "cvc"
     config.pop(other)  # the other method's section is not needed
     validate_config(config)
+
+
+@pytest.mark.parametrize("method", ["tsst", "gwys", "cvcc"])
+def test_methods_lists_only_methods_whose_rules_exist(method):
+    config = load("config.yaml")
+    config["methods"] = ["cvc", method]
+    with pytest.raises(ConfigError, match=rf"'methods\.1': '{method}' is not one of \['cvc', 'cings'\]"):
+        validate_config(config)
