@@ -23,7 +23,7 @@ from groundflow.generate.text import encode_prompts, render_prompts
 from groundflow.models.causal_lm import build_tiny_causal_lm
 from groundflow.config import load_schema
 from groundflow.train.conversations import render_conversation
-from reference_decoding import argmax_decode
+from reference.decoding import argmax_decode
 
 RAW = eval_records(12)
 # training's system prompt: the config default of cings.data.system_prompt

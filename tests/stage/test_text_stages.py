@@ -19,7 +19,7 @@ from groundflow.generate.text import encode_prompts, generate_texts, render_prom
 from groundflow.io.stage import check_accounting
 from groundflow.models.causal_lm import build_tiny_causal_lm, load_causal_lm
 from groundflow.models.spec import ModelSpec
-from reference_decoding import argmax_decode
+from reference.decoding import argmax_decode
 
 PROMPTS = [
     "A man is riding a bicycle",
