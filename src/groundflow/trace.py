@@ -453,7 +453,8 @@ def _eval_question_node(question_id: str, dataset: str, tables: Tables, names: s
     _note_mentions(node, f"{prefix}/records.rejects", question_id, tables)
     if row is None:
         return node
-    # a repeated question id keeps its first line and rejects the later ones under the same id
+    # A repeated question id is rejected as `line:N`, which names the id in its reason (a note
+    # above). Results written before that rejected it under the question's own id: shown here.
     repeats = tables.rows(f"{prefix}/records.rejects", "id", [question_id], REJECT_COLUMNS)
     node.notes += [f"also rejected at {r['stage']}: {r['reason']}" for _, r in repeats.iterrows()]
     for mode, setting in _eval_runs(dataset, names):

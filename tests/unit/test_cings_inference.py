@@ -18,6 +18,7 @@ from groundflow.cings.inference import (
     validate_records,
 )
 from groundflow.generate.backends import SamplingParams
+from groundflow.io import StageResult, check_accounting
 
 SYSTEM_PROMPT = "Answer from the context."
 GOLD = {"title": "France", "text": "Paris is the capital of France.", "score": "gold"}
@@ -85,10 +86,10 @@ def test_validate_record_rejections_name_the_reason(overrides, reason):
 
 
 def test_entries_without_usable_id_get_their_line():
-    assert validate_record(RawEntry(line=9, value=[1, 2]))[::2] == ("line-9", "line 9 is a list, not an object")
-    assert validate_record(RawEntry(line=3, value=_record(id=None)))[::2] == ("line-3", "line 3 has no id")
+    assert validate_record(RawEntry(line=9, value=[1, 2]))[::2] == ("line:9", "line 9 is a list, not an object")
+    assert validate_record(RawEntry(line=3, value=_record(id=None)))[::2] == ("line:3", "line 3 has no id")
     assert validate_record(RawEntry(line=5, error="line 5 is not valid JSON (x)"))[::2] == (
-        "line-5", "line 5 is not valid JSON (x)")
+        "line:5", "line 5 is not valid JSON (x)")
 
 
 def test_validate_records_counts_add_up_and_rejects_repeated_ids():
@@ -97,11 +98,27 @@ def test_validate_records_counts_add_up_and_rejects_repeated_ids():
     result = validate_records(entries)
     assert result.counts == {"stage": "eval_records", "in": 4, "out": 1, "rejected": 3}
     assert list(result.kept["id"]) == ["q1"] and list(result.kept["line"]) == [1]
+    # the later q1 is rejected under its line: q1 itself stays kept and only kept
     assert list(zip(result.rejects["id"], result.rejects["reason"])) == [
         ("q2", "no 'docs' list"),
-        ("q1", "duplicate id (first at line 1), line 3"),
-        ("line-4", "line 4 is not valid JSON (x)"),
+        ("line:3", "line 3: duplicate id 'q1' (first at line 1)"),
+        ("line:4", "line 4 is not valid JSON (x)"),
     ]
+
+
+def test_an_id_belongs_to_its_first_line_even_when_that_line_is_rejected():
+    # q1's first line is invalid, its second valid, its third invalid: keeping the second would
+    # make q1 both kept and rejected; rejecting the third under q1 would reject q1 twice
+    entries = [RawEntry(1, _record(docs=[])), RawEntry(2, _record()), RawEntry(3, _record(question=""))]
+    result = validate_records(entries)
+    assert result.kept.empty
+    assert list(zip(result.rejects["id"], result.rejects["reason"])) == [
+        ("q1", "no 'docs' list"),
+        ("line:2", "line 2: duplicate id 'q1' (first at line 1)"),
+        ("line:3", "line 3: duplicate id 'q1' (first at line 1)"),
+    ]
+    assert check_accounting("eval_records", ["q1", "line:2", "line:3"],
+                            StageResult(kept=result.kept, rejects=result.rejects))["rejected"] == 3
 
 
 def test_fixture_file_round_trip(tmp_path):
@@ -111,9 +128,10 @@ def test_fixture_file_round_trip(tmp_path):
     assert result.counts["in"] == 12 + len(BAD_LINES) + 1
     assert result.counts["out"] == 12
     reasons = list(result.rejects["reason"])
-    expected = ["duplicate id (first at line 1)"] + [reason for reason, _ in BAD_LINES]
+    expected = ["duplicate id 'nq-0' (first at line 1)"] + [reason for reason, _ in BAD_LINES]
     assert len(reasons) == len(expected)
     assert all(sum(e in r for r in reasons) == 1 for e in expected), reasons
+    assert not set(result.kept["id"]) & set(result.rejects["id"])  # nq-0 is kept, its repeat is a line
     assert eval_records(12) == eval_records(12)  # same file for the same arguments
 
 

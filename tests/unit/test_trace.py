@@ -173,8 +173,8 @@ def cings_tables():
         "cings/train:context": pd.DataFrame([{"mode": "context", "steps": 6, "final_loss": 7.0, "examples": 2}]),
         "cings/train:context.rejects": rejects_frame("train:context"),
         "cings/eval/demo/records": pd.DataFrame({"id": ["q-1"], "question": ["Capital of France?"], "answers": [["Paris"]]}),
-        "cings/eval/demo/records.rejects": rejects_frame("eval_records", [("line-4", "not valid JSON"),
-                                                                          ("q-1", "duplicate id (first at line 1), line 5")]),
+        "cings/eval/demo/records.rejects": rejects_frame("eval_records", [("line:4", "line 4 is not valid JSON"),
+                                                                          ("line:5", "line 5: duplicate id 'q-1' (first at line 1)")]),
         "cings/eval/demo/context/closed_book": predictions,
         "cings/eval/demo/context/closed_book.rejects": rejects_frame("infer"),
         "cings/eval/demo/context/prefilled_1doc": predictions.iloc[0:0],
@@ -202,8 +202,9 @@ def test_a_cings_record_fans_out_to_one_path_per_label_mode():
 def test_an_eval_question_fans_out_to_every_mode_and_setting_with_its_scores():
     [question] = trace("q-1", FrameTables(cings_tables())).matches
     assert question.kind == "eval question"
-    # the id's first line is the question; a later line with the same id was rejected
-    assert question.notes == ["dataset demo", "also rejected at eval_records: duplicate id (first at line 1), line 5"]
+    # the id's first line is the question; a later line with the same id was rejected as its line
+    assert question.notes == [
+        "dataset demo", "named by rejected line:5 (eval_records): line 5: duplicate id 'q-1' (first at line 1)"]
     assert question.steps[0].status == KEPT
     runs = {run.id: run for run in question.steps[0].children}
     assert set(runs) == {"context/closed_book", "context/prefilled_1doc"}
@@ -213,6 +214,22 @@ def test_an_eval_question_fans_out_to_every_mode_and_setting_with_its_scores():
     assert closed.steps[1].fields == {"exact_match": 1.0, "accuracy": 1.0, "rouge_l": 1.0}
     assert [(s.stage, s.status, s.reason) for s in runs["context/prefilled_1doc"].steps] == [
         ("infer", REJECTED, "no passage")]
+
+
+def test_a_repeated_eval_question_line_ends_at_eval_records_under_its_line():
+    [line] = trace("line:5", FrameTables(cings_tables())).matches
+    assert (line.kind, [(s.stage, s.status, s.reason) for s in line.steps]) == (
+        "eval question", [("eval_records", REJECTED, "line 5: duplicate id 'q-1' (first at line 1)")])
+
+
+def test_results_that_rejected_a_repeat_under_the_kept_id_still_show_it():
+    # eval records written before repeats were rejected as `line:N`
+    tables = cings_tables()
+    tables["cings/eval/demo/records.rejects"] = rejects_frame(
+        "eval_records", [("q-1", "duplicate id (first at line 1), line 5")])
+    [question] = trace("q-1", FrameTables(tables)).matches
+    assert question.steps[0].status == KEPT
+    assert question.notes == ["dataset demo", "also rejected at eval_records: duplicate id (first at line 1), line 5"]
 
 
 def test_an_unknown_id_is_an_error_that_suggests_near_ids():

@@ -132,10 +132,11 @@ def _doc_problem(index: int, doc: Any) -> tuple[dict | None, str | None]:
 def validate_record(entry: RawEntry) -> tuple[str, dict | None, str | None]:
     """(id, the clean record or None, the reason it is rejected or None).
 
-    The id of an entry without a usable id is `line-{n}`. Gold answers that normalise to nothing
+    The id of an entry without a usable id is `line:{n}`, as CVC ingest and CINGS convert name
+    theirs. Gold answers that normalise to nothing
     ("The", "?") are dropped: they would match every prediction or an empty one.
     """
-    fallback_id = f"line-{entry.line}"
+    fallback_id = line_id(entry.line)
     if entry.error is not None:
         return fallback_id, None, entry.error
     value = entry.value
@@ -181,8 +182,17 @@ class EvalRecords:
     counts: dict
 
 
+def line_id(line: int) -> str:
+    """The id an entry is rejected under when its own id is unusable or already taken."""
+    return f"line:{line}"
+
+
 def validate_records(entries: Iterable[RawEntry]) -> EvalRecords:
-    """Clean records and rejects (a repeated id is rejected at its later lines); in = out + rejected."""
+    """Clean records and rejects; in = out + rejected, and each id is kept or rejected, never both.
+
+    An id belongs to its first entry, valid or not; a later entry with the same id is rejected as
+    `line:N` (under its own id it would be both kept and rejected, or rejected twice).
+    """
     kept: list[dict] = []
     rejected: list[tuple[str, str]] = []
     first_line: dict[str, int] = {}
@@ -190,12 +200,14 @@ def validate_records(entries: Iterable[RawEntry]) -> EvalRecords:
     for entry in entries:
         n_in += 1
         record_id, record, reason = validate_record(entry)
-        if record is not None and record_id in first_line:
-            record, reason = None, f"duplicate id (first at line {first_line[record_id]}), line {entry.line}"
+        if record_id in first_line:
+            rejected.append((line_id(entry.line), f"line {entry.line}: duplicate id {record_id!r} "
+                                                  f"(first at line {first_line[record_id]})"))
+            continue
+        first_line[record_id] = entry.line
         if record is None:
             rejected.append((record_id, reason or "invalid"))
             continue
-        first_line[record_id] = entry.line
         kept.append(record)
     frame = pd.DataFrame(kept, columns=RECORD_COLUMNS)
     rejects = rejects_frame(INGEST_STAGE, rejected)
