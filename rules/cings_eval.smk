@@ -100,6 +100,8 @@ rule cings_infer:
         settings=CINGS_INFERENCE["settings"],
         system_prompt=config["cings"]["data"]["system_prompt"],
         progress_dirs=[cings_eval(".progress", "{dataset}", "{mode}", s) for s in CINGS_INFERENCE["settings"]],
+        # a managed `vllm serve` (generation.text.serve) writes here; the job's logs are per setting
+        server_log="logs/cings/eval/{dataset}/{mode}.server.log",
     wildcard_constraints:
         dataset=CINGS_EVAL_DATASETS,
         mode="|".join(CINGS_MODES),

@@ -1,16 +1,20 @@
 """Answer extraction: the short answer each rationale commits to (few-shot, greedy)."""
+from pathlib import Path
+
 from groundflow.cvc.prompts import EXTRACTION_PROMPT_VERSION
 from groundflow.cvc.trials import extract_answers
-from groundflow.generate.backends import SamplingParams, make_generator
+from groundflow.generate.backends import SamplingParams, open_generator
 from groundflow.pipeline import StageJob
 
 job = StageJob.from_snakemake(snakemake, "extraction")
 opts = snakemake.params.opts
-generator = make_generator(snakemake.params.generation, kind="text")
 params = SamplingParams(max_new_tokens=opts["max_new_tokens"], n=1, do_sample=False, stop=("\n",))
-job.run(
-    lambda records: extract_answers(records, generator, params, answer_span_words=opts["answer_span_words"]),
-    produced_by={"generator": generator.describe(), "sampling": params.describe(),
-                 "prompt": EXTRACTION_PROMPT_VERSION, "answer_span_words": opts["answer_span_words"]},
-    chunk_size=opts["chunk_size"],
-)
+# A managed server (`serve`) lives as long as this block, so it stops when the stage's work does.
+server_log = str(Path(snakemake.log[0]).with_suffix(".server.log"))
+with open_generator(snakemake.params.generation, kind="text", server_log=server_log) as generator:
+    job.run(
+        lambda records: extract_answers(records, generator, params, answer_span_words=opts["answer_span_words"]),
+        produced_by={"generator": generator.describe(), "sampling": params.describe(),
+                     "prompt": EXTRACTION_PROMPT_VERSION, "answer_span_words": opts["answer_span_words"]},
+        chunk_size=opts["chunk_size"],
+    )

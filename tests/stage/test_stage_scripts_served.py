@@ -1,0 +1,144 @@
+"""The generating stage scripts stop a managed `vllm serve` when their stage ends.
+
+Each script runs in this process as Snakemake runs it (a `snakemake` object in its globals),
+against tests/data/fake_openai_server.py standing in for `vllm serve`. A server tied to the
+process's exit (atexit) would still be alive when the script returns; one tied to the stage's
+`with open_generator(...)` block is gone by then, which is what these tests check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from groundflow.cings.eval_fixture import eval_records
+from groundflow.cings.inference import RawEntry, validate_records
+from groundflow.io import read_table, write_table
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "workflow" / "scripts"
+FAKE_SERVER = ROOT / "tests" / "data" / "fake_openai_server.py"
+KEY_ENV = "GROUNDFLOW_TEST_SCRIPT_KEY"
+
+
+class Namespace(dict):
+    """What a script reads of `snakemake.input/output/params`: attributes and `.get`."""
+
+    __getattr__ = dict.__getitem__
+
+
+class FakeSnakemake:
+    def __init__(self, *, input, output, params, log):
+        self.input, self.output, self.params = Namespace(input), Namespace(output), Namespace(params)
+        self.log = list(log)
+        self.wildcards = Namespace()
+
+
+def served_spec():
+    return {
+        "backend": "openai",
+        "model": {"path": "tiny/served-llm"},
+        "api_key_env": KEY_ENV,
+        "max_retries": 0,
+        "timeout_s": 60,
+        "serve": {"command": f"{sys.executable} {FAKE_SERVER} serve", "poll_s": 0.05, "stop_timeout_s": 10,
+                  "startup_timeout_s": 120},
+    }
+
+
+def server_pid(log: Path) -> int:
+    return int(re.search(r"\(pid (\d+)\)", log.read_text())[1])
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    # the scripts set up logging and an excepthook for the job; put both back afterwards
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+
+
+def stage_paths(tmp_path: Path, stage: str) -> dict:
+    return {"kept": str(tmp_path / f"{stage}.parquet"), "rejects": str(tmp_path / f"{stage}.rejects.parquet"),
+            "counts": str(tmp_path / f"{stage}.counts.json")}
+
+
+def run_script(name: str, smk: FakeSnakemake) -> None:
+    runpy.run_path(str(SCRIPTS / name), init_globals={"snakemake": smk}, run_name="__main__")
+
+
+def test_trials_script_stops_its_server_when_the_stage_ends(tmp_path):
+    image = tmp_path / "occluded" / "a-dog.jpg"
+    image.parent.mkdir()
+    Image.fromarray(np.full((16, 16, 3), 120, dtype=np.uint8)).save(image)
+    write_table(pd.DataFrame({"id": ["a-dog", "b-cat"], "occluded_image": ["occluded/a-dog.jpg", "occluded/missing.jpg"],
+                              "instruction": ["What is hidden?", "And here?"]}), tmp_path / "records.parquet")
+    opts = {"n": 2, "temperature": 1.0, "top_p": 0.9, "max_new_tokens": 8, "chunk_size": 1}
+    smk = FakeSnakemake(
+        input={"records": str(tmp_path / "records.parquet")}, output=stage_paths(tmp_path, "trials"),
+        params={"generation": served_spec(), "opts": opts, "seed": 0, "image_dir": str(tmp_path),
+                "progress_dir": str(tmp_path / ".progress")},
+        log=[str(tmp_path / "logs" / "0.log")],
+    )
+    run_script("cvc_trials.py", smk)
+    server_log = tmp_path / "logs" / "0.server.log"  # beside the job's log
+    assert gone(server_pid(server_log))
+    assert "stopped on SIGTERM" in server_log.read_text()
+    kept = read_table(smk.output.kept)
+    assert list(kept["id"]) == ["a-dog"] and len(kept["trials"].iloc[0]) == 2
+    assert list(read_table(smk.output.rejects)["id"]) == ["b-cat"]
+
+
+def test_extraction_script_stops_its_server_when_the_stage_ends(tmp_path):
+    write_table(pd.DataFrame({"id": ["a-dog", "b-cat"], "trials": [["It is a dog."], []]}),
+                tmp_path / "records.parquet")
+    smk = FakeSnakemake(
+        input={"records": str(tmp_path / "records.parquet")}, output=stage_paths(tmp_path, "extraction"),
+        params={"generation": served_spec(), "opts": {"max_new_tokens": 8, "chunk_size": 8, "answer_span_words": None},
+                "progress_dir": str(tmp_path / ".progress")},
+        log=[str(tmp_path / "logs" / "0.log")],
+    )
+    run_script("cvc_extraction.py", smk)
+    server_log = tmp_path / "logs" / "0.server.log"
+    assert gone(server_pid(server_log))
+    assert list(read_table(smk.output.kept)["id"]) == ["a-dog"]
+    assert list(read_table(smk.output.rejects)["id"]) == ["b-cat"]
+
+
+def test_cings_infer_script_serves_every_setting_from_one_server_then_stops_it(tmp_path):
+    records = validate_records(RawEntry(i + 1, r) for i, r in enumerate(eval_records(3))).kept
+    write_table(records, tmp_path / "records.parquet")
+    settings = ["closed_book", "prefilled_1doc"]
+    outputs = {k: [str(tmp_path / f"{s}{suffix}") for s in settings]
+               for k, suffix in [("kept", ".parquet"), ("rejects", ".rejects.parquet"), ("counts", ".counts.json")]}
+    server_log = tmp_path / "logs" / "demo" / "context.server.log"
+    opts = {"ndocs": 2, "use_gold_docs": True, "max_prompt_tokens": None, "max_new_tokens": 8, "chunk_size": 2}
+    smk = FakeSnakemake(
+        input={"records": str(tmp_path / "records.parquet")}, output=outputs,
+        params={"generation": served_spec(), "opts": opts, "settings": settings, "system_prompt": "Answer.",
+                "progress_dirs": [str(tmp_path / ".progress" / s) for s in settings],
+                "server_log": str(server_log)},
+        log=[str(tmp_path / "logs" / "demo" / "context" / f"{s}.log") for s in settings],
+    )
+    run_script("cings_infer.py", smk)
+    assert gone(server_pid(server_log))
+    assert server_log.read_text().count("(pid ") == 1  # one server for both settings
+    for setting, kept, counts in zip(settings, outputs["kept"], outputs["counts"]):
+        assert set(read_table(kept)["setting"]) == {setting}
+        assert json.loads(Path(counts).read_text())["out"] == len(records)
