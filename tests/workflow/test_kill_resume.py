@@ -124,13 +124,16 @@ def test_killed_runs_resume_to_the_uninterrupted_outputs(reference, tmp_path, py
     items = len(records)
     assert len(bounds) >= 8, "too few chunks for kills between them"
 
-    # (a) mid-shard: some chunks checkpointed, the shard's output not written
-    proc = start(run, "cvc_prep", "--cores", "2")
-    kill_when(proc, lambda: len(finished_chunks(progress)) >= 2 and not output.exists(),
-              "two finished chunks of the shard")
+    # (a) mid-shard, between checkpoints: chunks 0 and 1 checkpointed, chunk 2 computed but none of
+    # its files in place. The test-only delay holds chunk 2's first write (its rejects table) until
+    # the kill, so the kill lands there however busy the machine is.
+    proc = start(run, "cvc_prep", "--cores", "2",
+                 env={FAULT_RENAME_DELAY_ENV: f"600:*{PROGRESS}/chunk-00002.rejects.parquet"})
+    kill_when(proc, lambda: any(progress.glob(".chunk-00002.rejects.parquet.*.tmp.parquet")),
+              "chunk 2's first write")
     done_a = finished_chunks(progress)
-    assert not output.exists(), "the kill came too late: the shard finished"
-    assert done_a == list(range(len(done_a))) and len(done_a) < len(bounds) - 2
+    assert done_a == [0, 1]
+    assert not (progress / "chunk-00002.rejects.parquet").exists() and not output.exists()
     assert any((run / ".snakemake/locks").iterdir())  # hence `snakemake --unlock` before each resume
 
     # (b) resumed, then killed inside the atomic write of the next-but-one chunk's checkpoint: the
