@@ -17,7 +17,7 @@ from typing import Callable
 import pandas as pd
 
 from groundflow.io.artifacts import atomic_write_json, read_table, write_table
-from groundflow.io.stage import StageResult, check_accounting, run_chunked
+from groundflow.io.stage import StageResult, check_accounting, publish_chunk_files, run_chunked
 from groundflow.models.spec import ModelSpec, offline_hub
 
 log = logging.getLogger("groundflow")
@@ -83,19 +83,33 @@ class StageJob:
     def model(self, name: str) -> ModelSpec:
         return ModelSpec.from_config(self.models[name])
 
-    def run(self, process: Callable[[pd.DataFrame], StageResult], *, produced_by: dict,
+    def run(self, process: Callable[..., StageResult], *, produced_by: dict,
             chunk_size: int = 1 << 30, parent_column: str = "id",
-            group_column: str | None = None) -> dict:
+            group_column: str | Callable[[pd.DataFrame], pd.Series] | None = None,
+            files_to: str | None = None) -> dict:
+        """Run `process` over the records in chunks (see `run_chunked`) and write the outputs.
+
+        With `files_to` (a folder output of the rule), `process(chunk, files_dir)` writes its
+        files into the chunk's checkpoint and they are put into `files_to` after the tables:
+        Snakemake deletes a folder output before it re-runs a killed job, the progress folder it
+        does not know, so a resumed job keeps its finished chunks' files as well as their rows.
+        """
         start = time.perf_counter()
+        if files_to is not None and not self.progress_dir:
+            raise ValueError(f"{self.stage}: a stage writing files into {files_to} needs a progress_dir")
         records = read_table(self.records_path)
         log.info("%s: %d input records from %s", self.stage, len(records), self.records_path)
         result, stats = run_chunked(
             records, process, chunk_size=chunk_size, progress_dir=self.progress_dir,
             params=produced_by, parent_column=parent_column, group_column=group_column,
+            chunk_files=files_to is not None,
         )
         counts = check_accounting(self.stage, records["id"], result)
         write_table(result.rejects, self.rejects_path)
         write_table(result.kept, self.kept_path)
+        if files_to is not None:
+            n_files = publish_chunk_files(self.progress_dir, stats["chunks"], files_to)
+            log.info("%s: %d files into %s", self.stage, n_files, files_to)
         summary = {**counts, "kept_rows": len(result.kept), **stats,
                    "seconds": round(time.perf_counter() - start, 3), "produced_by": produced_by}
         atomic_write_json(self.counts_path, summary)

@@ -129,3 +129,84 @@ def test_accounting_rejects_duplicate_output_ids():
     kept = pd.DataFrame({"id": ["img-dog", "img-dog"], "caption_ids": [["c1"], ["c2"]]})
     with pytest.raises(AccountingError, match="output ids not unique"):
         check_accounting("e", ["c1", "c2"], StageResult(kept, rejects_frame("e"), parent_column="caption_ids"))
+
+
+def test_a_group_function_keeps_groups_together_in_first_seen_order_and_adds_no_column():
+    records = pd.DataFrame({"id": list("abcde"), "n": [4, 2, 6, 8, 10]})
+    seen = []
+
+    def record(chunk):
+        seen.append(list(chunk["id"]))
+        assert list(chunk.columns) == ["id", "n"]
+        return _halve(chunk)
+
+    # a and d form one group, b, c and e their own; the group of a is seen first
+    groups = lambda df: [0, 1, 2, 0, 4]  # noqa: E731
+    result, _ = run_chunked(records, record, chunk_size=1, progress_dir=None, params={}, group_column=groups)
+    assert seen == [["a", "d"], ["b"], ["c"], ["e"]]
+    assert list(result.kept.columns) == ["id", "n", "half"]
+
+
+def _write_files(chunk, files_dir):
+    for rid in chunk["id"]:
+        (files_dir / f"{rid}.txt").write_text(f"file of {rid}")
+    return _halve(chunk)
+
+
+def test_chunk_files_of_a_killed_chunk_are_discarded_and_finished_ones_published(tmp_path):
+    from groundflow.io.stage import chunk_files_dir, publish_chunk_files
+
+    records = pd.DataFrame({"id": [f"r{i}" for i in range(6)], "n": range(0, 12, 2)})
+    progress = tmp_path / "progress"
+
+    def killed_in_chunk_2(chunk, files_dir):
+        if "r4" in set(chunk["id"]):
+            (files_dir / "r4.txt").write_text("half")
+            (files_dir / "stray.txt").write_text("never asked for")
+            raise KeyboardInterrupt("killed")
+        return _write_files(chunk, files_dir)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_chunked(records, killed_in_chunk_2, chunk_size=2, progress_dir=progress, params={}, chunk_files=True)
+    assert sorted(p.name for p in chunk_files_dir(progress, 2).iterdir()) == ["r4.txt", "stray.txt"]
+    result, stats = run_chunked(records, _write_files, chunk_size=2, progress_dir=progress, params={}, chunk_files=True)
+    assert (stats["chunks"], stats["chunks_reused"]) == (3, 2)
+    assert publish_chunk_files(progress, stats["chunks"], tmp_path / "out") == 6
+    assert {p.name: p.read_text() for p in (tmp_path / "out").iterdir()} == {
+        f"r{i}.txt": f"file of r{i}" for i in range(6)}
+    # published as links or copies: the checkpoint keeps its own until the progress folder goes
+    assert (chunk_files_dir(progress, 0) / "r0.txt").read_text() == "file of r0"
+
+
+def test_two_chunks_publishing_one_name_is_an_error(tmp_path):
+    from groundflow.io.stage import chunk_files_dir, publish_chunk_files
+
+    for index in (0, 1):
+        chunk_files_dir(tmp_path, index).mkdir(parents=True)
+        (chunk_files_dir(tmp_path, index) / "same.png").write_text(str(index))
+    with pytest.raises(RuntimeError, match="chunks 0 and 1 both wrote same.png"):
+        publish_chunk_files(tmp_path, 2, tmp_path / "out")
+
+
+def test_chunk_files_need_a_progress_dir():
+    with pytest.raises(ValueError, match="progress_dir"):
+        run_chunked(pd.DataFrame({"id": ["a"], "n": [2]}), _write_files, chunk_size=1, progress_dir=None,
+                    params={}, chunk_files=True)
+
+
+def test_a_shard_is_written_the_same_however_many_chunks_were_reused(tmp_path):
+    # object strings computed in memory come back from a checkpoint as another string type
+    records = pd.DataFrame({"id": ["a", "b", "c"], "n": [2, 4, 6]})
+
+    def labelled(chunk):
+        result = _halve(chunk)
+        result.kept["label"] = pd.Series([f"x{i}" for i in result.kept["id"]], index=result.kept.index, dtype=object)
+        return result
+
+    computed, stats = run_chunked(records, labelled, chunk_size=1, progress_dir=tmp_path, params={})
+    assert stats["chunks_reused"] == 0
+    reused, stats = run_chunked(records, labelled, chunk_size=1, progress_dir=tmp_path, params={})
+    assert stats["chunks_reused"] == 3
+    write_table(computed.kept, tmp_path / "computed.parquet")
+    write_table(reused.kept, tmp_path / "reused.parquet")
+    assert (tmp_path / "computed.parquet").read_bytes() == (tmp_path / "reused.parquet").read_bytes()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from groundflow.io.artifacts import REJECT_COLUMNS, atomic_write_json, read_table, write_table
+from groundflow.io.artifacts import REJECT_COLUMNS, atomic_path, atomic_write_json, read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -93,28 +94,45 @@ def fingerprint(params: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+GROUP_KEY = "__chunk_group"
+
+
 def run_chunked(
     records: pd.DataFrame,
-    process: Callable[[pd.DataFrame], StageResult],
+    process: Callable[..., StageResult],
     *,
     chunk_size: int,
     progress_dir: str | Path | None,
     params: dict,
     parent_column: str = "id",
-    group_column: str | None = None,
+    group_column: str | Callable[[pd.DataFrame], pd.Series] | None = None,
+    chunk_files: bool = False,
 ) -> tuple[StageResult, dict]:
     """Run `process` over `records` in chunks, checkpointing each finished chunk.
 
     Finished chunks are kept in `progress_dir` under a fingerprint of `params`; a restarted job
     skips them, so a killed job loses at most one chunk. Chunks written under other params are
     stale and are removed. Returns the combined result and stats (including how many chunks were
-    recomputed versus reused). With `group_column`, records of one group (e.g. all captions of
-    an image, which a stage de-duplicates together) are made contiguous and never split.
+    recomputed versus reused). With `group_column` (a column, or a function giving each record's
+    group), records of one group (e.g. all captions of an image, which a stage de-duplicates
+    together) are made contiguous, in the order their groups first appear, and never split.
+
+    With `chunk_files`, `process(chunk, files_dir)` also writes files (e.g. masks) into
+    `chunk_files_dir(progress_dir, index)`: they are part of the chunk's checkpoint, kept and
+    reused with its tables, and `publish_chunk_files` puts them into place at the end.
     """
     stats = {"chunks": 0, "chunks_reused": 0, "items_recomputed": 0}
-    if group_column is not None:
+    if chunk_files and not progress_dir:
+        raise ValueError("a stage whose chunks write files needs a progress_dir to keep them in")
+    keys: pd.Series | None = None
+    if isinstance(group_column, str):
         records = records.sort_values(group_column, kind="stable").reset_index(drop=True)
-    bounds = chunk_bounds(records[group_column] if group_column else len(records), chunk_size)
+        keys = records[group_column]
+    elif group_column is not None:
+        grouped = records.assign(**{GROUP_KEY: list(group_column(records))})
+        grouped = grouped.sort_values(GROUP_KEY, kind="stable").reset_index(drop=True)
+        keys, records = grouped[GROUP_KEY], grouped.drop(columns=GROUP_KEY)
+    bounds = chunk_bounds(keys if keys is not None else len(records), chunk_size)
     kept_parts: list[pd.DataFrame] = []
     reject_parts: list[pd.DataFrame] = []
     pdir = Path(progress_dir) if progress_dir else None
@@ -145,17 +163,60 @@ def run_chunked(
             stats["chunks_reused"] += 1
             continue
         chunk = records.iloc[start:stop]
-        result = process(chunk)
+        if chunk_files:
+            # files of a chunk killed part way are not trusted: the chunk starts over, files too
+            files_dir = chunk_files_dir(pdir, index)
+            shutil.rmtree(files_dir, ignore_errors=True)
+            files_dir.mkdir(parents=True)
+            result = process(chunk, files_dir)
+        else:
+            result = process(chunk)
         stats["items_recomputed"] += len(chunk)
         if kept_file is not None:
             # rejects first, kept last: kept's presence marks the chunk as finished
             write_table(result.rejects, rej_file)
             write_table(result.kept, kept_file)
+            # A reused chunk is read from Parquet, which gives back its own dtypes (object strings
+            # come back as `str`); a computed one is read back too, so the shard's output is the
+            # same, byte for byte, however many of its chunks a resumed job reused.
+            result = StageResult(kept=read_table(kept_file), rejects=read_table(rej_file))
         kept_parts.append(result.kept)
         reject_parts.append(result.rejects)
     kept = _concat(kept_parts, records.iloc[0:0])
     rejects = _concat(reject_parts, rejects_frame(""))
     return StageResult(kept=kept, rejects=rejects, parent_column=parent_column), stats
+
+
+def chunk_files_dir(progress_dir: str | Path, index: int) -> Path:
+    """Where chunk `index` of a `chunk_files` stage writes its files (see `run_chunked`)."""
+    return Path(progress_dir) / f"chunk-{index:05d}.files"
+
+
+def publish_chunk_files(progress_dir: str | Path, n_chunks: int, out_dir: str | Path) -> int:
+    """Put the files of chunks 0..n_chunks-1 into `out_dir`; returns how many.
+
+    Each file is hard-linked (copied where links are not possible) under a temporary name and
+    renamed into place, so `out_dir` never holds a partial file, and the chunk's own copy stays
+    until the progress folder is removed: should the job die before it finishes, Snakemake
+    deletes `out_dir`, and the re-run publishes the reused chunks' files again. Two chunks giving
+    one name is an error (the stage's grouping must keep such records in one chunk).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    owner: dict[str, int] = {}
+    for index in range(n_chunks):
+        files_dir = chunk_files_dir(progress_dir, index)
+        for source in sorted(files_dir.iterdir()) if files_dir.is_dir() else []:
+            if source.name in owner:
+                raise RuntimeError(f"chunks {owner[source.name]} and {index} both wrote {source.name}")
+            owner[source.name] = index
+            with atomic_path(out_dir / source.name) as tmp:
+                tmp.unlink()
+                try:
+                    os.link(source, tmp)
+                except OSError:
+                    shutil.copyfile(source, tmp)
+    return len(owner)
 
 
 def chunk_bounds(groups: "pd.Series | int", chunk_size: int) -> list[tuple[int, int]]:
