@@ -183,6 +183,8 @@ rule cvc_segmentation:
         opts=CVC["segmentation"],
         image_root=CVC["image_root"],
         relative_to=cvc(),
+        # each chunk's masks wait here (not a rule output, so not deleted before a re-run)
+        progress_dir=progress_dir("segmentation"),
     log:
         stage_log("segmentation"),
     benchmark:

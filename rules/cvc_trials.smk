@@ -64,6 +64,7 @@ rule cvc_checking:
     params:
         models=model_params("embedder"),
         opts=CVC["checking"],
+        progress_dir=progress_dir("checking"),
     log:
         stage_log("checking"),
     benchmark:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +16,10 @@ from PIL import Image
 from segment_anything import SamPredictor
 
 import groundflow.models.sam as sam_module
+import groundflow.pipeline as pipeline_module
+import groundflow.vision.segmentation as segmentation_module
 from groundflow.io import check_accounting, read_table, write_table
+from groundflow.io.artifacts import atomic_write_json
 from groundflow.models.sam import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -27,10 +33,12 @@ from groundflow.vision.occlusion import IMAGENET_MEAN_RGB, occlude, occlusion_ma
 from groundflow.vision.segmentation import (
     choose_candidates,
     load_mask,
+    mask_groups,
     output_file_name,
     save_mask,
     segment,
 )
+from script_harness import FakeSnakemake, run_script, stage_outputs
 
 
 @pytest.fixture(scope="module")
@@ -320,3 +328,118 @@ def test_segment_rejects_missing_images_and_boxless_rows_without_running_sam(wor
     reasons = dict(zip(result.rejects["id"], result.rejects["reason"]))
     assert reasons["train/COCO_a-dog"].startswith("image of 'train/COCO_a-dog': missing image file")
     assert reasons["val/COCO_b-cat"] == "no boxes for 'cat' in val/COCO_b.png"
+
+
+# ------------------------------------------------------------------ the stage in chunks: kill and resume
+
+
+def _chunk_workspace(base):
+    """Four images and a missing one; COCO_d and COCO_d-red give one mask file name ("COCO_d-red-cup.png")."""
+    root = base / "images"
+    for seed, name in enumerate(["train/COCO_a.jpg", "val/COCO_b.png", "train/COCO_d.jpg", "val/COCO_d-red.jpg"]):
+        _make_image(root / name, 64 + 8 * seed, 56, seed=seed)
+    rows = [  # input order keeps the colliding pair apart: grouping must bring them together
+        ("train/COCO_d.jpg", "red-cup"), ("train/COCO_a.jpg", "dog"), ("train/COCO_a.jpg", "tennis ball"),
+        ("val/COCO_b.png", "cat"), ("val/COCO_d-red.jpg", "cup"), ("train/missing.jpg", "bird"),
+    ]
+    box = [[8.0, 8.0, 48.0, 44.0]]
+    df = pd.DataFrame({
+        "id": [f"{image}-{label}" for image, label in rows], "image": [r[0] for r in rows],
+        "label": [r[1] for r in rows], "boxes": [box] * len(rows), "box": [box[0]] * len(rows),
+    })
+    write_table(df, base / "grounded.parquet")
+    return root, df
+
+
+def _segmentation_job(base, records, image_root, tiny_sam_dir, chunk_size=1):
+    results = base / "results" / "cvc"
+    return FakeSnakemake(
+        input={"records": str(records)},
+        output={**stage_outputs(results / "segmentation", "0"), "masks": str(results / "masks" / "0")},
+        params={"models": {"sam": {"path": str(tiny_sam_dir), "device": "cpu"}},
+                "opts": {"mask_choice": "best", "min_mask_area": 0, "batch_boxes": 64, "clip_to_box": True,
+                         "chunk_size": chunk_size},
+                "image_root": str(image_root), "relative_to": str(results),
+                "progress_dir": str(results / ".progress" / "segmentation" / "0")},
+        log=[str(base / "logs" / "0.log")],
+    )
+
+
+def _outputs(smk):
+    """What the job leaves: its tables' bytes and every file of its mask folder."""
+    masks = Path(smk.output.masks)
+    return ({key: Path(smk.output[key]).read_bytes() for key in ("kept", "rejects")},
+            {p.name: p.read_bytes() for p in sorted(masks.iterdir())})
+
+
+def _as_snakemake_before_a_rerun(smk):
+    """Snakemake deletes an incomplete job's outputs, its mask folder included, before re-running it."""
+    shutil.rmtree(smk.output.masks, ignore_errors=True)
+    for key in ("kept", "rejects", "counts"):
+        Path(smk.output[key]).unlink(missing_ok=True)
+
+
+def test_mask_groups_join_an_image_and_colliding_file_names(tmp_path):
+    _, df = _chunk_workspace(tmp_path)
+    assert mask_groups(df) == [0, 1, 1, 3, 0, 5]
+
+
+def test_segmentation_stage_resumes_its_finished_chunks_masks_included(tmp_path, tiny_sam_dir, monkeypatch):
+    image_root, _ = _chunk_workspace(tmp_path)
+    records = tmp_path / "grounded.parquet"
+    reference = _segmentation_job(tmp_path / "ref", records, image_root, tiny_sam_dir)
+    run_script("cvc_segmentation.py", reference)
+    expected_tables, expected_masks = _outputs(reference)
+    kept = read_table(reference.output.kept)
+    # chunks [d, d-red], [a, a], [b], [missing]: the later "COCO_d-red-cup" is rejected in its chunk
+    assert list(kept["id"]) == ["train/COCO_d.jpg-red-cup", "train/COCO_a.jpg-dog", "train/COCO_a.jpg-tennis ball",
+                                "val/COCO_b.png-cat"]
+    assert sorted(expected_masks) == ["COCO_a-dog.png", "COCO_a-tennis ball.png", "COCO_b-cat.png", "COCO_d-red-cup.png"]
+    assert sorted(kept["mask_path"]) == [f"masks/0/{name}" for name in sorted(expected_masks)]
+    rejects = dict(zip(*(read_table(reference.output.rejects)[c] for c in ("id", "reason"))))
+    assert set(rejects) == {"val/COCO_d-red.jpg-cup", "train/missing.jpg-bird"}
+    assert "already written for 'train/COCO_d.jpg-red-cup'" in rejects["val/COCO_d-red.jpg-cup"]
+    assert not Path(reference.params.progress_dir).exists()
+
+    # Killed in the third chunk while writing its mask, a stray half-written file left behind.
+    smk = _segmentation_job(tmp_path / "killed", records, image_root, tiny_sam_dir)
+    saves = []
+
+    def killed_in_chunk_3(path, mask):
+        if Path(path).name == "COCO_b-cat.png":
+            Path(path).write_bytes(b"\x89PNG half")
+            raise RuntimeError("killed")
+        saves.append(Path(path).name)
+        save_mask(path, mask)
+
+    monkeypatch.setattr(segmentation_module, "save_mask", killed_in_chunk_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_script("cvc_segmentation.py", smk)
+    assert saves == ["COCO_d-red-cup.png", "COCO_a-dog.png", "COCO_a-tennis ball.png"]
+    monkeypatch.undo()
+    _as_snakemake_before_a_rerun(smk)
+    run_script("cvc_segmentation.py", smk)
+    assert "resumed 2 finished chunks (4 items), computing 2 chunks (2 items)" in Path(smk.log[0]).read_text()
+    counts = json.loads(Path(smk.output.counts).read_text())
+    assert (counts["chunks"], counts["chunks_reused"], counts["items_recomputed"]) == (4, 2, 2)
+    assert _outputs(smk) == (expected_tables, expected_masks)
+    assert not Path(smk.params.progress_dir).exists()
+
+    # Killed after the tables and masks are written, before the job ends (its counts file): the
+    # re-run, its outputs deleted, reuses every chunk and still has every mask.
+    smk = _segmentation_job(tmp_path / "again", records, image_root, tiny_sam_dir)
+
+    def killed_before_the_counts(path, obj):
+        if str(path) == smk.output.counts:
+            raise RuntimeError("killed")
+        atomic_write_json(path, obj)
+
+    monkeypatch.setattr(pipeline_module, "atomic_write_json", killed_before_the_counts)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_script("cvc_segmentation.py", smk)
+    assert _outputs(smk)[1] == expected_masks  # published, and still in the progress folder too
+    monkeypatch.undo()
+    _as_snakemake_before_a_rerun(smk)
+    run_script("cvc_segmentation.py", smk)
+    assert "resumed 4 finished chunks (6 items), computing 0 chunks (0 items)" in Path(smk.log[0]).read_text()
+    assert _outputs(smk) == (expected_tables, expected_masks)

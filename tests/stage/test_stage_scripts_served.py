@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import runpy
 import sys
 from pathlib import Path
 
@@ -23,24 +22,10 @@ from PIL import Image
 from groundflow.cings.eval_fixture import eval_records
 from groundflow.cings.inference import RawEntry, validate_records
 from groundflow.io import read_table, write_table
+from script_harness import ROOT, FakeSnakemake, run_script, stage_outputs
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ROOT / "workflow" / "scripts"
 FAKE_SERVER = ROOT / "tests" / "data" / "fake_openai_server.py"
 KEY_ENV = "GROUNDFLOW_TEST_SCRIPT_KEY"
-
-
-class Namespace(dict):
-    """What a script reads of `snakemake.input/output/params`: attributes and `.get`."""
-
-    __getattr__ = dict.__getitem__
-
-
-class FakeSnakemake:
-    def __init__(self, *, input, output, params, log):
-        self.input, self.output, self.params = Namespace(input), Namespace(output), Namespace(params)
-        self.log = list(log)
-        self.wildcards = Namespace()
 
 
 def served_spec():
@@ -68,19 +53,8 @@ def gone(pid: int) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch):
+def no_key(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
-    # the scripts set up logging and an excepthook for the job; put both back afterwards
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-
-
-def stage_paths(tmp_path: Path, stage: str) -> dict:
-    return {"kept": str(tmp_path / f"{stage}.parquet"), "rejects": str(tmp_path / f"{stage}.rejects.parquet"),
-            "counts": str(tmp_path / f"{stage}.counts.json")}
-
-
-def run_script(name: str, smk: FakeSnakemake) -> None:
-    runpy.run_path(str(SCRIPTS / name), init_globals={"snakemake": smk}, run_name="__main__")
 
 
 def test_trials_script_stops_its_server_when_the_stage_ends(tmp_path):
@@ -91,7 +65,7 @@ def test_trials_script_stops_its_server_when_the_stage_ends(tmp_path):
                               "instruction": ["What is hidden?", "And here?"]}), tmp_path / "records.parquet")
     opts = {"n": 2, "temperature": 1.0, "top_p": 0.9, "max_new_tokens": 8, "chunk_size": 1}
     smk = FakeSnakemake(
-        input={"records": str(tmp_path / "records.parquet")}, output=stage_paths(tmp_path, "trials"),
+        input={"records": str(tmp_path / "records.parquet")}, output=stage_outputs(tmp_path, "trials"),
         params={"generation": served_spec(), "opts": opts, "seed": 0, "image_dir": str(tmp_path),
                 "progress_dir": str(tmp_path / ".progress")},
         log=[str(tmp_path / "logs" / "0.log")],
@@ -109,7 +83,7 @@ def test_extraction_script_stops_its_server_when_the_stage_ends(tmp_path):
     write_table(pd.DataFrame({"id": ["a-dog", "b-cat"], "trials": [["It is a dog."], []]}),
                 tmp_path / "records.parquet")
     smk = FakeSnakemake(
-        input={"records": str(tmp_path / "records.parquet")}, output=stage_paths(tmp_path, "extraction"),
+        input={"records": str(tmp_path / "records.parquet")}, output=stage_outputs(tmp_path, "extraction"),
         params={"generation": served_spec(), "opts": {"max_new_tokens": 8, "chunk_size": 8, "answer_span_words": None},
                 "progress_dir": str(tmp_path / ".progress")},
         log=[str(tmp_path / "logs" / "0.log")],

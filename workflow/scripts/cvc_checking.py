@@ -9,4 +9,5 @@ embedder = load_embedder(snakemake.params.models["embedder"], batch_size=opts["b
 job.run(
     lambda records: check_answers(records, embedder, threshold=opts["threshold"]),
     produced_by={"embedder": embedder.describe(), **opts},
+    chunk_size=opts["chunk_size"],
 )

@@ -129,6 +129,35 @@ def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
 
 
+def mask_groups(instances_df: pd.DataFrame) -> list[int]:
+    """Per row, the group it must be segmented with when a shard runs in chunks.
+
+    Rows of one image share its embedding, and rows whose mask files would have one name
+    (`output_file_name`: "x-y" + "z" and "x" + "y-z" collide, as do equal stems in two folders)
+    must meet in one `segment` call, which keeps the first and rejects the others; rows linked
+    by either, transitively, form a group, numbered by the position of its first row.
+    """
+    parent = list(range(len(instances_df)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    images = [str(i) for i in instances_df["image"]]
+    labels = [str(label) for label in instances_df["label"]]
+    for pos, (image, label) in enumerate(zip(images, labels)):
+        for key in (("image", image), ("name", output_file_name(image, label, ".png"))):
+            if key in first:
+                a, b = root(first[key]), root(pos)
+                parent[max(a, b)] = min(a, b)  # the smaller position stays the root
+            else:
+                first[key] = pos
+    return [root(pos) for pos in range(len(parent))]
+
+
 def segment(
     instances_df: pd.DataFrame,
     image_root: str | Path,
@@ -141,16 +170,20 @@ def segment(
     batch_boxes: int = 64,
     clip_to_box: bool = True,
     compute_dtype: torch.dtype | None = None,
+    write_dir: str | Path | None = None,
 ) -> StageResult:
     """One mask per (image, entity) row from all of its `boxes`; adds mask_path and mask_area.
 
     `compute_dtype` None follows the device policy (bf16 autocast on GPU, fp32 on CPU); pass
-    `spec.torch_dtype()` to follow a model spec. Rejected: unreadable image, no boxes, or a mask
-    smaller than `min_mask_area` pixels.
+    `spec.torch_dtype()` to follow a model spec. Rejected: unreadable image, no boxes, a mask
+    smaller than `min_mask_area` pixels, or a mask whose file name an earlier row already took.
+    `mask_path` names the file in `mask_dir`; with `write_dir` the file is written there instead
+    (a chunk's checkpoint, published into `mask_dir` when the shard is done).
     """
     if mask_choice not in MASK_CHOICES:
         raise ValueError(f"mask_choice must be one of {MASK_CHOICES}, not {mask_choice!r}")
     image_root, mask_dir = Path(image_root), Path(mask_dir)
+    write_dir = mask_dir if write_dir is None else Path(write_dir)
     df = instances_df.reset_index(drop=True)
     device = sam.device
     dtype = compute_dtype or resolve_dtype("auto", device)
@@ -194,10 +227,9 @@ def segment(
                         (rid, f"mask file {name} of '{rid}' is already written for '{written[name]}'")
                     )
                     continue
-                target = mask_dir / name
-                save_mask(target, mask)
+                save_mask(write_dir / name, mask)
                 written[name] = rid
-                results[pos] = (relative_posix(target, relative_to), area)
+                results[pos] = (relative_posix(mask_dir / name, relative_to), area)
     kept = df.loc[[i for i in df.index if i in results]].copy()
     kept["mask_path"] = pd.Series([results[i][0] for i in kept.index], index=kept.index, dtype=object)
     kept["mask_area"] = pd.Series([results[i][1] for i in kept.index], index=kept.index, dtype="int64")
