@@ -20,7 +20,6 @@ from groundflow.cvc.entities import (
     entity_candidates,
     entity_decoding,
     extract_entities,
-    normalize_text,
 )
 from groundflow.cvc.fixture import make_fixture
 from groundflow.cvc.ingest import check_images, ingest_captions

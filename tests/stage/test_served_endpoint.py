@@ -6,46 +6,24 @@ and prints its pid into the server log, so each test can check the very process 
 
 import errno
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from groundflow.generate.backends import ChatPrompt, SamplingParams, open_generator
 from groundflow.generate.served import ManagedServerError, served_endpoint
+from managed_fake_server import FAKE_SERVER, gone, managed_spec, server_pid
 
-FAKE_SERVER = Path(__file__).resolve().parents[1] / "data" / "fake_openai_server.py"
 KEY_ENV = "GROUNDFLOW_TEST_SERVED_KEY"
 
 
 def spec(*args, **serve):
-    return {
-        "backend": "openai",
-        "model": {"path": "tiny/served-llm"},
-        "api_key_env": KEY_ENV,
-        "max_retries": 0,  # the server must be up before the first request: no retry may hide it
-        "timeout_s": 60,
-        "serve": {"command": f"{sys.executable} {FAKE_SERVER} serve", "args": list(args), "poll_s": 0.05,
-                  "stop_timeout_s": 10, "startup_timeout_s": 120, **serve},
-    }
-
-
-def server_pid(log: Path) -> int:
-    return int(re.search(r"\(pid (\d+)\)", log.read_text())[1])
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    return managed_spec(KEY_ENV, *args, **serve)
 
 
 def nothing_listens(port: int) -> bool:

@@ -9,9 +9,6 @@ process's exit (atexit) would still be alive when the script returns; one tied t
 from __future__ import annotations
 
 import json
-import os
-import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,34 +19,14 @@ from PIL import Image
 from groundflow.cings.eval_fixture import eval_records
 from groundflow.cings.inference import RawEntry, validate_records
 from groundflow.io import read_table, write_table
-from script_harness import ROOT, FakeSnakemake, run_script, stage_outputs
+from managed_fake_server import gone, managed_spec, server_pid
+from script_harness import FakeSnakemake, run_script, stage_outputs
 
-FAKE_SERVER = ROOT / "tests" / "data" / "fake_openai_server.py"
 KEY_ENV = "GROUNDFLOW_TEST_SCRIPT_KEY"
 
 
 def served_spec():
-    return {
-        "backend": "openai",
-        "model": {"path": "tiny/served-llm"},
-        "api_key_env": KEY_ENV,
-        "max_retries": 0,
-        "timeout_s": 60,
-        "serve": {"command": f"{sys.executable} {FAKE_SERVER} serve", "poll_s": 0.05, "stop_timeout_s": 10,
-                  "startup_timeout_s": 120},
-    }
-
-
-def server_pid(log: Path) -> int:
-    return int(re.search(r"\(pid (\d+)\)", log.read_text())[1])
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    return managed_spec(KEY_ENV)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, RobertaConfig, RobertaForMaskedLM
 
 from groundflow.models.spec import ModelSpec, seeded
