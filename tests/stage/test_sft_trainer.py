@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -92,6 +93,35 @@ def test_resume_continues_the_step_counter(tiny_lm, tmp_path):
     assert second["tokens_seen"] > first["tokens_seen"]
     state = json.loads((tmp_path / "checkpoints" / "checkpoint-5" / "trainer_state.json").read_text())
     assert state["global_step"] == 5
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+                                          "modules_to_save": ["lm_head"]}], ids=["full", "lora"])
+def test_a_job_killed_after_its_last_checkpoint_gives_the_uninterrupted_model(tiny_lm, tmp_path, lora):
+    """Killed between saving the final checkpoint and writing the model (found by bench/kill_soak.py):
+    the restarted job takes the finished weights. Resuming there would train one step more in
+    transformers when max_steps is not a whole number of epochs (2 records, batch 1, 3 steps)."""
+    from safetensors.torch import load_file
+
+    config = SFTConfig(learning_rate=1e-3, max_steps=3, per_device_batch_size=1, save_steps=1000, report_to="none",
+                       lora=lora)
+    spec = {"path": str(tiny_lm), "device": "cpu"}
+    whole = train_sft(model_spec=spec, records=TEXT_RECORDS, image_root=None, out_dir=tmp_path / "whole", config=config)
+    killed = tmp_path / "killed"
+    train_sft(model_spec=spec, records=TEXT_RECORDS, image_root=None, out_dir=killed, config=config)
+    shutil.rmtree(killed / "model")  # the state a kill inside the final save leaves
+    (killed / "train_summary.json").unlink()
+
+    resumed = train_sft(model_spec=spec, records=TEXT_RECORDS, image_root=None, out_dir=killed, config=config)
+    summary = _summary(killed)
+    assert summary["steps"] == 3 and summary["resumed_from"].endswith("checkpoint-3")
+    assert summary["losses"] == _summary(tmp_path / "whole")["losses"]
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["checkpoint-3"]
+    expected, got = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    initial = load_file(tiny_lm / "model.safetensors")
+    assert any(not torch.equal(initial[k], got[k]) for k in got if k in initial)  # trained, then taken
 
 
 def test_tiny_llava_lora_trains_and_the_merged_checkpoint_generates(tiny_llava, image_root, tmp_path):

@@ -31,3 +31,10 @@ def test_a_state_of_another_step_is_not_this_checkpoint(tmp_path):
     save(tmp_path, 4, json.dumps({"global_step": 2}))  # a copied or stale state file
     assert last_complete_checkpoint(tmp_path) is None
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_before_step_picks_the_checkpoint_below_it(tmp_path):
+    earlier = save(tmp_path, 4, json.dumps({"global_step": 4}))
+    save(tmp_path, 8, json.dumps({"global_step": 8}))
+    assert last_complete_checkpoint(tmp_path, before_step=8) == str(earlier)
+    assert last_complete_checkpoint(tmp_path, before_step=4) is None

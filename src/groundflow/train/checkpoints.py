@@ -33,14 +33,17 @@ def is_complete_checkpoint(path: Path) -> bool:
     return isinstance(state, dict) and state.get("global_step") == checkpoint_step(path)
 
 
-def last_complete_checkpoint(checkpoints_dir: str | Path) -> str | None:
-    """The newest complete `checkpoint-N` under `checkpoints_dir` (None when there is none); newer
-    incomplete ones are named in the log and left for the trainer to overwrite."""
+def last_complete_checkpoint(checkpoints_dir: str | Path, *, before_step: int | None = None) -> str | None:
+    """The newest complete `checkpoint-N` under `checkpoints_dir` (None when there is none), below
+    `before_step` if given; newer incomplete ones are named in the log and left for the trainer to
+    overwrite."""
     folder = Path(checkpoints_dir)
     if not folder.is_dir():
         return None
     found = sorted(((step, p) for p in folder.iterdir() if (step := checkpoint_step(p)) is not None), reverse=True)
     for step, path in found:
+        if before_step is not None and step >= before_step:
+            continue
         if is_complete_checkpoint(path):
             return str(path)
         log.warning("checkpoint %s is incomplete (no complete %s: the job was killed while saving it); "

@@ -32,12 +32,11 @@ from transformers import set_seed
 
 from groundflow.io.artifacts import atomic_write_json
 from groundflow.models.spec import ModelSpec
-from groundflow.train.checkpoints import last_complete_checkpoint
 from groundflow.train.config import SFTConfig, load_config_file
 from groundflow.train.conversations import LossMaskFn, assistant_mask_fn, text_tokenizer
 from groundflow.train.data import ExampleDataset, SFTCollator, build_examples, read_records
 from groundflow.train.model_prep import LLAVA_MODEL_TYPES, load_for_training, model_type_of, prepare_model, resolve_bf16
-from groundflow.train.trainer import SFTTrainer, save_final_model, tensorboard_callback, training_arguments
+from groundflow.train.trainer import SFTTrainer, save_final_model, tensorboard_callback, train_resuming, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +98,7 @@ def train_sft(
         processing_class=processing,
         callbacks=callbacks,
     )
-    last_checkpoint = last_complete_checkpoint(checkpoints_dir) if resume else None
-    if last_checkpoint:
-        log.info("resuming from %s", last_checkpoint)
-    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    result, last_checkpoint = train_resuming(trainer, checkpoints_dir, resume=resume)
 
     save_final_model(trainer, config, spec, processing, is_llava=is_llava, out_dir=out_dir, use_bf16=use_bf16)
 

@@ -5,18 +5,24 @@ saving the final model from every process."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 import shutil
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerState, TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
 from groundflow.models.spec import ModelSpec, resolve_dtype
 from groundflow.train.config import EPOCH_STEP, EPOCH_STEP_GAMMA, SFTConfig, epoch_step_factor
 from groundflow.train.conversations import IGNORE_INDEX
+from groundflow.train.checkpoints import TRAINER_STATE, checkpoint_step, last_complete_checkpoint
 from groundflow.train.model_prep import merge_lora_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +82,46 @@ class SFTTrainer(Trainer):
             loss = loss_sum / count.clamp(min=1)
             self.loss_is_scaled_for_ga = False
         return (loss, outputs) if return_outputs else loss
+
+
+def planned_steps(trainer: Trainer) -> int:
+    """The optimizer steps this run takes, as Trainer works them out (max_steps, or epochs x updates
+    per epoch of this process's dataloader)."""
+    if trainer.args.max_steps > 0:
+        return trainer.args.max_steps
+    batches = len(trainer.get_train_dataloader())
+    accumulation = trainer.args.gradient_accumulation_steps
+    per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+    return math.ceil(trainer.args.num_train_epochs * per_epoch)
+
+
+def train_resuming(trainer: Trainer, checkpoints_dir: Path, *, resume: bool) -> tuple[TrainOutput, str | None]:
+    """Train from the newest complete checkpoint (or from the start); returns the output and the
+    checkpoint resumed from.
+
+    A checkpoint at the run's last step means only the final save was lost (the job was killed
+    after it): its weights and state are the result. Handing it to `train()` instead would train
+    one more step whenever the steps are not a whole number of epochs: transformers starts the
+    unfinished epoch before it looks at the step count. Under DeepSpeed, whose engine loads
+    checkpoints only inside `train()`, the run resumes from the checkpoint before it.
+    """
+    checkpoint = last_complete_checkpoint(checkpoints_dir) if resume else None
+    if checkpoint is None:
+        return trainer.train(), None
+    steps = planned_steps(trainer)
+    if checkpoint_step(Path(checkpoint)) < steps:
+        log.info("resuming from %s", checkpoint)
+        return trainer.train(resume_from_checkpoint=checkpoint), checkpoint
+    if trainer.is_deepspeed_enabled:
+        earlier = last_complete_checkpoint(checkpoints_dir, before_step=steps)
+        log.warning("%s holds the finished training, which DeepSpeed can only load by training on; "
+                    "resuming from %s instead", checkpoint, earlier or "the start")
+        return trainer.train(resume_from_checkpoint=earlier), earlier
+    log.info("training finished at %s (step %d of %d): taking its weights", checkpoint, steps, steps)
+    trainer._load_from_checkpoint(checkpoint)  # transformers' own loader of a checkpoint's weights (adapters too)
+    trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE))
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else 0.0, {"train_runtime": 0.0}), checkpoint
 
 
 def training_arguments(config: SFTConfig, out_dir: Path, *, use_bf16: bool, use_cpu: bool, find_unused: bool):
