@@ -210,3 +210,17 @@ def test_a_shard_is_written_the_same_however_many_chunks_were_reused(tmp_path):
     write_table(computed.kept, tmp_path / "computed.parquet")
     write_table(reused.kept, tmp_path / "reused.parquet")
     assert (tmp_path / "computed.parquet").read_bytes() == (tmp_path / "reused.parquet").read_bytes()
+
+
+def test_a_killed_builds_temp_folder_goes_with_the_next_build_of_that_folder_only(tmp_path):
+    from groundflow.io.artifacts import atomic_directory
+
+    # what SIGKILL inside a model build leaves: its temp folder, no `finally`
+    (tmp_path / ".tiny-sam.k1ll3d_0.tmp").mkdir()
+    (tmp_path / ".tiny-sam.k1ll3d_0.tmp" / "config.json").write_text("{}")
+    (tmp_path / ".tiny-sam-hq.k1ll3d_0.tmp").mkdir()  # another folder's build
+    (tmp_path / ".tiny-sam.v2.k1ll3d_0.tmp").mkdir()  # the folder `tiny-sam.v2`'s build
+    with atomic_directory(tmp_path / "tiny-sam") as tmp:
+        (tmp / "config.json").write_text('{"model_type": "sam"}')
+    assert sorted(os.listdir(tmp_path)) == [".tiny-sam-hq.k1ll3d_0.tmp", ".tiny-sam.v2.k1ll3d_0.tmp", "tiny-sam"]
+    assert (tmp_path / "tiny-sam" / "config.json").read_text() == '{"model_type": "sam"}'

@@ -11,6 +11,7 @@ import fnmatch
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -81,13 +82,20 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    prefix = f".{out_dir.name}."
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=prefix, suffix=".tmp"))
     try:
         yield tmp
         _as_if_created_plainly(tmp, 0o777)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
+        # as for files: a build of this folder killed before its rename left its temp folder
+        # (mkdtemp's random part is 8 characters, so a sibling folder's temp never matches)
+        leftover = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}\.tmp")
+        for stale in out_dir.parent.iterdir():
+            if stale.is_dir() and leftover.fullmatch(stale.name):
+                shutil.rmtree(stale, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
