@@ -3,10 +3,13 @@
 # The checkpoints are rules/cings.smk's `results/cings/train/{mode}/model`.
 import re
 
-# Included only when the config has a `cings` section (Snakefile), after rules/cings.smk.
-CINGS_INFERENCE = CINGS["inference"]
-CINGS_SCORING = CINGS["scoring"]
-CINGS_EVAL_FIXTURE = CINGS_FIXTURE + "/eval.jsonl"
+# Included only when the config has a `cings` section (Snakefile). It names what it needs from
+# the config itself, so it also works alone: an evaluation-only workflow of checkpoints already
+# under results/cings/train/{mode}/model (tests/workflow/test_cings_eval.py includes it that way).
+CINGS_INFERENCE = config["cings"]["inference"]
+CINGS_SCORING = config["cings"]["scoring"]
+CINGS_EVAL_MODES = list(config["cings"]["modes"])
+CINGS_EVAL_FIXTURE = config["cings"]["fixture"]["dir"] + "/eval.jsonl"
 # dataset name -> evaluation file, in config order
 CINGS_EVAL_FILES = {d["name"]: d["path"] for d in CINGS_INFERENCE["datasets"]}
 if len(CINGS_EVAL_FILES) != len(CINGS_INFERENCE["datasets"]):
@@ -22,7 +25,7 @@ def cings_eval_runs():
     return [
         (dataset, mode, setting)
         for dataset in CINGS_EVAL_FILES
-        for mode in CINGS_MODES
+        for mode in CINGS_EVAL_MODES
         for setting in CINGS_INFERENCE["settings"]
     ]
 
@@ -40,7 +43,7 @@ def cings_eval_file_input(wildcards):
 
 def cings_eval_generation(wildcards):
     """The text generation backend on the checkpoint of `mode`, with cings_lm's dtype and device."""
-    model = {**config["models"]["cings_lm"], "path": cings("train", wildcards.mode, "model")}
+    model = {**config["models"]["cings_lm"], "path": results("cings", "train", wildcards.mode, "model")}
     return {**config["generation"]["text"], "model": model}
 
 
@@ -89,7 +92,7 @@ rule cings_eval_records:
 rule cings_infer:
     input:
         records=cings_eval("{dataset}", "records.parquet"),
-        model=cings("train", "{mode}", "model"),
+        model=results("cings", "train", "{mode}", "model"),
     output:
         kept=[cings_eval("{dataset}", "{mode}", f"{s}.parquet") for s in CINGS_INFERENCE["settings"]],
         rejects=[cings_eval("{dataset}", "{mode}", f"{s}.rejects.parquet") for s in CINGS_INFERENCE["settings"]],
@@ -104,7 +107,7 @@ rule cings_infer:
         server_log="logs/cings/eval/{dataset}/{mode}.server.log",
     wildcard_constraints:
         dataset=CINGS_EVAL_DATASETS,
-        mode="|".join(CINGS_MODES),
+        mode="|".join(CINGS_EVAL_MODES),
     log:
         [f"logs/cings/eval/{{dataset}}/{{mode}}/{s}.log" for s in CINGS_INFERENCE["settings"]],
     benchmark:
