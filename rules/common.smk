@@ -44,6 +44,13 @@ def generation_spec(kind, model_name):
     return {**config["generation"][kind], "model": config["models"][model_name]}
 
 
+def generation_model_input(kind, model_name):
+    """The model a generating stage needs here: a local one, or one its managed server loads;
+    an endpoint someone else runs needs no local copy."""
+    generation = config["generation"][kind]
+    return model_input(model_name) if generation["backend"] == "hf" or generation["serve"] else []
+
+
 def job_resources(kind):
     """What a job of `kind` asks for, plus where SLURM should run it: snakemake-executor-plugin-slurm
     reads `slurm_partition`, `gres` and `gpu_model` (and turns `gpu` into `--gpus=[model:]N`);

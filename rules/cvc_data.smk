@@ -109,8 +109,7 @@ rule cvc_images:
 rule cvc_entities:
     input:
         records=stage_records("images"),
-        # An endpoint someone else runs needs no local copy; a local model or a managed server does.
-        model=model_input("text_llm") if config["generation"]["text"]["backend"] == "hf" or config["generation"]["text"]["serve"] else [],
+        model=generation_model_input("text", "text_llm"),
     output:
         **stage_outputs("entities"),
     params:
@@ -222,7 +221,7 @@ rule cvc_occlusion:
 rule cvc_instructions:
     input:
         records=stage_records("occlusion"),
-        model=model_input("text_llm") if config["generation"]["text"]["backend"] == "hf" or config["generation"]["text"]["serve"] else [],
+        model=generation_model_input("text", "text_llm"),
     output:
         **stage_outputs("instructions"),
     params:

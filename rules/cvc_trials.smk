@@ -14,7 +14,7 @@ rule cvc_trials:
     input:
         records=stage_records("instructions"),
         images=cvc("occluded", "{shard}"),
-        model=model_input("llava"),
+        model=generation_model_input("vision", "llava"),
     output:
         **stage_outputs("trials"),
     params:
@@ -37,7 +37,7 @@ rule cvc_trials:
 rule cvc_extraction:
     input:
         records=stage_records("trials"),
-        model=model_input("text_llm"),
+        model=generation_model_input("text", "text_llm"),
     output:
         **stage_outputs("extraction"),
     params:

@@ -64,6 +64,7 @@ class StageJob:
         self.counts_path = counts
         self.progress_dir = progress_dir
         self.models = models or {}
+        self.log_file = log_file
         setup_logging(log_file)
         offline_hub()
 
@@ -82,6 +83,11 @@ class StageJob:
 
     def model(self, name: str) -> ModelSpec:
         return ModelSpec.from_config(self.models[name])
+
+    @property
+    def server_log(self) -> str | None:
+        """Where a managed `vllm serve` of this job logs: beside the job's own log."""
+        return str(Path(self.log_file).with_suffix(".server.log")) if self.log_file else None
 
     def run(self, process: Callable[..., StageResult], *, produced_by: dict,
             chunk_size: int = 1 << 30, parent_column: str = "id",

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from groundflow.generate.backends import ChatPrompt, SamplingParams, open_generator
+from groundflow.generate.backends import ChatPrompt, SamplingParams, make_generator, open_generator
 from groundflow.generate.served import ManagedServerError, served_endpoint
 from managed_fake_server import FAKE_SERVER, gone, managed_spec, server_pid
 
@@ -107,16 +107,16 @@ def test_a_configured_log_wins_and_serve_needs_the_openai_backend(tmp_path):
             pass
 
 
-def test_make_generator_without_a_block_stops_the_server_when_the_job_is_terminated(tmp_path):
-    """Stage scripts that call make_generator (no `with`) still stop their server: a SIGTERM to the
-    job (Snakemake cancelling it) becomes an exit, and the exit stops the server."""
+def test_a_terminated_job_stops_its_server(tmp_path):
+    """A SIGTERM to the job (Snakemake cancelling it) while the stage runs becomes an exit, and the
+    exit leaves the stage's block, which stops the server."""
     log = tmp_path / "server.log"
     job = textwrap.dedent(f"""
         import sys, time
-        from groundflow.generate.backends import make_generator
-        generator = make_generator({spec()!r}, kind="text", server_log={str(log)!r})
-        print("ready", flush=True)
-        time.sleep(600)
+        from groundflow.generate.backends import open_generator
+        with open_generator({spec()!r}, kind="text", server_log={str(log)!r}) as generator:
+            print("ready", flush=True)
+            time.sleep(600)
     """)
     process = subprocess.Popen([sys.executable, "-c", job], stdout=subprocess.PIPE, text=True)
     try:
@@ -130,3 +130,8 @@ def test_make_generator_without_a_block_stops_the_server_when_the_job_is_termina
             process.kill()
     assert gone(pid)
     assert "stopped on SIGTERM" in log.read_text()
+
+
+def test_make_generator_refuses_a_server_it_could_not_stop():
+    with pytest.raises(ValueError, match="use open_generator"):
+        make_generator(spec(), kind="text")

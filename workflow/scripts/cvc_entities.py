@@ -1,7 +1,5 @@
 """Entity extraction: few-shot prompt, greedy decoding constrained to spans of the caption (or, on
 an endpoint without guided decoding, free decoding filtered to them: `decoding` says which)."""
-from pathlib import Path
-
 from groundflow.cvc.entities import entity_decoding, extract_entities
 from groundflow.cvc.prompts import PROMPT_VERSION
 from groundflow.generate.backends import open_generator
@@ -11,8 +9,7 @@ job = StageJob.from_snakemake(snakemake, "entities")
 opts = snakemake.params.opts
 # The stage's batch_size is the local generator's (an endpoint batches by itself).
 spec = {**snakemake.params.generation, "batch_size": opts["batch_size"]}
-server_log = str(Path(snakemake.log[0]).with_suffix(".server.log"))
-with open_generator(spec, kind="text", server_log=server_log) as generator:
+with open_generator(spec, kind="text", server_log=job.server_log) as generator:
     decoding = entity_decoding(generator)
     if decoding != "constrained":
         log.warning("entities: %s cannot constrain its answers to the caption's phrases; it writes freely and "

@@ -1,6 +1,4 @@
 """Answer extraction: the short answer each rationale commits to (few-shot, greedy)."""
-from pathlib import Path
-
 from groundflow.cvc.prompts import EXTRACTION_PROMPT_VERSION
 from groundflow.cvc.trials import extract_answers
 from groundflow.generate.backends import SamplingParams, open_generator
@@ -10,8 +8,7 @@ job = StageJob.from_snakemake(snakemake, "extraction")
 opts = snakemake.params.opts
 params = SamplingParams(max_new_tokens=opts["max_new_tokens"], n=1, do_sample=False, stop=("\n",))
 # A managed server (`serve`) lives as long as this block, so it stops when the stage's work does.
-server_log = str(Path(snakemake.log[0]).with_suffix(".server.log"))
-with open_generator(snakemake.params.generation, kind="text", server_log=server_log) as generator:
+with open_generator(snakemake.params.generation, kind="text", server_log=job.server_log) as generator:
     job.run(
         lambda records: extract_answers(records, generator, params, answer_span_words=opts["answer_span_words"]),
         produced_by={"generator": generator.describe(), "sampling": params.describe(),

@@ -1,7 +1,5 @@
 """Instruction generation: one question per occluded entity (its type by LM scoring, or by the
 endpoint's guided decoding where it cannot score: `type_selection` says which)."""
-from pathlib import Path
-
 from groundflow.cvc.instructions import type_selection, generate_instructions
 from groundflow.cvc.prompts import PROMPT_VERSION
 from groundflow.generate.backends import open_generator
@@ -11,8 +9,7 @@ job = StageJob.from_snakemake(snakemake, "instructions")
 opts = snakemake.params.opts
 # The stage's batch_size ((entity, type) pairs per forward pass) is the local generator's.
 spec = {**snakemake.params.generation, "batch_size": opts["batch_size"]}
-server_log = str(Path(snakemake.log[0]).with_suffix(".server.log"))
-with open_generator(spec, kind="text", server_log=server_log) as generator:
+with open_generator(spec, kind="text", server_log=job.server_log) as generator:
     selection = type_selection(generator)  # refuses, naming what to set, before any record runs
     if selection != "lm_scoring":
         log.warning("instructions: %s cannot score the object types; the server chooses one by guided "

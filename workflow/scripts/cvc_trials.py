@@ -1,6 +1,4 @@
 """Trial sampling: N rationales per occluded instance from the vision-language model."""
-from pathlib import Path
-
 from groundflow.cvc.trials import sample_trials
 from groundflow.generate.backends import SamplingParams, open_generator
 from groundflow.pipeline import StageJob
@@ -12,8 +10,7 @@ params = SamplingParams(
     temperature=opts["temperature"], top_p=opts["top_p"], seed=snakemake.params.seed,
 )
 # A managed server (`serve`) lives as long as this block, so it stops when the stage's work does.
-server_log = str(Path(snakemake.log[0]).with_suffix(".server.log"))
-with open_generator(snakemake.params.generation, kind="vision", server_log=server_log) as generator:
+with open_generator(snakemake.params.generation, kind="vision", server_log=job.server_log) as generator:
     job.run(
         lambda records: sample_trials(records, generator, params, image_dir=snakemake.params.image_dir),
         produced_by={"generator": generator.describe(), "sampling": params.describe()},

@@ -432,22 +432,13 @@ def open_generator(spec: dict, *, kind: Literal["text", "vision"],
         yield _build_generator(resolved, kind)
 
 
-def make_generator(spec: dict, *, kind: Literal["text", "vision"], server_log: str | None = None) -> Generator:
-    """A generator from config (the spec of `open_generator`), for callers without a `with` block.
-
-    A managed server it starts is stopped when this process exits (atexit; a SIGTERM is turned
-    into an exit while the server runs); `open_generator` stops it as soon as the block ends.
-    """
-    if not spec.get("serve"):
-        if kind not in ("text", "vision"):
-            raise ValueError(f"kind must be 'text' or 'vision', not {kind!r}")
-        return _build_generator(spec, kind)
-    import atexit
-
-    stack = contextlib.ExitStack()
-    generator = stack.enter_context(open_generator(spec, kind=kind, server_log=server_log))
-    atexit.register(stack.close)
-    return generator
+def make_generator(spec: dict, *, kind: Literal["text", "vision"]) -> Generator:
+    """A generator from config (the spec of `open_generator`) with no server to manage."""
+    if spec.get("serve"):
+        raise ValueError("a spec with 'serve' starts a server for a block: use open_generator(spec, ...) in a with")
+    if kind not in ("text", "vision"):
+        raise ValueError(f"kind must be 'text' or 'vision', not {kind!r}")
+    return _build_generator(spec, kind)
 
 
 def check_result_shape(results: Sequence[Sequence[str]], prompts: Sequence[object], n: int) -> None:
