@@ -28,6 +28,9 @@ from typing import Iterable, Mapping, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from groundflow.cvc.hybrid import SAMPLE_ID
+from groundflow.io.artifacts import REJECT_COLUMNS, read_table
+
 KEPT, REJECTED, MISSING, NOT_RUN = "kept", "rejected", "missing", "not run"
 
 # CVC stages whose rows are captions, then those whose rows are entities (instances); the
@@ -50,7 +53,6 @@ ENTITY_STAGES = {
 TRIAL_STAGES = ("trials", "extraction", "checking")
 SELECTION = "selection"
 # a hybrid sample id is `{occluded image stem}-{cot|answer}-{i}` (groundflow.cvc.hybrid.select_samples)
-SAMPLE_ID = re.compile(r"^(?P<stem>.+)-(?P<source>cot|answer)-(?P<index>\d+)$")
 HYBRID_COLUMNS = ["id", "image", "source", "conversations"]
 
 CINGS_CONVERT_FIELDS = ["dataset_name", "n_passages", "source_format", "input"]
@@ -59,7 +61,6 @@ CINGS_TRAIN_FIELDS = ["steps", "final_loss", "examples"]
 EVAL_RECORD_FIELDS = ["question", "answers", "docs", "line"]
 EVAL_PREDICTION_FIELDS = ["n_docs", "doc_titles", "prediction"]
 EVAL_SCORE_FIELDS = ["exact_match", "accuracy", "rouge_l"]
-REJECT_COLUMNS = ["stage", "id", "reason"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,7 +660,7 @@ class ParquetTables:
             wanted = [c for c in dict.fromkeys(columns) if c in present]
             if filters is not None and filters[0][0] not in present:
                 continue
-            frames.append(pq.read_table(path, columns=wanted, filters=filters).to_pandas())
+            frames.append(read_table(path, columns=wanted, filters=filters))
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns))
 

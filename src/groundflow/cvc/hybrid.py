@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -45,6 +46,15 @@ class HybridFormatError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # sample records
+
+
+
+# A sample's id names its instance (the occluded image's stem), its kind and its index.
+SAMPLE_ID = re.compile(r"^(?P<stem>.+)-(?P<source>cot|answer)-(?P<index>\d+)$")
+
+
+def sample_id(stem: str, source: str, index: int) -> str:
+    return f"{stem}-{source}-{index}"
 
 
 def answer_question(instruction: str) -> str:
@@ -107,13 +117,13 @@ def select_samples(
             question = reasoning_question(str(row.instruction))
             rationales = [str(t) for t, ok in zip(row.trials, correct) if ok]
             instance_cot = [
-                llava_record(f"{stem}-cot-{i}", image, question, rationale)
+                llava_record(sample_id(stem, "cot", i), image, question, rationale)
                 for i, rationale in enumerate(rationales)
             ]
         distinct = list(dict.fromkeys(str(p) for p, ok in zip(row.predictions, correct) if ok))
         question = answer_question(str(row.instruction))
         instance_answers = [
-            llava_record(f"{stem}-answer-{i}", image, question, prediction)
+            llava_record(sample_id(stem, "answer", i), image, question, prediction)
             for i, prediction in enumerate(distinct)
         ]
         cot.extend(instance_cot)

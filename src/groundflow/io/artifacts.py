@@ -132,8 +132,10 @@ def write_table(
         pq.write_table(table, tmp)
 
 
-def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
-    return pq.read_table(path, columns=columns).to_pandas()
+def read_table(path: str | os.PathLike, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
+    """A Parquet table, only `columns` if named and only rows passing pyarrow `filters` if given
+    (both read no more of the file than they need)."""
+    return pq.read_table(path, columns=columns, filters=filters).to_pandas()
 
 
 def concat_tables(paths: Sequence[str | os.PathLike], columns: list[str] | None = None) -> pd.DataFrame:
