@@ -9,8 +9,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "groundflow"
 METHODS = ("cvc", "cings", "tsst", "gwys")
 # Above the methods: they may import anything below them, nothing imports them but each other.
-TOP = ("pipeline", "demo", "cli", "trace")
-SHARED = ("io", "models", "generate", "embed", "judge", "vision", "train", "report", "evaluate", "config")
+TOP = ("pipeline", "demo", "cli", "trace", "preflight")
+SHARED = ("io", "models", "generate", "embed", "judge", "vision", "train", "report", "evaluate", "config", "prompts")
 
 
 def groundflow_imports(path: Path) -> list[tuple[int, str]]:
