@@ -41,7 +41,7 @@ def instance(rng: np.random.Generator, h: int = 480, w: int = 640):
     yy, xx = np.mgrid[0:h, 0:w]
     cy, cx = y0 + bh / 2, x0 + bw / 2
     mask = ((yy - cy) / (bh / 2)) ** 2 + ((xx - cx) / (bw / 2)) ** 2 <= 1.0  # an ellipse in its box
-    return mask, [box]
+    return mask[None], [box]  # occlusion takes one mask per box
 
 
 def main() -> None:

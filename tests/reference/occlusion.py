@@ -39,20 +39,24 @@ def paint_squares(shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, p: int
 
 
 def occlusion_mask_reference(
-    mask: np.ndarray, boxes, rng_py: random.Random | np.random.Generator
+    masks: np.ndarray, boxes, rng_py: random.Random | np.random.Generator
 ) -> Occlusion:
-    """The original's loop, as written, for tests and benchmarks.
+    """The original's loop (2-2_segment.py's `mask_entity`), as written, for tests and benchmarks.
 
-    Like the original it walks every grid point in Python and indexes / paints torch tensors (its
-    mask came out of SAM as a tensor), so its cost is the original's. Only the skips differ in
-    origin: they come from `draw_skips`, which makes the result equal to `occlusion_mask`'s.
+    `masks` is (n_boxes, H, W), SAM's chosen mask per box: like the original, box `cnt` tests
+    `temp_mask[cnt, i, j]`, its own mask, never the union of the entity's masks. Like the original
+    it walks every grid point in Python and indexes / paints torch tensors (its masks came out of
+    SAM as a tensor), so its cost is the original's. Only the skips differ in origin: they come
+    from `draw_skips`, which makes the result equal to `occlusion_mask`'s.
     """
-    temp_mask = torch.as_tensor(np.asarray(mask, dtype=bool))
-    h, w = temp_mask.shape
+    temp_mask = torch.as_tensor(np.asarray(masks, dtype=bool))
+    if temp_mask.ndim != 3 or temp_mask.shape[0] != len(boxes):
+        raise ValueError(f"one mask per box: {len(boxes)} boxes, masks of shape {tuple(temp_mask.shape)}")
+    h, w = temp_mask.shape[-2:]
     painted = torch.zeros((h, w), dtype=torch.bool)
     n_patches = 0
-    for box in boxes:
-        patch_size, gap = patch_geometry(box)
+    for cnt in range(temp_mask.shape[0]):
+        patch_size, gap = patch_geometry(boxes[cnt])
         ny, nx = grid_shape((h, w), gap)
         skips = iter(draw_skips(rng_py, ny * nx + 1, patch_size).tolist())
         cur_step = 0
@@ -62,7 +66,7 @@ def occlusion_mask_reference(
                 if cur_step == next_step:
                     cur_step = 0
                     next_step = next(skips)
-                    if temp_mask[i, j]:
+                    if temp_mask[cnt, i, j]:
                         n_patches += 1
                         left_i = max(0, i - (patch_size // 2))
                         right_i = min(h - 1, i + (patch_size // 2))

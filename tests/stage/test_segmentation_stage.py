@@ -32,10 +32,10 @@ from groundflow.models.spec import ModelSpec
 from groundflow.vision.occlusion import IMAGENET_MEAN_RGB, occlude, occlusion_mask, record_rng
 from groundflow.vision.segmentation import (
     choose_candidates,
-    load_mask,
+    load_box_masks,
     mask_groups,
     output_file_name,
-    save_mask,
+    save_box_masks,
     segment,
 )
 from script_harness import FakeSnakemake, run_script, stage_outputs
@@ -193,34 +193,36 @@ def test_segment_then_occlude(workspace, sam, monkeypatch):
         "masks/COCO_b-cat.png",
     ]
     for record in kept.itertuples():
-        mask = load_mask(base / "work" / record.mask_path)
-        assert mask.shape == (record.height, record.width)
-        assert int(mask.sum()) == record.mask_area
+        masks = load_box_masks(base / "work" / record.mask_path, len(record.boxes))
+        assert masks.shape == (len(record.boxes), record.height, record.width)
+        assert int((masks.any(axis=0)).sum()) == record.mask_area  # the area of the union
         with Image.open(base / "work" / record.mask_path) as im:
-            assert im.mode == "1"
+            assert im.mode == "1" and im.size == (record.width, len(record.boxes) * record.height)
 
-    # The batched union equals one predictor call per box, best candidate each, cut to its box.
+    # Each box keeps its own mask: one predictor call per box, best candidate each, cut to its
+    # box; the dog's two boxes give two different masks, not one union twice.
     predictor = SamPredictor(sam)
+    dog = load_box_masks(base / "work" / kept["mask_path"].iloc[0], 2)
     with torch.inference_mode():
         predictor.set_image(np.asarray(Image.open(image_root / "train/COCO_a.jpg").convert("RGB")))
-        union = np.zeros((64, 96), dtype=bool)
-        for box in rows["boxes"].iloc[0]:
+        for k, box in enumerate(rows["boxes"].iloc[0]):
             masks, scores, _ = predictor.predict(box=np.asarray(box), multimask_output=True)
             ys, xs = np.mgrid[0:64, 0:96] + 0.5
             x0, y0, x1, y1 = box
             inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
-            union |= masks[int(np.argmax(scores))] & inside
-    dog = load_mask(base / "work" / kept["mask_path"].iloc[0])
-    assert (dog != union).mean() < 1e-3
+            assert (dog[k] != (masks[int(np.argmax(scores))] & inside)).mean() < 1e-3
+    assert dog[0].any() and dog[1].any() and not np.array_equal(dog[0], dog[1])
 
-    # Boxes split over several decoder calls still union into the same entity masks.
+    # Boxes split over several decoder calls give the same per-box masks.
     box_batches.clear()
     chunked = segment(
         rows, image_root, sam, mask_dir=base / "chunked", relative_to=base, min_mask_area=0, batch_boxes=1
     )
     assert box_batches == [1, 1, 1, 1]
-    for a, b in zip(kept["mask_path"], chunked.kept["mask_path"]):
-        np.testing.assert_array_equal(load_mask(base / "work" / a), load_mask(base / b))
+    for a, b, boxes in zip(kept["mask_path"], chunked.kept["mask_path"], kept["boxes"]):
+        np.testing.assert_array_equal(
+            load_box_masks(base / "work" / a, len(boxes)), load_box_masks(base / b, len(boxes))
+        )
 
     # min_mask_area: the smallest masks are rejected with the area in the reason, the others kept.
     areas = dict(zip(kept["id"], kept["mask_area"]))
@@ -256,8 +258,9 @@ def test_segment_then_occlude(workspace, sam, monkeypatch):
         "occluded/COCO_b-cat.jpg",
     ]
     for record in occluded.kept.itertuples():
-        mask = load_mask(base / "work" / record.mask_path)
-        expected = occlusion_mask(mask, record.boxes, record_rng(0, record.id))
+        box_masks = load_box_masks(base / "work" / record.mask_path, len(record.boxes))
+        mask = box_masks.any(axis=0)
+        expected = occlusion_mask(box_masks, record.boxes, record_rng(0, record.id))
         assert record.n_patches == expected.n_patches > 0
         assert record.occluded_fraction == pytest.approx((expected.painted & mask).sum() / mask.sum())
         assert 0 < record.occluded_fraction <= 1
@@ -300,9 +303,9 @@ def test_occlude_rejects_when_no_patch_lands(workspace):
     base, image_root, rows = workspace
     row = rows.iloc[[2]].copy()
     # one mask pixel off every grid point (box 70x65 -> p = 21, stride 4): no patch can land
-    mask = np.zeros((72, 80), dtype=bool)
-    mask[1, 1] = True
-    save_mask(base / "masks" / "speck.png", mask)
+    mask = np.zeros((1, 72, 80), dtype=bool)
+    mask[0, 1, 1] = True
+    save_box_masks(base / "masks" / "speck.png", mask)
     row["mask_path"] = ["masks/speck.png"]
     result = occlude(
         row, image_root, mask_root=base, out_dir=base / "out", relative_to=base, seed=0, min_coverage=0.0
@@ -405,14 +408,14 @@ def test_segmentation_stage_resumes_its_finished_chunks_masks_included(tmp_path,
     smk = _segmentation_job(tmp_path / "killed", records, image_root, tiny_sam_dir)
     saves = []
 
-    def killed_in_chunk_3(path, mask):
+    def killed_in_chunk_3(path, masks):
         if Path(path).name == "COCO_b-cat.png":
             Path(path).write_bytes(b"\x89PNG half")
             raise RuntimeError("killed")
         saves.append(Path(path).name)
-        save_mask(path, mask)
+        save_box_masks(path, masks)
 
-    monkeypatch.setattr(segmentation_module, "save_mask", killed_in_chunk_3)
+    monkeypatch.setattr(segmentation_module, "save_box_masks", killed_in_chunk_3)
     with pytest.raises(RuntimeError, match="killed"):
         run_script("cvc_segmentation.py", smk)
     assert saves == ["COCO_d-red-cup.png", "COCO_a-dog.png", "COCO_a-tennis ball.png"]
@@ -443,3 +446,33 @@ def test_segmentation_stage_resumes_its_finished_chunks_masks_included(tmp_path,
     run_script("cvc_segmentation.py", smk)
     assert "resumed 4 finished chunks (6 items), computing 0 chunks (0 items)" in Path(smk.log[0]).read_text()
     assert _outputs(smk) == (expected_tables, expected_masks)
+
+
+# ------------------------------------------------------------------ the per-box mask file
+
+
+def test_box_masks_round_trip_and_a_stack_of_the_wrong_height_is_refused(tmp_path, workspace):
+    from groundflow.vision.image_io import ImageError
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 5, 7)) < 0.5
+    save_box_masks(tmp_path / "m.png", masks)
+    np.testing.assert_array_equal(load_box_masks(tmp_path / "m.png", 3), masks)
+    with pytest.raises(ImageError, match="15 rows, not a stack of 2 box masks"):
+        load_box_masks(tmp_path / "m.png", 2)
+    with pytest.raises(ValueError, match=r"\(n >= 1, H, W\)"):
+        save_box_masks(tmp_path / "flat.png", masks[0])
+    # occlusion reads the file with the row's box count: a file holding one mask for the dog's two
+    # boxes (the union layout) is the row's reject, not a walk of one mask for both boxes
+    base, image_root, rows = workspace
+    row = rows.iloc[[0]].copy()
+    save_box_masks(base / "masks" / "one.png", np.ones((1, 64, 96), dtype=bool))
+    row["mask_path"] = ["masks/one.png"]
+    result = occlude(row, image_root, mask_root=base, out_dir=base / "o", relative_to=base, seed=0, min_coverage=0.0)
+    check_accounting("occlusion", row["id"], result)
+    assert result.kept.empty
+    assert result.rejects["reason"].tolist() == ["mask of 'train/COCO_a-dog' is 96x32, image 96x64"]
+    save_box_masks(base / "masks" / "odd.png", np.ones((1, 63, 96), dtype=bool))
+    row["mask_path"] = ["masks/odd.png"]
+    result = occlude(row, image_root, mask_root=base, out_dir=base / "o", relative_to=base, seed=0, min_coverage=0.0)
+    assert "63 rows, not a stack of 2 box masks" in result.rejects["reason"].iloc[0]

@@ -177,7 +177,7 @@ def test_paint_squares_matches_slicing_on_random_points(many):
 
 def test_occlusion_mask_exact_small_case():
     mask = np.ones((6, 6), dtype=bool)
-    occ = occlusion_mask(mask, [[0, 0, 12, 12]], FixedSkips([1, 0, 3, 4, 4, 4, 4, 4, 4, 4]))
+    occ = occlusion_mask(mask[None], [[0, 0, 12, 12]], FixedSkips([1, 0, 3, 4, 4, 4, 4, 4, 4, 4]))
     expected = np.array(
         [
             [1, 1, 1, 1, 1, 1],
@@ -196,7 +196,7 @@ def test_occlusion_mask_exact_small_case():
 def test_placements_outside_the_mask_paint_nothing_but_consume_the_counter():
     mask = np.zeros((6, 6), dtype=bool)
     mask[4, 0] = True
-    occ = occlusion_mask(mask, [[0, 0, 12, 12]], FixedSkips([1, 0, 3, 4, 4, 4, 4, 4, 4, 4]))
+    occ = occlusion_mask(mask[None], [[0, 0, 12, 12]], FixedSkips([1, 0, 3, 4, 4, 4, 4, 4, 4, 4]))
     expected = np.zeros((6, 6), dtype=bool)
     expected[2:6, 0:3] = True
     np.testing.assert_array_equal(occ.painted, expected)
@@ -204,21 +204,21 @@ def test_placements_outside_the_mask_paint_nothing_but_consume_the_counter():
 
 
 def test_union_over_boxes_uses_each_boxs_patch_size():
-    mask = np.zeros((10, 10), dtype=bool)
-    mask[4:6, 4:6] = True
+    masks = np.zeros((2, 10, 10), dtype=bool)
+    masks[:, 4:6, 4:6] = True
     # box 1: p = 4, g = 2 -> 25 grid points, 26 draws; placements at indices 4, 9, 12, 17, 22 =
     # (0, 8), (2, 8), (4, 4), (6, 4), (8, 4): only (4, 4) is inside the mask
     box1_skips = [4, 4, 2] + [4] * 23
     # box 2: p = 9, g = 3 -> 16 grid points, 17 draws; the point (3, 3) is outside, (6, 6) too;
     # first placement at index 0 (0, 0) -> outside; then skip 4 -> index 5 = (3, 3) outside
     box2_skips = [0, 4] + [9] * 15
-    occ = occlusion_mask(mask, [[0, 0, 12, 12], [0, 0, 27, 27]], FixedSkips(box1_skips + box2_skips))
+    occ = occlusion_mask(masks, [[0, 0, 12, 12], [0, 0, 27, 27]], FixedSkips(box1_skips + box2_skips))
     expected = np.zeros((10, 10), dtype=bool)
     expected[2:7, 2:7] = True  # box 1's square at (4, 4), side 5
     np.testing.assert_array_equal(occ.painted, expected)
     assert occ.n_patches == 1
-    mask[3, 3] = True  # now box 2's second placement lands: a side-9 square at (3, 3)
-    occ = occlusion_mask(mask, [[0, 0, 12, 12], [0, 0, 27, 27]], FixedSkips(box1_skips + box2_skips))
+    masks[1, 3, 3] = True  # now box 2's second placement lands: a side-9 square at (3, 3)
+    occ = occlusion_mask(masks, [[0, 0, 12, 12], [0, 0, 27, 27]], FixedSkips(box1_skips + box2_skips))
     expected[0:8, 0:8] = True
     np.testing.assert_array_equal(occ.painted, expected)
     assert occ.n_patches == 2
@@ -233,7 +233,44 @@ def test_eager_skips_give_the_same_geometry_as_the_originals_lazy_draws():
         p, g = patch_geometry(box)
         values = rng.integers(0, p + 1, size=h * w + 2).tolist()
         lazy = seed_loop_lazy(mask, box, FixedSkips(values))
-        np.testing.assert_array_equal(occlusion_mask(mask, [box], FixedSkips(values)).painted, lazy)
+        np.testing.assert_array_equal(occlusion_mask(mask[None], [box], FixedSkips(values)).painted, lazy)
+
+
+def _two_boxes_two_masks():
+    """Box 1 (p = 4) over a blob at the top left, box 2 (p = 9) over one at the bottom right; each
+    box's SAM mask holds only its own blob, and box 1's grid walk passes over box 2's blob."""
+    masks = np.zeros((2, 24, 24), dtype=bool)
+    masks[0, 2:8, 2:8] = True
+    masks[1, 14:22, 14:22] = True
+    boxes = [[0, 0, 12, 12], [12, 12, 39, 39]]
+    # skips of 0: every grid point is a placement (the densest walk, so a union walk cannot miss)
+    skips = [[0] * (grid_shape((24, 24), patch_geometry(b)[1])[0] ** 2 + 1) for b in boxes]
+    return masks, boxes, skips
+
+
+@pytest.mark.parametrize("walk", [occlusion_mask, occlusion_mask_reference], ids=["vectorised", "reference"])
+def test_each_box_walks_only_its_own_mask_as_the_original(walk):
+    # The original tests temp_mask[cnt, i, j]: box cnt places patches only on its own mask, with
+    # its own patch side. Walking the union of the masks would let box 1's small patches land on
+    # box 2's blob too; this fails on that behaviour.
+    masks, boxes, skips = _two_boxes_two_masks()
+    occ = walk(masks, boxes, FixedSkips(skips[0] + skips[1]))
+    per_box = [seed_loop_lazy(masks[k], boxes[k], FixedSkips(skips[k])) for k in range(2)]
+    np.testing.assert_array_equal(occ.painted, per_box[0] | per_box[1])
+    union = masks[0] | masks[1]
+    union_walk = [seed_loop_lazy(union, boxes[k], FixedSkips(skips[k])) for k in range(2)]
+    assert not np.array_equal(occ.painted, union_walk[0] | union_walk[1])
+    # box 1 (side 5 squares on a stride-2 grid) painted nothing around box 2's blob
+    assert not per_box[0][12:, 12:].any() and union_walk[0][12:, 12:].any()
+
+
+@pytest.mark.parametrize("walk", [occlusion_mask, occlusion_mask_reference], ids=["vectorised", "reference"])
+def test_one_mask_for_several_boxes_is_refused(walk):
+    masks, boxes, skips = _two_boxes_two_masks()
+    with pytest.raises(ValueError, match="one .*mask per box"):
+        walk(masks[0] | masks[1], boxes, FixedSkips(skips[0] + skips[1]))
+    with pytest.raises(ValueError, match="one .*mask per box"):
+        walk(masks[:1], boxes, FixedSkips(skips[0] + skips[1]))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 37), (29, 1), (17, 23), (64, 48), (100, 75)])
@@ -241,8 +278,8 @@ def test_vectorised_equals_reference_on_random_masks(shape):
     rng = np.random.default_rng(shape[0] * 1000 + shape[1])
     h, w = shape
     for trial in range(6):
-        mask = rng.random(shape) < rng.uniform(0.0, 1.0)
         n_boxes = int(rng.integers(1, 4))
+        mask = rng.random((n_boxes, *shape)) < rng.uniform(0.0, 1.0, (n_boxes, 1, 1))
         boxes = []
         for _ in range(n_boxes):
             x0, x1 = sorted(rng.uniform(-5, w + 5, 2))
@@ -361,8 +398,8 @@ def test_fast_path_equals_reference_on_many_masks_boxes_and_patch_sizes(shape):
     h, w = shape
     patch_sides = set()
     for trial in range(24):
-        mask = _random_mask(rng, h, w)
         boxes = [_random_box(rng, h, w) for _ in range(int(rng.choice([1, 1, 2, 3])))]
+        mask = np.stack([_random_mask(rng, h, w) for _ in boxes])
         patch_sides.update(patch_geometry(b)[0] for b in boxes)
         seed = int(rng.integers(1 << 31))
         make = random.Random if trial % 4 == 3 else np.random.default_rng
@@ -378,9 +415,9 @@ def test_fast_path_equals_reference_at_full_size_near_the_borders():
     # 640x480, p = 4 (the longest walk): masks touching the bottom-right corner and the top edge
     rng = np.random.default_rng(21)
     for mask_slice in [np.s_[470:, 600:], np.s_[:3, 200:260], np.s_[240:250, :]]:
-        mask = np.zeros((480, 640), dtype=bool)
-        mask[mask_slice] = True
         boxes = [[10, 10, 25, 22]] if rng.random() < 0.5 else [[10, 10, 25, 22], [0, 0, 90, 60]]
+        mask = np.zeros((len(boxes), 480, 640), dtype=bool)
+        mask[(0, *mask_slice)] = True  # the first box's mask; a second box's stays empty
         seed = int(rng.integers(1 << 31))
         fast = occlusion_mask(mask, boxes, np.random.default_rng(seed))
         slow = occlusion_mask_reference(mask, boxes, np.random.default_rng(seed))
@@ -405,10 +442,11 @@ def test_patch_centres_leaves_the_generator_where_the_reference_does(rows):
 
 def test_non_bool_and_non_contiguous_masks():
     rng = np.random.default_rng(8)
-    base = _random_mask(rng, 90, 140) | (rng.random((90, 140)) < 0.01)
+    base = np.stack([_random_mask(rng, 90, 140) | (rng.random((90, 140)) < 0.01) for _ in range(2)])
     boxes = [[20, 10, 50, 40], [0, 0, 12, 12]]
-    expected = occlusion_mask_reference(base[:, ::2], boxes, np.random.default_rng(2))
-    for variant in (base[:, ::2], np.asfortranarray(base[:, ::2]), base[:, ::2].astype(np.uint8)):
+    expected = occlusion_mask_reference(base[:, :, ::2], boxes, np.random.default_rng(2))
+    strided = base[:, :, ::2]
+    for variant in (strided, np.asfortranarray(strided), strided.astype(np.uint8)):
         got = occlusion_mask(variant, boxes, np.random.default_rng(2))
         np.testing.assert_array_equal(got.painted, expected.painted)
         assert got.n_patches == expected.n_patches
@@ -430,7 +468,7 @@ def test_record_rng_depends_only_on_seed_and_id():
 
 def test_same_id_same_occlusion():
     rng = np.random.default_rng(5)
-    mask = rng.random((40, 50)) < 0.5
+    mask = rng.random((1, 40, 50)) < 0.5
     boxes = [[3, 4, 40, 30]]
     a = occlusion_mask(mask, boxes, record_rng(42, "x-dog"))
     b = occlusion_mask(mask, boxes, record_rng(42, "x-dog"))

@@ -1,4 +1,4 @@
-"""Occlusion: grey square patches inside each entity's mask, one image per (image, entity)."""
+"""Occlusion: grey square patches inside each box's own mask (painted as one union), one image per (image, entity)."""
 from groundflow.pipeline import StageJob
 from groundflow.vision.occlusion import occlude
 

@@ -1,4 +1,4 @@
-"""Segmentation: SAM masks from the entity's boxes, one image embedding per image.
+"""Segmentation: a SAM mask per box of each entity (one stacked PNG per entity), one image embedding per image.
 
 Each chunk writes its masks into its checkpoint (the progress folder, which Snakemake does not
 own); they go into the shard's mask folder after its tables, so a killed job resumes with the

@@ -1,14 +1,16 @@
 """Occlusion: grey square patches over an object's mask (CVC step 2-2).
 
-Geometry of the original, per box (x0, y0, x1, y1):
+Geometry of the original, per box (x0, y0, x1, y1) and that box's own SAM mask:
 - patch side p = max(int(min(|x1 - x0|, |y1 - y0|) // 3), 4), stride g = int(sqrt(p));
 - walk the grid (y outer, x inner, both stepping by g) over the WHOLE image; a counter skips a
   random number of grid points in [0, p] between placements (the first placement is itself after a
   random skip);
-- at a placement point inside the mask, paint the square [y - p//2, y + p//2] x [x - p//2, x + p//2]
+- at a placement point inside THIS box's mask, paint the square [y - p//2, y + p//2] x [x - p//2, x + p//2]
   (inclusive, clipped to the image: side p for odd p, p + 1 for even p, as the original).
-The painted area is the union over all boxes of the entity. Squares are full squares, so they may
-spill past the object (as in the original); `occluded_fraction` counts mask pixels only.
+The painted area is the union over all boxes of the entity. A box never places patches on another
+box's mask, even where the masks' union would have allowed it. Squares are full squares, so they
+may spill past the object (as in the original); `occluded_fraction` counts pixels of the union of
+the masks only.
 
 `occlusion_mask` is the vectorised version; the original's Python loop is `occlusion_mask_reference`
 in tests/reference/occlusion.py, which tests and benchmarks compare against. Both take their skips
@@ -34,7 +36,7 @@ from PIL import Image
 
 from groundflow.io import StageResult, atomic_path, rejects_frame
 from groundflow.vision.image_io import ImageError, load_rgb
-from groundflow.vision.segmentation import boxes_array, load_mask, output_file_name, relative_posix
+from groundflow.vision.segmentation import boxes_array, load_box_masks, output_file_name, relative_posix
 
 STAGE = "occlusion"
 IMAGENET_MEAN_RGB = (123, 116, 103)
@@ -228,22 +230,32 @@ def _paint_hits(out: np.ndarray, hits: np.ndarray, nx: int, g: int, p: int) -> N
 
 
 def occlusion_mask(
-    mask: np.ndarray, boxes, rng: np.random.Generator | random.Random
+    masks: np.ndarray, boxes, rng: np.random.Generator | random.Random
 ) -> Occlusion:
-    """Pixels to paint for one entity: union over its boxes (vectorised).
+    """Pixels to paint for one entity (vectorised): box k walks masks[k], its own mask (n, H, W),
+    with its own patch size; the result is the union over the boxes.
 
     Paints what `occlusion_mask_reference` paints with the same generator. The last box draws
-    only the skips that can matter (up to the mask's last grid row), so afterwards `rng` may be
+    only the skips that can matter (up to its mask's last grid row), so afterwards `rng` may be
     behind where the reference leaves it: give each entity its own generator (`record_rng`).
     """
-    mask = np.asarray(mask, dtype=bool)
-    painted = np.zeros(mask.shape, dtype=bool)
+    masks = check_box_masks(masks, boxes)
+    painted = np.zeros(masks.shape[1:], dtype=bool)
     n_patches = 0
     for k, box in enumerate(boxes):
-        hits, nx, g, p = _box_hits(mask, box, rng, consume_all=k < len(boxes) - 1)
+        hits, nx, g, p = _box_hits(masks[k], box, rng, consume_all=k < len(boxes) - 1)
         _paint_hits(painted, hits, nx, g, p)
         n_patches += len(hits)
     return Occlusion(painted, n_patches)
+
+
+def check_box_masks(masks: np.ndarray, boxes) -> np.ndarray:
+    """`masks` as bool (n, H, W) with one mask per box; a single (H, W) mask is refused, since
+    walking one mask for every box is the union behaviour the original does not have."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3 or len(masks) != len(boxes):
+        raise ValueError(f"need one (H, W) mask per box: {len(boxes)} boxes, masks of shape {masks.shape}")
+    return masks
 
 
 def record_rng(seed: int, record_id: str) -> np.random.Generator:
@@ -268,10 +280,10 @@ def occlude(
     min_coverage: float,
     fill: tuple[int, int, int] = IMAGENET_MEAN_RGB,
 ) -> StageResult:
-    """Paint patches over each (image, entity)'s mask; one JPEG per row in `out_dir`.
+    """Paint patches over each (image, entity)'s box masks; one JPEG per row in `out_dir`.
 
-    Adds occluded_image (relative to `relative_to`), n_patches, occluded_fraction (share of mask
-    pixels painted). Rejected: unreadable image or mask, mask/image size mismatch, empty mask, no
+    Adds occluded_image (relative to `relative_to`), n_patches, occluded_fraction (share of the
+    pixels of the masks' union painted). Rejected: unreadable image or mask, mask/image size mismatch, empty mask, no
     patch inside the mask, or occluded_fraction < min_coverage.
     """
     image_root, mask_root, out_dir = Path(image_root), Path(mask_root), Path(out_dir)
@@ -296,26 +308,27 @@ def occlude(
                     (rid, f"output {name} of '{rid}' is already written for '{written[name]}'")
                 )
                 continue
-            try:
-                mask = load_mask(mask_root / mask_path)
-            except ImageError as e:
-                rejects.append((rid, f"mask of '{rid}': {e}"))
-                continue
-            if mask.shape != pixels.shape[:2]:
-                rejects.append(
-                    (rid, f"mask of '{rid}' is {mask.shape[1]}x{mask.shape[0]}, "
-                          f"image {pixels.shape[1]}x{pixels.shape[0]}")
-                )
-                continue
-            mask_area = int(np.count_nonzero(mask))
-            if mask_area == 0:
-                rejects.append((rid, f"empty mask for '{rid}'"))
-                continue
             boxes = boxes_array(boxes_value)
             if len(boxes) == 0:
                 rejects.append((rid, f"no boxes for '{rid}'"))
                 continue
-            occ = occlusion_mask(mask, boxes, record_rng(seed, rid))
+            try:
+                box_masks = load_box_masks(mask_root / mask_path, len(boxes))
+            except ImageError as e:
+                rejects.append((rid, f"mask of '{rid}': {e}"))
+                continue
+            if box_masks.shape[1:] != pixels.shape[:2]:
+                rejects.append(
+                    (rid, f"mask of '{rid}' is {box_masks.shape[2]}x{box_masks.shape[1]}, "
+                          f"image {pixels.shape[1]}x{pixels.shape[0]}")
+                )
+                continue
+            mask = np.logical_or.reduce(box_masks, axis=0)
+            mask_area = int(np.count_nonzero(mask))
+            if mask_area == 0:
+                rejects.append((rid, f"empty mask for '{rid}'"))
+                continue
+            occ = occlusion_mask(box_masks, boxes, record_rng(seed, rid))
             if occ.n_patches == 0:
                 rejects.append((rid, f"no patch landed inside the {mask_area}-pixel mask of '{rid}'"))
                 continue
@@ -352,6 +365,7 @@ __all__ = [
     "IMAGENET_MEAN_RGB",
     "Occlusion",
     "boxes_array",
+    "check_box_masks",
     "draw_skips",
     "mask_bounds",
     "occlude",

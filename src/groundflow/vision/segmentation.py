@@ -1,8 +1,11 @@
 """Segmentation with Segment Anything (CVC step 2-2, first half).
 
 Per image the (expensive) image embedding is computed once, then every box of every entity of that
-image is decoded in one batched `predict_torch` call. Each entity's mask is the union of its boxes'
-masks, written as a 1-bit PNG.
+image is decoded in one batched `predict_torch` call. Each box keeps its own mask, because
+occlusion walks each box's mask with that box's patch size (as the original does); an entity's
+masks go into one 1-bit PNG, stacked top to bottom in the order of its `boxes` (height n x H), so
+that one file per entity is written atomically and stays viewable. `mask_area` is the area of
+their union.
 
 Differences from the original, on purpose: the best-scoring of SAM's three candidates is taken
 (`mask_choice="best"`; "first" reproduces the original, which took candidate 0), inference runs
@@ -46,23 +49,31 @@ def relative_posix(path: str | Path, relative_to: str | Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), Path(relative_to).resolve())).as_posix()
 
 
-def save_mask(path: str | Path, mask: np.ndarray) -> None:
-    """A bool mask as a 1-bit PNG, atomically."""
+def save_box_masks(path: str | Path, masks: np.ndarray) -> None:
+    """Per-box bool masks (n, H, W) as one 1-bit PNG of n x H rows (box k in rows k*H..), atomically."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3 or len(masks) == 0:
+        raise ValueError(f"box masks must be (n >= 1, H, W), not shape {masks.shape}")
+    n, height, width = masks.shape
     with atomic_path(path) as tmp:
-        Image.fromarray(np.asarray(mask, dtype=bool)).save(tmp, format="PNG", optimize=True)
+        Image.fromarray(masks.reshape(n * height, width)).save(tmp, format="PNG", optimize=True)
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """A mask PNG (1-bit or 8-bit) as a bool (H, W) array; raises ImageError when unusable."""
+def load_box_masks(path: str | Path, n_boxes: int) -> np.ndarray:
+    """The (n_boxes, H, W) bool masks of a `save_box_masks` file (1-bit or 8-bit PNG); raises
+    ImageError when the file is unusable or its height is not a multiple of n_boxes."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"missing mask file {path}")
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("L")) >= 128
+            stacked = np.asarray(im.convert("L")) >= 128
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"unreadable mask {path}: {e}") from None
+    if n_boxes < 1 or stacked.shape[0] % n_boxes:
+        raise ImageError(f"mask {path} has {stacked.shape[0]} rows, not a stack of {n_boxes} box masks")
+    return stacked.reshape(n_boxes, stacked.shape[0] // n_boxes, stacked.shape[1])
 
 
 def choose_candidates(masks: torch.Tensor, iou_predictions: torch.Tensor, choice: str) -> torch.Tensor:
@@ -88,25 +99,22 @@ def _boxes_per_call(batch_boxes: int, height: int, width: int, n_candidates: int
     return max(1, min(batch_boxes, UPSAMPLE_BUDGET_BYTES // per_box))
 
 
-def predict_entity_masks(
+def predict_box_masks(
     predictor: SamPredictor,
     entity_boxes: list[np.ndarray],
     *,
     mask_choice: str,
     batch_boxes: int,
     clip_to_box: bool = True,
-) -> np.ndarray:
-    """Masks (n_entities, H, W) bool on the image set in `predictor`: per entity, the union of its
-    boxes' masks. All boxes of all entities go through `predict_torch` together, `batch_boxes` (or
-    fewer for very large images) at a time. With `clip_to_box`, each box's mask is cut to its box:
-    a box prompt asks for the object inside it, and what leaks out is SAM's error."""
+) -> list[np.ndarray]:
+    """Per entity, its boxes' masks (n_boxes, H, W) bool, on the image set in `predictor`. All
+    boxes of all entities go through `predict_torch` together, `batch_boxes` (or fewer for very
+    large images) at a time. With `clip_to_box`, each box's mask is cut to its box: a box prompt
+    asks for the object inside it, and what leaks out is SAM's error."""
     h, w = predictor.original_size
-    owner = torch.as_tensor(
-        np.repeat(np.arange(len(entity_boxes)), [len(b) for b in entity_boxes]), device=predictor.device
-    )
     pixel_boxes = torch.as_tensor(np.concatenate(entity_boxes), dtype=torch.float32, device=predictor.device)
     boxes = predictor.transform.apply_boxes_torch(pixel_boxes, predictor.original_size)
-    out = torch.zeros((len(entity_boxes), h, w), dtype=torch.bool, device=predictor.device)
+    out = torch.zeros((len(boxes), h, w), dtype=torch.bool, device=predictor.device)
     step = _boxes_per_call(batch_boxes, h, w)
     for start in range(0, len(boxes), step):
         masks, iou, _ = predictor.predict_torch(
@@ -115,10 +123,9 @@ def predict_entity_masks(
         chosen = choose_candidates(masks, iou, mask_choice)
         if clip_to_box:
             chosen &= box_masks(pixel_boxes[start : start + step], h, w)
-        chunk_owner = owner[start : start + step]
-        for entity in torch.unique(chunk_owner).tolist():
-            out[entity] |= chosen[chunk_owner == entity].any(dim=0)
-    return out.cpu().numpy()
+        out[start : start + step] = chosen
+    ends = np.cumsum([len(b) for b in entity_boxes])
+    return np.split(out.cpu().numpy(), ends[:-1])
 
 
 def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -172,7 +179,8 @@ def segment(
     compute_dtype: torch.dtype | None = None,
     write_dir: str | Path | None = None,
 ) -> StageResult:
-    """One mask per (image, entity) row from all of its `boxes`; adds mask_path and mask_area.
+    """One mask per box of each (image, entity) row, all in one file per row (`save_box_masks`);
+    adds mask_path and mask_area (pixels of the union of the row's box masks).
 
     `compute_dtype` None follows the device policy (bf16 autocast on GPU, fp32 on CPU); pass
     `spec.torch_dtype()` to follow a model spec. Rejected: unreadable image, no boxes, a mask
@@ -208,14 +216,14 @@ def segment(
             if not todo:
                 continue
             predictor.set_image(pixels, image_format="RGB")
-            masks = predict_entity_masks(
+            masks = predict_box_masks(
                 predictor, [entity_boxes[k] for k in todo], mask_choice=mask_choice, batch_boxes=batch_boxes,
                 clip_to_box=clip_to_box,
             )
             predictor.reset_image()
-            for k, mask in zip(todo, masks):
+            for k, box_masks_of_row in zip(todo, masks):
                 pos, rid, label = rows.index[k], ids[k], rows["label"].iloc[k]
-                area = int(mask.sum())
+                area = int(np.logical_or.reduce(box_masks_of_row, axis=0).sum())
                 if area < min_mask_area:
                     rejects.append(
                         (rid, f"mask area {area} < min {min_mask_area} for '{label}' in {image}")
@@ -227,7 +235,7 @@ def segment(
                         (rid, f"mask file {name} of '{rid}' is already written for '{written[name]}'")
                     )
                     continue
-                save_mask(write_dir / name, mask)
+                save_box_masks(write_dir / name, box_masks_of_row)
                 written[name] = rid
                 results[pos] = (relative_posix(mask_dir / name, relative_to), area)
     kept = df.loc[[i for i in df.index if i in results]].copy()
