@@ -211,3 +211,47 @@ def test_external_grounder_failures_raise(image_root, tmp_path):
     assert (tmp_path / "boxes.jsonl").exists()
     with pytest.raises(GrounderError, match="wrote no box table"):
         run_external_grounder(df, image_root, command=f"{shlex.quote(sys.executable)} -c pass", workdir=tmp_path)
+
+
+# ------------------------------------------------------------------ the stage script: one threshold per backend
+
+
+def _grounding_job(base, image_root, detector_path, opts):
+    from groundflow.io import write_table
+    from script_harness import FakeSnakemake, stage_outputs
+
+    records = base / "causality.parquet"
+    write_table(_instances(with_missing=False), records)
+    results = base / "results" / "cvc"
+    return FakeSnakemake(
+        input={"records": str(records)},
+        output=stage_outputs(results / "grounding", "0"),
+        params={"models": {"detector": {"path": str(detector_path), "device": "cpu"}},
+                "opts": {"max_boxes": 3, "batch_size": 4, "chunk_size": 64, "text_threshold": 0.25,
+                         "glip_command": "", **opts},
+                "image_root": str(image_root), "progress_dir": str(results / ".progress" / "grounding" / "0")},
+        log=[str(base / "logs" / "0.log")],
+        wildcards={"shard": "0"},
+    )
+
+
+def test_each_backend_is_given_its_own_threshold_key(detector, image_root, tmp_path):
+    # With one shared key the paper preset's GLIP 0.6 reached Grounding DINO; now GLIP's key is
+    # never read for Grounding DINO, nor Grounding DINO's for GLIP.
+    from groundflow.io import read_table
+    from script_harness import run_script
+
+    dino = _grounding_job(tmp_path / "dino", image_root, detector[2],
+                          {"backend": "grounding_dino", "dino_box_threshold": 0.0, "glip_threshold": 0.99})
+    run_script("cvc_grounding.py", dino)
+    kept = read_table(dino.output.kept)
+    assert len(kept) == 5 and read_table(dino.output.rejects).empty  # at 0.99 most would go
+    assert kept["box_score"].min() < 0.99
+
+    glip = _grounding_job(tmp_path / "glip", image_root, detector[2],
+                          {"backend": "glip", "glip_command": _glip_command(), "glip_threshold": 0.99,
+                           "dino_box_threshold": 0.0})
+    run_script("cvc_grounding.py", glip)
+    assert read_table(glip.output.kept).empty  # the fake scores every label below 0.9
+    reasons = read_table(glip.output.rejects)["reason"]
+    assert len(reasons) == 5 and reasons.str.startswith("no box scoring >= 0.99 for ").all()

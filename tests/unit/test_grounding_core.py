@@ -165,3 +165,35 @@ def test_parse_box_table_reads_boxes_and_scores():
 def test_parse_box_table_rejects_protocol_violations(rows, message):
     with pytest.raises(GrounderError, match=message):
         parse_box_table(_lines(*rows), {"a-dog"})
+
+
+def test_backend_box_threshold_reads_the_selected_backends_key_only():
+    from groundflow.vision.grounding import backend_box_threshold
+
+    opts = {"backend": "grounding_dino", "dino_box_threshold": 0.35, "glip_threshold": 0.6}
+    assert backend_box_threshold(opts) == 0.35
+    assert backend_box_threshold({**opts, "backend": "glip"}) == 0.6
+    with pytest.raises(ValueError, match="must be one of"):
+        backend_box_threshold({**opts, "backend": "owl"})
+
+
+def test_paper_preset_gives_grounding_dino_its_own_threshold_and_refuses_the_shared_key():
+    from pathlib import Path
+
+    import yaml
+
+    from groundflow.config import ConfigError, validate_config
+    from groundflow.vision.grounding import backend_box_threshold
+
+    root = Path(__file__).resolve().parents[2]
+    preset = validate_config(yaml.safe_load((root / "configs/cvc-paper.yaml").read_text()))
+    grounding = preset["cvc"]["grounding"]
+    # the preset runs Grounding DINO at that detector's own demo values, not GLIP's 0.6
+    assert grounding["backend"] == "grounding_dino"
+    assert backend_box_threshold(grounding) == 0.35 and grounding["text_threshold"] == 0.25
+    assert backend_box_threshold({**grounding, "backend": "glip"}) == 0.6
+    # an old config's shared key is an error, not silently given to whichever backend runs
+    old = yaml.safe_load((root / "configs/cvc-paper.yaml").read_text())
+    old["cvc"]["grounding"]["box_threshold"] = 0.6
+    with pytest.raises(ConfigError, match=r"unknown key 'cvc\.grounding\.box_threshold'"):
+        validate_config(old)

@@ -3,11 +3,12 @@ from pathlib import Path
 
 from groundflow.models.grounding_dino import load_grounding_dino
 from groundflow.pipeline import StageJob
-from groundflow.vision.grounding import detect_boxes, run_external_grounder
+from groundflow.vision.grounding import backend_box_threshold, detect_boxes, run_external_grounder
 
 job = StageJob.from_snakemake(snakemake, "grounding")
 opts = snakemake.params.opts
 image_root = snakemake.params.image_root
+box_threshold = backend_box_threshold(opts)
 if opts["backend"] == "glip":
     if not opts["glip_command"]:
         raise ValueError("cvc.grounding.backend is 'glip' but cvc.grounding.glip_command is empty")
@@ -16,7 +17,7 @@ if opts["backend"] == "glip":
     def process(records):
         return run_external_grounder(
             records, image_root, command=opts["glip_command"],
-            box_threshold=opts["box_threshold"], max_boxes=opts["max_boxes"], workdir=workdir,
+            box_threshold=box_threshold, max_boxes=opts["max_boxes"], workdir=workdir,
         )
 
     produced_by = {"backend": "glip", **opts}
@@ -26,7 +27,7 @@ else:
 
     def process(records):
         return detect_boxes(
-            records, image_root, model, processor, box_threshold=opts["box_threshold"],
+            records, image_root, model, processor, box_threshold=box_threshold,
             text_threshold=opts["text_threshold"], batch_size=opts["batch_size"],
             max_boxes=opts["max_boxes"],
         )

@@ -17,7 +17,8 @@ External grounder protocol
 --------------------------
 `command` is a template; its arguments are split with shlex first and then formatted, so a path
 with spaces stays one argument. Fields: {requests} (path of the requests file), {boxes} (path the
-command must write), {threshold} (box_threshold), {max_boxes}. It runs without a shell; a non-zero
+command must write), {threshold} (box_threshold: cvc.grounding.glip_threshold), {max_boxes}.
+scripts/glip_boxes.py is such a command for GLIP's own repository and environment. It runs without a shell; a non-zero
 exit status raises GrounderError with the tail of its stderr.
 
 Requests file (JSON Lines, UTF-8), one object per record:
@@ -67,6 +68,19 @@ def grounding_prompt(label: str) -> str:
     separator; the processor also reads a list of texts without "." as one image's label set)."""
     prompt = " ".join(str(label).lower().split())
     return prompt if prompt.endswith(".") else prompt + "."
+
+
+# Each backend has its own threshold key: Grounding DINO's and GLIP's scores are on different
+# scales, and one shared key let the paper preset's GLIP 0.6 reach Grounding DINO.
+THRESHOLD_KEYS = {"grounding_dino": "dino_box_threshold", "glip": "glip_threshold"}
+
+
+def backend_box_threshold(opts: dict) -> float:
+    """The box threshold of the backend `opts` (cvc.grounding) selects, from that backend's key."""
+    backend = opts["backend"]
+    if backend not in THRESHOLD_KEYS:
+        raise ValueError(f"cvc.grounding.backend must be one of {sorted(THRESHOLD_KEYS)}, not {backend!r}")
+    return float(opts[THRESHOLD_KEYS[backend]])
 
 
 def no_box_reason(label: str, image: str, threshold: float) -> str:
