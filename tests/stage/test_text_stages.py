@@ -11,9 +11,8 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from groundflow.cvc.entities import entity_candidates, extract_entities, normalize_text
+from groundflow.cvc.entities import entity_candidates, extract_entities, load_entity_prompt, normalize_text
 from groundflow.cvc.instructions import build_question, generate_instructions, is_plural
-from groundflow.cvc.prompts import ENTITY_INSTRUCTIONS
 from groundflow.generate.backends import HFTextGenerator
 from groundflow.generate.text import encode_prompts, generate_texts, render_prompts, score_choices
 from groundflow.io.stage import check_accounting
@@ -32,7 +31,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"), seed=0, texts=[ENTITY_INSTRUCTIONS])
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"), seed=0, texts=[load_entity_prompt().text])
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +75,14 @@ def test_explicit_params_override_saved_generation_config(tiny_dir, tmp_path, lm
     model, tokenizer = lm
     odd = tmp_path / "odd-defaults"
     shutil.copytree(tiny_dir, odd)
+    ids = torch.tensor([encode_prompts(tokenizer, [PROMPTS[0]])[0]])
+    with torch.no_grad():
+        greedy_first = int(model(input_ids=ids).logits[0, -1].argmax())
+    # Suppressing the greedy first token changes the output whatever the random weights are
+    # (the penalties alone leave a greedy answer without repeats unchanged).
     GenerationConfig(
         do_sample=True, temperature=0.01, top_k=3, repetition_penalty=50.0, no_repeat_ngram_size=1,
+        suppress_tokens=[greedy_first],
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     ).save_pretrained(odd)

@@ -3,7 +3,7 @@ import math
 import pytest
 from transformers import AutoTokenizer
 
-from groundflow.cvc.causality import in_causality_window, mention_texts, window_reason
+from groundflow.cvc.causality import in_causality_window, label_as_written, mention_texts, window_reason
 from groundflow.generate.spans import SpanText, mask_positions, perplexity, span_token_positions
 from groundflow.models.tokenizers import build_tokenizer
 
@@ -18,10 +18,31 @@ def test_mention_texts_masks_full_form_and_substitutes_label():
 def test_mention_texts_uses_first_occurrence_case_insensitively():
     full, label = mention_texts("The Dog sees another dog.", "dog", "dog")
     assert (full.start, full.end) == (4, 7)
-    assert label.text == "The dog sees another dog."
+    # the label as the caption writes it, not our lower-cased label
+    assert label.text == "The Dog sees another dog."
     assert mention_texts("A cat on a mat.", "dog", "dog") is None
     # no match inside a longer word
     assert mention_texts("Cattle graze.", "cat", "cat") is None
+
+
+def test_label_is_the_caption_s_own_text():
+    full, label = mention_texts("Dog on a couch", "dog", "dog")
+    assert full == SpanText("Dog on a couch", 0, 3)
+    assert label == SpanText("Dog on a couch", 0, 3)
+    full, label = mention_texts("Rowers pull Long OARS on a Lake.", "long oars", "oars")
+    assert full.text[full.start : full.end] == "Long OARS"
+    assert label == SpanText("Rowers pull OARS on a Lake.", 12, 16)
+    # the label's words are looked for inside the full form's occurrence only
+    full, label = mention_texts("A Ski lift near the ski slope.", "ski lift", "ski lift")
+    assert label == SpanText("A Ski lift near the ski slope.", 2, 10)
+    assert label_as_written("Ski Lift", "lift") == "Lift"
+
+
+def test_a_label_outside_its_full_form_goes_in_as_stored():
+    # not something our entity stage writes (its labels are parts of their full forms)
+    full, label = mention_texts("A Puppy sleeps.", "puppy", "dog")
+    assert (full.start, full.end) == (2, 7)
+    assert label == SpanText("A dog sleeps.", 2, 5)
 
 
 def test_span_token_positions_overlap_rule():
@@ -81,6 +102,18 @@ def test_span_masking_keeps_the_true_tokenisation(roberta_tokenizer, caption, fu
         expected_masked[first : first + len(targets)] = [tok.mask_token_id] * len(targets)
         assert masked == expected_masked
         assert masked.count(tok.mask_token_id) == len(targets) > 0
+
+
+def test_capitalised_label_is_scored_with_the_caption_s_tokens(roberta_tokenizer):
+    """"Dog on a couch": the masked label copy hides the tokens of "Dog", not of "dog"."""
+    tok = roberta_tokenizer
+    _, label = mention_texts("Dog on a couch", "dog", "dog")
+    encoded = tok(label.text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    positions = span_token_positions(encoded["offset_mapping"], encoded["special_tokens_mask"], label.start, label.end)
+    masked, targets = mask_positions(encoded["input_ids"], positions, tok.mask_token_id)
+    assert targets == tok.encode("Dog", add_special_tokens=False)
+    assert targets != tok.encode("dog", add_special_tokens=False)
+    assert tok.decode(masked, skip_special_tokens=False) == "<s>" + "<mask>" * len(targets) + " on a couch</s>"
 
 
 def test_perplexity_from_log_probs():

@@ -7,6 +7,18 @@ the caption are scored by a masked LM:
 An entity's perplexity is exp(-mean log p(true token at each masked position)); a low label
 perplexity means the context predicts the label well (high causality).
 
+Which text is scored (the original, spec step 1-1, found the full form's words in the caption's
+words case-sensitively and put the LLM's label in its place):
+- the full form is found case-insensitively (the original missed "Dog" for "dog"), at word
+  boundaries, and the caption's own characters of that occurrence are masked;
+- the label put in its place is the label as the caption writes it: the label's words are found
+  (case-insensitively) inside that occurrence of the full form and their characters taken
+  verbatim ("Dog on a couch" scores "Dog", not our lower-cased label "dog"), so both copies are
+  the caption's own words and the model is not scored on a case the caption never had;
+- when the label's words are not inside the full form (only possible for entity rows not made by
+  our entity stage, whose labels are always part of their full forms), the label is put in as
+  stored, as the original put in whatever the LLM wrote.
+
 Masking works on character spans: the UNMASKED text is tokenised with offsets and the ids of the
 tokens inside the span are replaced by the mask id. The masked sequence therefore has exactly the
 true text's tokenisation, which the seed only approximated by encoding a prefix and a prefix plus
@@ -58,17 +70,29 @@ class Mention:
     label_text: SpanText
 
 
+def label_as_written(full_form_text: str, label: str) -> str:
+    """The label's first word-aligned occurrence in `full_form_text` (the caption's own characters
+    of the full form), as written there; `label` itself when it does not occur in it."""
+    spans = find_phrase_spans(full_form_text, label)
+    if not spans:
+        return label
+    start, end = spans[0]
+    return full_form_text[start:end]
+
+
 def mention_texts(caption: str, full_form: str, label: str) -> tuple[SpanText, SpanText] | None:
     """The full-form and label span texts of the first word-aligned occurrence of `full_form`.
 
-    None when the full form does not occur in the caption (matching ignores case).
+    None when the full form does not occur in the caption (matching ignores case). The label
+    copy puts the label as the caption writes it (`label_as_written`) in place of the full form.
     """
     spans = find_phrase_spans(caption, full_form)
     if not spans:
         return None
     start, end = spans[0]
-    label_caption = caption[:start] + label + caption[end:]
-    return SpanText(caption, start, end), SpanText(label_caption, start, start + len(label))
+    label_text = label_as_written(caption[start:end], label)
+    label_caption = caption[:start] + label_text + caption[end:]
+    return SpanText(caption, start, end), SpanText(label_caption, start, start + len(label_text))
 
 
 def in_causality_window(ppl: float, ppl_low: float, ppl_high: float) -> bool:

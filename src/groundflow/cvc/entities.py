@@ -1,21 +1,40 @@
 """Entity extraction (CVC step 1-0): which concrete things each caption mentions.
 
-The seed asked Llama-2-chat for lines `N. full form -> label` and trusted whatever came back, so
-entities absent from the caption (or malformed lines) leaked into later steps. Here decoding is
-constrained: every line the model can write is a candidate built from the caption itself:
-- a full form is a contiguous run of at most `max_span_words` caption words with no punctuation,
-  neither starting with a function word nor ending with a function word or a determiner;
+The original asked Llama-2-chat for lines `N. full form -> label` and trusted whatever came back,
+so entities absent from the caption (or malformed lines) leaked into later steps. Here every line
+the model can keep is a candidate built from the caption itself, in the original's conventions
+(its examples: "long oars -> oars", "another skier -> skier"):
+- a full form is the caption's noun phrase without a leading article or quantity: a contiguous
+  run of at most `max_span_words` caption words with no punctuation, which
+  - starts with neither a function word, an article ("a", "the") nor a quantity ("two", "3",
+    "several", "a group of" -> "group"); another determiner may lead it ("another skier");
+  - ends with neither a function word, a determiner, a quantity nor a verb form;
+  - holds no finite verb ("sits", "wears"), and an -ing form only as its first word, where it
+    modifies the noun ("cutting board"); "man riding" and "sits on bench" are not noun phrases;
+  - holds a determiner or quantity after its first word only right after a preposition ("cup of
+    the coffee"): after a conjunction it opens a second phrase ("cup and a plate"), after any
+    other word that word acts as a verb and the span is a clause ("row a narrow boat").
+  Without a part-of-speech tagger these are word lists: a verb that is also a common noun
+  ("stands", "rides", "row") cannot be told apart, and what the lists miss is left to the
+  prompt, which says the same (on the free-writing path it is all the model is told);
 - its label is a contiguous part of the full form that neither starts nor ends with a function
-  word, a determiner or a quantifier ("another skier" -> "skier", "the ski lift" -> "ski lift").
-So the model only chooses among the caption's own phrases, at most `max_entities` of them, and
-ends with <end>. Text is normalised (lower case, single spaces) and matched case-insensitively.
+  word, a determiner or a quantity ("another skier" -> "skier", "ski lift" -> "ski lift").
+There is no cap on the number of entities of a caption unless `max_entities` sets one (the
+original had none; the demo caps it for speed), and the model ends its answer with <end>. Text
+is normalised (lower case, single spaces) and matched case-insensitively.
+
+The prompt is a text file (`groundflow.prompts.load_prompt(path, "cvc/entities",
+fields={"caption"})`; ours is src/groundflow/prompts/cvc/entities.txt); its `.version` is what
+the stage stores with its outputs. Two of the original's few-shot examples broke its own rules (a
+label that was not part of its full form; a noun taken from inside a phrase the rules exclude);
+every example of ours is a candidate line of its caption, as a unit test checks.
 
 The model is any `Generator`. One with the "lines" feature (the local HF text generator: token
 tries; an endpoint with guided decoding: a regular expression) is constrained to the candidate
-lines. One without it (an OpenAI-compatible endpoint without guided decoding) writes freely, and
-its lines are parsed and filtered to the caption's candidates: the same filter that guards the
-constrained path, now doing the work. `entity_decoding` names which of the two ran; the stage
-stores it with the outputs.
+lines. One without it (an OpenAI-compatible endpoint without guided decoding, as the original's
+Llama-2 ran) writes freely, and its lines are parsed and filtered to the caption's candidates: the
+same filter that guards the constrained path, now doing the work. `entity_decoding` names which of
+the two ran; the stage stores it with the outputs.
 
 Words are split by `groundflow.cvc.words`, the tokeniser the causality step uses to find the full
 form again in the caption, so every full form produced here is found there.
@@ -29,23 +48,57 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from groundflow.cvc.prompts import ENTITY_ASSISTANT_PREFIX, ENTITY_END, entity_messages
 from groundflow.cvc.words import word_tokenize
 from groundflow.generate.backends import ChatPrompt, Generator, LineChoices, SamplingParams
 from groundflow.io.stage import StageResult, rejects_frame
+from groundflow.prompts import PromptText, load_prompt
 
 log = logging.getLogger(__name__)
 
 STAGE = "entities"
 ARROW = " -> "
+PROMPT_NAME = "cvc/entities"
+PROMPT_FIELDS = frozenset({"caption"})
 
-DETERMINERS = frozenset(
+ENTITY_BEGIN = "<begin>"
+ENTITY_END = "<end>"
+# The answer is prefilled with the opening marker, so the model starts directly with line 1.
+ENTITY_ASSISTANT_PREFIX = f"{ENTITY_BEGIN}\n"
+
+ARTICLES = frozenset({"a", "an", "the"})
+# Quantities, and the collective nouns that measure out another noun ("a group of people" ->
+# "people", "a row of boats" -> "boats"): never the entity itself. ("lot" is not one: "parking lot".)
+QUANTITIES = frozenset(
     """
-    a an the this that these those another other others some any each every either neither no
+    one two three four five six seven eight nine ten eleven twelve twenty dozen dozens hundreds
+    thousands many much more most few fewer several some any both all half enough lots plenty
+    couple pair pairs group groups bunch number handful row rows stack stacks pile piles herd flock
+    variety assortment
+    """.split()
+)
+# Determiners that may lead a full form: the original keeps them ("another skier -> skier").
+OTHER_DETERMINERS = frozenset(
+    """
+    another other others this that these those each every either neither no
     my your his her its our their whose which what
-    many much more most few fewer several both all half enough lots lot plenty
-    one two three four five six seven eight nine ten eleven twelve dozen dozens hundreds
-    couple pair group bunch number
+    """.split()
+)
+DETERMINERS = ARTICLES | QUANTITIES | OTHER_DETERMINERS
+# Verb forms common in captions that are (almost) never nouns. Finite forms cannot be part of a
+# noun phrase at all; a participle can only lead one, as a modifier ("cutting board", "parked car").
+FINITE_VERBS = frozenset(
+    """
+    sits sit sat holds wears wore rode eats ate lays waits poses carries throws threw swung
+    prepares sleeps slept jumps smiles drank drove pulls pushes grazes leans hangs hung takes took
+    gets got goes went contains appears seems floats shines
+    """.split()
+)
+PARTICIPLES = frozenset(
+    """
+    sitting standing holding riding walking looking playing laying lying eating wearing carrying
+    posing watching waiting talking throwing swinging hitting catching flying preparing cutting
+    sleeping jumping running smiling reading drinking driving pulling pushing grazing resting
+    leaning hanging rowing floating shining parked
     """.split()
 )
 FUNCTION_WORDS = frozenset(
@@ -63,6 +116,9 @@ FUNCTION_WORDS = frozenset(
     's 're 've 'll 'd 'm n't '
     """.split()
 )
+
+# Function words after which a determiner starts a new phrase or clause, not a prepositional object.
+CLAUSE_LINKS = frozenset("and or but nor so yet as than if because while whilst where when who whom".split())
 
 _LINE = re.compile(r"^\s*\d+\s*\.\s*(?P<full>.*?)\s*->\s*(?P<label>.*?)\s*$")
 
@@ -89,32 +145,57 @@ def caption_word_spans(caption: str) -> list[tuple[str, int, int]]:
     return [(w.text, w.start, w.end) for w in word_tokenize(caption)]
 
 
+def _is_number(key: str) -> bool:
+    return key[:1].isdigit() and all(ch.isdigit() or ch in ".,:/" for ch in key)
+
+
+def _may_start_full_form(key: str) -> bool:
+    return key not in FUNCTION_WORDS and key not in ARTICLES and key not in QUANTITIES and not _is_number(key)
+
+
+def _may_end_phrase(key: str) -> bool:
+    """The last word of a full form or label: its head noun, so no function word, determiner or verb."""
+    return key not in FUNCTION_WORDS and key not in DETERMINERS and key not in FINITE_VERBS and key not in PARTICIPLES
+
+
+def _may_follow(previous: str, key: str) -> bool:
+    """Whether `key` may come right after `previous` inside a full form (a noun phrase)."""
+    if key in FINITE_VERBS or key in PARTICIPLES:
+        return False
+    if key in DETERMINERS or _is_number(key):
+        # "cup of the coffee"; after "and" it opens a second noun phrase ("cup and a plate": two
+        # entities), after any other word a verb's object ("row a boat")
+        return previous in FUNCTION_WORDS and previous not in CLAUSE_LINKS
+    return True
+
+
 def entity_candidates(caption: str, max_span_words: int) -> list[tuple[str, str]]:
     """Every allowed (full_form, label) pair of a caption, normalised, in caption order.
 
     Full forms are taken verbatim from the caption (from the first word's start to the last
-    word's end), so "the dog's bowl" keeps its apostrophe.
+    word's end), so "the dog's bowl" gives "dog's bowl" with its apostrophe.
     """
     tokens = caption_word_spans(caption)
     keys = [_key(t[0]) for t in tokens]
     words = [_is_word(t[0]) for t in tokens]
     pairs: dict[tuple[str, str], None] = {}
     for start in range(len(tokens)):
-        if not words[start] or keys[start] in FUNCTION_WORDS:
+        if not words[start] or not _may_start_full_form(keys[start]) or keys[start] in FINITE_VERBS:
             continue
         for stop in range(start + 1, min(start + max_span_words, len(tokens)) + 1):
             if not words[stop - 1]:
                 break  # punctuation ends every longer span too
-            last = keys[stop - 1]
-            if last in FUNCTION_WORDS or last in DETERMINERS:
+            if stop - 1 > start and not _may_follow(keys[stop - 2], keys[stop - 1]):
+                break  # a verb or a clause inside: every longer span holds it too
+            if not _may_end_phrase(keys[stop - 1]):
                 continue
             full = normalize_text(caption[tokens[start][1]:tokens[stop - 1][2]])
             for label_start in range(start, stop):
-                if keys[label_start] in FUNCTION_WORDS or keys[label_start] in DETERMINERS or keys[label_start].isdigit():
+                first = keys[label_start]
+                if first in FUNCTION_WORDS or first in DETERMINERS or _is_number(first):
                     continue
                 for label_stop in range(label_start + 1, stop + 1):
-                    tail = keys[label_stop - 1]
-                    if tail in FUNCTION_WORDS or tail in DETERMINERS:
+                    if not _may_end_phrase(keys[label_stop - 1]):
                         continue
                     label = normalize_text(caption[tokens[label_start][1]:tokens[label_stop - 1][2]])
                     pairs[(full, label)] = None
@@ -197,8 +278,21 @@ def entity_decoding(generator: Generator) -> str:
     return CONSTRAINED if "lines" in generator.features else FREE_FILTERED
 
 
-def entity_prompt(caption: str, pairs: Sequence[tuple[str, str]], *, max_entities: int, min_entities: int,
-                  constrained: bool) -> tuple[ChatPrompt, LineChoices]:
+def load_entity_prompt(path: str | None = None) -> PromptText:
+    """The entity prompt: a user's file (`cvc.entities.prompt`), or ours when `path` is None."""
+    return load_prompt(path, PROMPT_NAME, fields=PROMPT_FIELDS)
+
+
+def entity_messages(prompt: PromptText, caption: str) -> list[dict[str, str]]:
+    """Chat messages asking for the entities of one caption (answer prefilled separately).
+
+    The caption goes in on one line, as the prompt's examples quote theirs.
+    """
+    return [{"role": "user", "content": prompt.format(caption=" ".join(caption.split()))}]
+
+
+def entity_prompt(prompt: PromptText, caption: str, pairs: Sequence[tuple[str, str]], *,
+                  max_entities: int | None, min_entities: int, constrained: bool) -> tuple[ChatPrompt, LineChoices]:
     """The prompt of one caption, and the lines its answer may hold (attached when constrained)."""
     lines = LineChoices(
         allowed=tuple(format_entity_line(f, l) for f, l in pairs),
@@ -206,9 +300,9 @@ def entity_prompt(caption: str, pairs: Sequence[tuple[str, str]], *, max_entitie
         min_lines=min_entities,
         max_lines=max_entities,
     )
-    prompt = ChatPrompt(messages=entity_messages(caption), assistant_prefix=ENTITY_ASSISTANT_PREFIX,
-                        lines=lines if constrained else None)
-    return prompt, lines
+    chat = ChatPrompt(messages=entity_messages(prompt, caption), assistant_prefix=ENTITY_ASSISTANT_PREFIX,
+                      lines=lines if constrained else None)
+    return chat, lines
 
 
 def generate_entity_lines(
@@ -216,7 +310,8 @@ def generate_entity_lines(
     captions: Sequence[str],
     candidates: Sequence[Sequence[tuple[str, str]]],
     *,
-    max_entities: int,
+    prompt: PromptText,
+    max_entities: int | None,
     min_entities: int = 1,
     max_new_tokens: int | None = None,
 ) -> list[str]:
@@ -230,12 +325,13 @@ def generate_entity_lines(
         return []
     constrained = entity_decoding(generator) == CONSTRAINED
     built = [
-        entity_prompt(caption, pairs, max_entities=max_entities, min_entities=min_entities, constrained=constrained)
+        entity_prompt(prompt, caption, pairs, max_entities=max_entities, min_entities=min_entities,
+                      constrained=constrained)
         for caption, pairs in zip(captions, candidates)
     ]
     budget = max_new_tokens if max_new_tokens is not None else max(lines.byte_budget() for _, lines in built)
     params = SamplingParams(max_new_tokens=budget, n=1, do_sample=False)
-    outputs = generator.generate([prompt for prompt, _ in built], params)
+    outputs = generator.generate([chat for chat, _ in built], params)
     return [texts[0] for texts in outputs]
 
 
@@ -243,16 +339,20 @@ def extract_entities(
     captions_df: pd.DataFrame,
     generator: Generator,
     *,
-    max_entities: int,
     max_span_words: int,
+    max_entities: int | None = None,
+    prompt: PromptText | None = None,
     min_entities: int = 1,
     max_new_tokens: int | None = None,
 ) -> StageResult:
     """One row per (image, entity label) over the captions; captions yielding nothing are rejected.
 
     Image-level input columns (all but id and caption: image, image_id, width, height, ...) are
-    carried over from the image's first caption. `max_new_tokens` defaults to a bound that every
-    complete answer of allowed lines fits in.
+    carried over from the image's first caption. `max_entities` caps the entities of a caption
+    (None: no cap, as the original). `prompt` defaults to ours (`load_entity_prompt()`).
+    `max_new_tokens` defaults to a bound that every complete answer of allowed lines fits in; the
+    original stopped at 100 tokens, and a free-writing endpoint needs a bound that fits its
+    context window.
 
     `min_entities` lines are required before <end> may be written (when the caption has that
     many candidates): COCO-style captions always name something, and without this floor a weak
@@ -260,6 +360,7 @@ def extract_entities(
     caption is rejected when it has no candidate phrase at all (only function words or
     punctuation); set 0 to let the model decline.
     """
+    prompt = prompt if prompt is not None else load_entity_prompt()
     records = captions_df.reset_index(drop=True)
     caption_ids = [str(i) for i in records["id"]]
     captions = [c if isinstance(c, str) else "" for c in records["caption"]]
@@ -269,6 +370,7 @@ def extract_entities(
         generator,
         [captions[i] for i in runnable],
         [candidates[i] for i in runnable],
+        prompt=prompt,
         max_entities=max_entities,
         min_entities=min_entities,
         max_new_tokens=max_new_tokens,
