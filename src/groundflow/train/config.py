@@ -55,6 +55,10 @@ class SFTConfig:
     train_projector: bool = True
     train_language_model: bool = True  # False with lora=None: projector-only (LLaVA stage 1)
     group_by_length: bool = False
+    # LLaVA's grouping: image and text-only examples in separate megabatches, each sorted by
+    # estimated length (train.data.modality_length_grouped_indices)
+    group_by_modality_length: bool = False
+    dataloader_num_workers: int = 0  # processes that tokenise items and load images per rank
     chat_template: str | None = None  # None: the tokenizer's / processor's own
     # Hub id or folder of the tokenizer (and chat template) to train with, when it is not the
     # model's own (CINGS: the Instruct tokenizer on the base model); "": the model's.
@@ -79,6 +83,10 @@ class SFTConfig:
                 raise ValueError(f"unknown LoRA settings {unknown}")
             if not self.train_language_model:
                 raise ValueError("LoRA trains the language model; use lora: null with train_language_model: false")
+        if self.group_by_length and self.group_by_modality_length:
+            raise ValueError("group_by_length and group_by_modality_length are two batch orders; choose one")
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"dataloader_num_workers must be >= 0, not {self.dataloader_num_workers}")
         if self.bf16 not in (True, False, "auto"):
             raise ValueError(f"bf16 must be true, false or 'auto', not {self.bf16!r}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:

@@ -1,9 +1,21 @@
-"""Training data of the SFT trainer: records -> tokenised, masked examples (with a reason for
-each record left out), the dataset and the collator that pads batches and loads images."""
+"""Training data of the SFT trainer: records -> tokenised, masked examples, the dataset that
+tokenises them lazily, the length estimates the modality-grouped sampler orders them by, and the
+collator that pads batches and loads images.
+
+A record's structure is checked once, up front and cheaply (no tokenisation): a record that fails
+is skipped with its id and reason. Tokenisation happens per item, in `__getitem__` (in the
+dataloader's workers), so a job over LLaVA's 665k records starts at once on every rank. A record
+that fails only when tokenised (a mask the function refuses, image tokens that do not match its
+image, no supervised token left within max_length) is trained on fully masked, as LLaVA masks a
+conversation whose tokenisation does not match: the item becomes a one-token row with no label and
+no image, which adds nothing to the loss, and it is logged and carried through the batch so that
+the trainer names it (`masked` in train_summary.json). It never stops the job and never vanishes.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +35,11 @@ from groundflow.train.conversations import (
 )
 from groundflow.vision.image_io import ImageError, load_rgb
 
+log = logging.getLogger(__name__)
+
+# The batch key that carries the ids and reasons of items trained fully masked (a list, not a tensor).
+MASKED_KEY = "masked"
+
 
 @dataclass
 class TrainExample:
@@ -30,6 +47,71 @@ class TrainExample:
     input_ids: list[int]
     labels: list[int]
     image: str | None = None
+
+
+class ExampleError(ValueError):
+    """A record that cannot be trained on; the message names the record and the reason."""
+
+
+def is_pretokenized(record: dict) -> bool:
+    return record.get("input_ids") is not None and record.get("labels") is not None
+
+
+def record_id(record: dict, index: int) -> str:
+    return str(record.get("id", index))
+
+
+def structure_problem(record: dict, record_id: str, *, root: Path | None, is_llava: bool) -> str | None:
+    """Why a record cannot be trained on, from its structure and files alone; None when it can."""
+    conversation = record.get("conversations")
+    if not is_pretokenized(record) and (not isinstance(conversation, list) or not conversation):
+        return f"record {record_id} has no conversations"
+    image = record.get("image")
+    if image and not is_llava:
+        return f"record {record_id} has image {image!r} but the model is text-only"
+    if image:
+        if root is None:
+            return f"record {record_id} has image {image!r} but no image_root was given"
+        if not (root / image).is_file():
+            return f"record {record_id}: missing image file {root / image}"
+    return None
+
+
+class RecordEncoder:
+    """Tokenises and masks one record (or takes its ahead-tokenised ids) and checks the result."""
+
+    def __init__(self, tokenizer_or_processor, mask_fn: LossMaskFn, *, max_length: int, is_llava: bool):
+        self.processing = tokenizer_or_processor
+        self.mask_fn = mask_fn
+        self.max_length = max_length
+        self.image_token_id = None
+        self.tokens_per_image = 0
+        if is_llava:
+            tok = text_tokenizer(tokenizer_or_processor)
+            self.image_token_id = tok.convert_tokens_to_ids(tokenizer_or_processor.image_token)
+            self.tokens_per_image = num_image_tokens(tokenizer_or_processor)
+
+    def __call__(self, record: dict, record_id: str) -> TrainExample:
+        image = record.get("image") or None
+        try:
+            if is_pretokenized(record):
+                input_ids = [int(token) for token in record["input_ids"]]
+                labels = [int(label) for label in record["labels"]]
+            else:
+                input_ids, labels = self.mask_fn(record["conversations"], self.processing)
+            input_ids, labels = truncate_example(input_ids, labels, self.max_length, image_token_id=self.image_token_id)
+        except (ConversationError, ValueError) as error:
+            raise ExampleError(f"record {record_id}: {error}") from None
+        if self.image_token_id is not None:
+            found = sum(1 for t in input_ids if t == self.image_token_id)
+            expected = self.tokens_per_image if image else 0
+            if found != expected:
+                raise ExampleError(
+                    f"record {record_id} has {found} image tokens, expected {expected} for {1 if image else 0} image(s)"
+                )
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            raise ExampleError(f"record {record_id} has no supervised token within max_length {self.max_length}")
+        return TrainExample(record_id, list(input_ids), list(labels), image)
 
 
 def build_examples(
@@ -41,7 +123,9 @@ def build_examples(
     image_root: str | os.PathLike | None,
     is_llava: bool,
 ) -> tuple[list[TrainExample], list[dict]]:
-    """Tokenise and mask every record once; (examples, skipped) where each skipped record has a reason.
+    """Tokenise and mask every record at once; (examples, skipped) where each skipped record has a
+    reason. The eager form of `LazyExampleDataset` (same checks, same examples), for small sets
+    and for comparing against it.
 
     A record is skipped, never silently dropped, when it has no conversation, an image that a
     text-only model cannot take or that is missing, labels the mask function refuses, an image
@@ -50,77 +134,94 @@ def build_examples(
     A record that carries `input_ids` and `labels` was tokenised ahead (a tokenisation cache, e.g.
     CINGS's per-mode tables): it is taken as it is, with the same checks and truncation.
     """
-    image_token_id = None
-    tokens_per_image = 0
-    if is_llava:
-        tok = text_tokenizer(tokenizer_or_processor)
-        image_token_id = tok.convert_tokens_to_ids(tokenizer_or_processor.image_token)
-        tokens_per_image = num_image_tokens(tokenizer_or_processor)
     root = Path(image_root) if image_root is not None else None
-
+    encode = RecordEncoder(tokenizer_or_processor, mask_fn, max_length=max_length, is_llava=is_llava)
     examples, skipped = [], []
     for index, record in enumerate(records):
-        record_id = str(record.get("id", index))
-
-        def skip(reason: str) -> None:
-            skipped.append({"id": record_id, "reason": reason})
-
-        conversation = record.get("conversations")
-        pretokenized = record.get("input_ids") is not None and record.get("labels") is not None
-        if not pretokenized and (not isinstance(conversation, list) or not conversation):
-            skip(f"record {record_id} has no conversations")
-            continue
-        image = record.get("image")
-        if image and not is_llava:
-            skip(f"record {record_id} has image {image!r} but the model is text-only")
-            continue
-        if image:
-            if root is None:
-                skip(f"record {record_id} has image {image!r} but no image_root was given")
+        rid = record_id(record, index)
+        problem = structure_problem(record, rid, root=root, is_llava=is_llava)
+        if problem is None:
+            try:
+                examples.append(encode(record, rid))
                 continue
-            if not (root / image).is_file():
-                skip(f"record {record_id}: missing image file {root / image}")
-                continue
-        try:
-            if pretokenized:
-                input_ids = [int(token) for token in record["input_ids"]]
-                labels = [int(label) for label in record["labels"]]
-            else:
-                input_ids, labels = mask_fn(conversation, tokenizer_or_processor)
-            input_ids, labels = truncate_example(input_ids, labels, max_length, image_token_id=image_token_id)
-        except (ConversationError, ValueError) as error:
-            skip(f"record {record_id}: {error}")
-            continue
-        if image_token_id is not None:
-            found = sum(1 for t in input_ids if t == image_token_id)
-            expected = tokens_per_image if image else 0
-            if found != expected:
-                skip(f"record {record_id} has {found} image tokens, expected {expected} for {1 if image else 0} image(s)")
-                continue
-        if all(label == IGNORE_INDEX for label in labels[1:]):
-            skip(f"record {record_id} has no supervised token within max_length {max_length}")
-            continue
-        examples.append(TrainExample(record_id, list(input_ids), list(labels), image or None))
+            except ExampleError as error:
+                problem = str(error)
+        skipped.append({"id": rid, "reason": problem})
     return examples, skipped
 
 
-class ExampleDataset(Dataset):
-    def __init__(self, examples: Sequence[TrainExample]):
-        self.examples = list(examples)
+def estimated_length(record: dict, tokens_per_image: int) -> int:
+    """An example's length without tokenising it, as LLaVA estimates it for grouping: the words of
+    its conversation plus the image's tokens (ahead-tokenised records: their ids)."""
+    if is_pretokenized(record):
+        return len(record["input_ids"])
+    words = sum(len(str(turn.get("value", "")).split()) for turn in record["conversations"] if isinstance(turn, dict))
+    return words + (tokens_per_image if record.get("image") else 0)
+
+
+class LazyExampleDataset(Dataset):
+    """The records that pass the structural checks, tokenised one item at a time.
+
+    `skipped` holds the records refused up front ({id, reason}); `lengths` and `has_image` are the
+    per-item estimates the modality-grouped sampler orders by. Ahead-tokenised records are checked
+    in full up front, since that costs no tokenisation.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[dict],
+        tokenizer_or_processor,
+        mask_fn: LossMaskFn,
+        *,
+        max_length: int,
+        image_root: str | os.PathLike | None,
+        is_llava: bool,
+    ):
+        root = Path(image_root) if image_root is not None else None
+        self.encode = RecordEncoder(tokenizer_or_processor, mask_fn, max_length=max_length, is_llava=is_llava)
+        tok = text_tokenizer(tokenizer_or_processor)
+        # A masked item's one token: any real id works, since its label is ignored and its row is
+        # attended to alone.
+        self.filler_token_id = next(t for t in (tok.pad_token_id, tok.eos_token_id, 0) if t is not None)
+        self.records: list[dict] = []
+        self.ids: list[str] = []
+        self.skipped: list[dict] = []
+        for index, record in enumerate(records):
+            rid = record_id(record, index)
+            problem = structure_problem(record, rid, root=root, is_llava=is_llava)
+            if problem is None and is_pretokenized(record):
+                try:
+                    self.encode(record, rid)
+                except ExampleError as error:
+                    problem = str(error)
+            if problem is not None:
+                self.skipped.append({"id": rid, "reason": problem})
+                continue
+            self.records.append(record)
+            self.ids.append(rid)
+        self.lengths = [estimated_length(r, self.encode.tokens_per_image) for r in self.records]
+        self.has_image = [bool(r.get("image")) for r in self.records]
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        example = self.examples[index]
-        return {"input_ids": example.input_ids, "labels": example.labels, "image": example.image, "id": example.id}
+        rid = self.ids[index]
+        try:
+            example = self.encode(self.records[index], rid)
+        except ExampleError as error:
+            log.warning("trained fully masked (no loss): %s", error)
+            return {"input_ids": [self.filler_token_id], "labels": [IGNORE_INDEX], "image": None, "id": rid,
+                    MASKED_KEY: str(error)}
+        return {"input_ids": example.input_ids, "labels": example.labels, "image": example.image, "id": rid}
 
 
 class SFTCollator:
     """Right-pads a batch; the attention mask comes from each row's length and padded labels are
     IGNORE_INDEX, so no token id (0 included) is ever taken for padding. For a LLaVA, the batch's
     images are loaded, padded to a square and processed together into `pixel_values` (one row per
-    record with an image, in batch order, which is the order the model fills image tokens)."""
+    record with an image, in batch order, which is the order the model fills image tokens). Items
+    trained fully masked are listed under MASKED_KEY ({id, reason}), for the trainer to record."""
 
     def __init__(self, pad_token_id: int, *, processor=None, image_root: str | os.PathLike | None = None):
         if pad_token_id is None:
@@ -140,6 +241,9 @@ class SFTCollator:
             labels[row, :length] = torch.as_tensor(feature["labels"], dtype=torch.long)
             attention_mask[row, :length] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        masked = [{"id": f["id"], "reason": f[MASKED_KEY]} for f in features if f.get(MASKED_KEY)]
+        if masked:
+            batch[MASKED_KEY] = masked
         images = [f.get("image") for f in features if f.get("image")]
         if images:
             if self.processor is None:
@@ -152,6 +256,64 @@ class SFTCollator:
                     raise ImageError(f"training image {name}: {error}") from None
             batch["pixel_values"] = self.processor.image_processor(images=pictures, return_tensors="pt")["pixel_values"]
         return batch
+
+
+def modality_length_grouped_indices(
+    lengths: Sequence[int], has_image: Sequence[bool], megabatch_size: int, generator: torch.Generator
+) -> list[int]:
+    """An epoch's order in which image and text-only examples fill separate megabatches, each
+    megabatch sorted longest first, as LLaVA's `group_by_modality_length` orders them.
+
+    Each modality is shuffled and cut into megabatches of `megabatch_size` (LLaVA: processes x
+    per-device batch x accumulation, so every process's accumulated batch comes from one
+    megabatch); the whole megabatches of both are shuffled together, the megabatch holding the
+    longest example first so that running out of memory shows at the first step. Each modality's
+    last, partial megabatch goes at the end, text-only then image, and stays unmixed: only the
+    device batch that spans the boundary between the two can hold both, where LLaVA merges the two
+    remainders into one mixed megabatch.
+    """
+    if len(lengths) != len(has_image):
+        raise ValueError(f"{len(lengths)} lengths for {len(has_image)} modality flags")
+    if megabatch_size < 1:
+        raise ValueError(f"megabatch_size must be >= 1, not {megabatch_size}")
+    whole, remainders = [], []
+    for modality in (False, True):
+        members = torch.tensor([i for i, flag in enumerate(has_image) if bool(flag) == modality], dtype=torch.long)
+        shuffled = members[torch.randperm(len(members), generator=generator)].tolist()
+        chunks = [shuffled[i : i + megabatch_size] for i in range(0, len(shuffled), megabatch_size)]
+        chunks = [sorted(chunk, key=lambda i: lengths[i], reverse=True) for chunk in chunks]
+        if chunks and len(chunks[-1]) < megabatch_size:
+            remainders.append(chunks.pop())
+        whole.extend(chunks)
+    whole = [whole[i] for i in torch.randperm(len(whole), generator=generator).tolist()]
+    if whole:
+        longest = max(range(len(whole)), key=lambda m: lengths[whole[m][0]])
+        whole[0], whole[longest] = whole[longest], whole[0]
+    return [i for megabatch in whole + remainders for i in megabatch]
+
+
+class ModalityLengthGroupedSampler(torch.utils.data.Sampler):
+    """`modality_length_grouped_indices` over a dataset's estimated lengths, reshuffled every epoch
+    from (seed, epoch), so a resumed run replays the interrupted epoch's order and skips exactly
+    the batches it had trained on. Under several processes accelerate deals the batches out in
+    turn, so each process's accumulated batch lies within one megabatch."""
+
+    def __init__(self, lengths: Sequence[int], has_image: Sequence[bool], *, megabatch_size: int, seed: int):
+        self.lengths = list(lengths)
+        self.has_image = [bool(flag) for flag in has_image]
+        self.megabatch_size = int(megabatch_size)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(modality_length_grouped_indices(self.lengths, self.has_image, self.megabatch_size, generator))
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:

@@ -28,13 +28,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from accelerate.utils import gather_object
 from transformers import set_seed
 
 from groundflow.io.artifacts import atomic_write_json
 from groundflow.models.spec import ModelSpec
 from groundflow.train.config import SFTConfig, load_config_file
 from groundflow.train.conversations import LossMaskFn, assistant_mask_fn, text_tokenizer
-from groundflow.train.data import ExampleDataset, SFTCollator, build_examples, read_records
+from groundflow.train.data import LazyExampleDataset, SFTCollator, read_records
 from groundflow.train.model_prep import LLAVA_MODEL_TYPES, load_for_training, model_type_of, prepare_model, resolve_bf16
 from groundflow.train.trainer import SFTTrainer, save_final_model, tensorboard_callback, train_resuming, training_arguments
 
@@ -75,12 +76,13 @@ def train_sft(
     set_seed(config.seed)  # LoRA initialisation is random
     model, processing, is_llava = load_for_training(spec, use_bf16=use_bf16, tokenizer=config.tokenizer)
     mask_fn = mask_fn or assistant_mask_fn(chat_template=config.chat_template, max_length=config.max_length)
-    examples, skipped = build_examples(
+    dataset = LazyExampleDataset(
         records, processing, mask_fn, max_length=config.max_length, image_root=image_root, is_llava=is_llava
     )
+    skipped = dataset.skipped
     for item in skipped:
         log.warning("not trained on: %s", item["reason"])
-    if not examples:
+    if not len(dataset):
         raise ValueError(f"none of the {len(records)} records can be trained on; first reason: {skipped[0]['reason'] if skipped else '-'}")
     model = prepare_model(model, config, is_llava=is_llava)
 
@@ -93,7 +95,7 @@ def train_sft(
         sft_config=config,
         model=model,
         args=args,
-        train_dataset=ExampleDataset(examples),
+        train_dataset=dataset,
         data_collator=collator,
         processing_class=processing,
         callbacks=callbacks,
@@ -101,6 +103,7 @@ def train_sft(
     result, last_checkpoint = train_resuming(trainer, checkpoints_dir, resume=resume)
 
     save_final_model(trainer, config, spec, processing, is_llava=is_llava, out_dir=out_dir, use_bf16=use_bf16)
+    masked = first_per_id(gather_object(trainer.masked_examples))  # every process's, once per record
 
     if trainer.is_world_process_zero():
         state = trainer.state
@@ -127,8 +130,10 @@ def train_sft(
                 "train_seconds": round(float(result.metrics.get("train_runtime", 0.0)), 3),
                 "resumed_from": last_checkpoint,
                 "records": len(records),
-                "examples": len(examples),
+                "examples": len(dataset),
                 "skipped": skipped,
+                # examples that failed only when tokenised, trained fully masked (no loss; train.data)
+                "masked": masked,
                 "trainable_parameters": int(trainable),
                 "parameters": int(total),
                 "bf16": use_bf16,
@@ -137,6 +142,13 @@ def train_sft(
         )
     trainer.accelerator.wait_for_everyone()
     return model_dir
+
+
+def first_per_id(items: Sequence[dict]) -> list[dict]:
+    seen: dict[str, dict] = {}
+    for item in items:
+        seen.setdefault(item["id"], item)
+    return list(seen.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """The `transformers.Trainer` of the SFT trainer: its loss (summed token cross-entropy over the
-labelled tokens), the `epoch_step` schedule, its TrainingArguments and TensorBoard callback, and
+labelled tokens), the `epoch_step` schedule, the batch order (LLaVA's grouping by modality and
+length, or by length from estimated lengths), its TrainingArguments and TensorBoard callback, and
 saving the final model from every process."""
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerState, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import TrainOutput
 
 from groundflow.models.spec import ModelSpec, resolve_dtype
 from groundflow.train.config import EPOCH_STEP, EPOCH_STEP_GAMMA, SFTConfig, epoch_step_factor
 from groundflow.train.conversations import IGNORE_INDEX
+from groundflow.train.data import MASKED_KEY, ModalityLengthGroupedSampler
 from groundflow.train.checkpoints import TRAINER_STATE, checkpoint_step, last_complete_checkpoint
 from groundflow.train.model_prep import merge_lora_checkpoint
 
@@ -50,6 +53,26 @@ class SFTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.sft_config = sft_config
         self.update_steps_per_epoch: int | None = None
+        # {id, reason} of the items this process trained fully masked (data.LazyExampleDataset)
+        self.masked_examples: list[dict] = []
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        config = self.sft_config
+        if config is not None and config.group_by_modality_length:
+            if not hasattr(dataset, "has_image"):
+                raise TypeError(f"group_by_modality_length needs a dataset with estimated lengths, not {type(dataset).__name__}")
+            accumulated = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return ModalityLengthGroupedSampler(
+                dataset.lengths, dataset.has_image, megabatch_size=accumulated * self.args.world_size,
+                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            )
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            # transformers would measure each item's length by loading it: every record tokenised up front
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=list(dataset.lengths)
+            )
+        return super()._get_train_sampler(train_dataset)
 
     def set_initial_training_values(self, *args, **kwargs):
         values = super().set_initial_training_values(*args, **kwargs)
@@ -70,10 +93,13 @@ class SFTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        self.masked_examples.extend(inputs.pop(MASKED_KEY, []))
         outputs = model(**inputs, use_cache=False)
         loss_sum, count = causal_lm_loss_sum(outputs.logits, labels)
         if num_items_in_batch is not None:
-            loss = loss_sum / num_items_in_batch
+            # an accumulated batch of fully masked items only has no labelled token: loss 0, not 0/0
+            divisor = num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch) else max(num_items_in_batch, 1)
+            loss = loss_sum / divisor
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 # DDP averages gradients over processes while the divisor counted all of them.
                 loss = loss * self.accelerator.num_processes
@@ -152,9 +178,10 @@ def training_arguments(config: SFTConfig, out_dir: Path, *, use_bf16: bool, use_
         report_to=report_to,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
+        # group_by_modality_length is SFTTrainer._get_train_sampler's, in place of "random"
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         ddp_find_unused_parameters=find_unused,
-        dataloader_num_workers=0,
+        dataloader_num_workers=config.dataloader_num_workers,
         disable_tqdm=True,
     )
 
