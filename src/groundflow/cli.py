@@ -1,4 +1,4 @@
-"""The `groundflow` command: set up a run folder, build tiny models, inspect results."""
+"""The `groundflow` command: set up a run folder, build tiny models, check a plan's GPU memory, inspect results."""
 
 from __future__ import annotations
 
@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("id", help="any record id: caption, image, entity, hybrid record, CINGS record, eval question")
     trace.add_argument("results_dir", nargs="?", default="results")
     trace.add_argument("--json", action="store_true", help="the trace as JSON instead of a text tree")
+    preflight = sub.add_parser("preflight", help="will every model job of a config fit its GPU? (estimates from config.json)")
+    preflight.add_argument("config", help="a preset (configs/cvc-paper.yaml) or a run folder's config.yaml")
+    preflight.add_argument("--directory", default=".",
+                           help="the run folder, where relative model and launch-file paths are read (default: here)")
     args = parser.parse_args(argv)
 
     if args.command == "init":
@@ -103,7 +107,19 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     elif args.command == "trace":
         return trace_command(args.id, args.results_dir, as_json=args.json)
+    elif args.command == "preflight":
+        return preflight_command(args.config, args.directory)
     return 0
+
+
+def preflight_command(config_path: str, run_dir: str = ".") -> int:
+    from groundflow.preflight import preflight
+
+    table, failures = preflight(config_path, run_dir)
+    print(table)
+    for failure in failures:
+        print(f"groundflow preflight: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def trace_command(record_id: str, results_dir: str, *, as_json: bool = False) -> int:
