@@ -92,7 +92,7 @@ def test_make_generator_loads_a_real_llava_and_describes_it(vision, llava_dir):
     assert type(vision.model).__name__ == "LlavaForConditionalGeneration"
     assert vision.describe() == {
         "backend": "hf", "kind": "vision", "model": str(llava_dir), "dtype": "torch.float32",
-        "device": "cpu", "batch_size": 4, "pad_square": True,
+        "device": "cpu", "batch_size": 4, "pad_square": True, "conversation_format": "model",
     }
 
 

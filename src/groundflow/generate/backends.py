@@ -304,11 +304,16 @@ class HFVisionGenerator:
 
     features: frozenset[str] = frozenset()
 
-    def __init__(self, model, processor, *, batch_size: int = 8, pad_square: bool = True):
+    def __init__(self, model, processor, *, batch_size: int = 8, pad_square: bool = True,
+                 conversation_format: str = "model"):
+        from groundflow.train.chat_formats import chat_template_for
+
+        chat_template_for(conversation_format)  # an unknown name fails here, not at the first batch
         self.model = model
         self.processor = processor
         self.batch_size = batch_size
         self.pad_square = pad_square
+        self.conversation_format = conversation_format
 
     def generate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]:
         from groundflow.generate.vision import generate_vision_texts, render_vision_prompts
@@ -319,6 +324,7 @@ class HFVisionGenerator:
             [p.messages for p in prompts],
             [p.image is not None for p in prompts],
             [p.assistant_prefix for p in prompts],
+            conversation_format=self.conversation_format,
         )
         return _greedy_once(
             lambda n: generate_vision_texts(
@@ -344,7 +350,8 @@ class HFVisionGenerator:
         raise UnsupportedFeatureError("the HF vision generator does not score choices; use the 'hf' text generator")
 
     def describe(self) -> dict:
-        return {**_model_description(self.model, "hf", "vision", self.batch_size), "pad_square": self.pad_square}
+        return {**_model_description(self.model, "hf", "vision", self.batch_size), "pad_square": self.pad_square,
+                "conversation_format": self.conversation_format}
 
 
 GENERATOR_SPEC_KEYS = frozenset(
@@ -362,6 +369,7 @@ GENERATOR_SPEC_KEYS = frozenset(
         "backoff_s",
         "guided_decoding",
         "serve",
+        "conversation_format",
     }
 )
 
@@ -371,6 +379,8 @@ def _build_generator(spec: dict, kind: str) -> Generator:
     if unknown:
         raise ValueError(f"generator spec has unknown keys {sorted(unknown)}; known: {sorted(GENERATOR_SPEC_KEYS)}")
     backend = spec.get("backend", "hf")
+    if kind == "text" and spec.get("conversation_format", "model") != "model":
+        raise ValueError("conversation_format applies to vision generation; text generation uses the model's template")
     if backend == "hf":
         from groundflow.models.spec import ModelSpec
 
@@ -388,7 +398,8 @@ def _build_generator(spec: dict, kind: str) -> Generator:
         from groundflow.models.llava import load_llava
 
         model, processor = load_llava(model_spec)
-        return HFVisionGenerator(model, processor, batch_size=batch_size, pad_square=bool(spec.get("pad_square", True)))
+        return HFVisionGenerator(model, processor, batch_size=batch_size, pad_square=bool(spec.get("pad_square", True)),
+                                 conversation_format=spec.get("conversation_format", "model"))
     if backend == "openai":
         from groundflow.generate.openai_compat import OpenAICompatibleGenerator
 
@@ -406,6 +417,12 @@ def _build_generator(spec: dict, kind: str) -> Generator:
                         "guided_decoding")
             if key in spec
         }
+        from groundflow.train.chat_formats import chat_template_for
+
+        # the server renders the messages: a format other than the model's own goes as its template
+        chat_template = chat_template_for(spec.get("conversation_format", "model"))
+        if chat_template is not None:
+            options["chat_template"] = chat_template
         return OpenAICompatibleGenerator(base_url=spec["base_url"], model=served_model, **options)
     raise ValueError(f"unknown generator backend {backend!r}; one of 'hf', 'openai'")
 
@@ -418,7 +435,8 @@ def open_generator(spec: dict, *, kind: Literal["text", "vision"],
     spec = {"backend": "hf" | "openai", "model": {path, dtype, device}, "batch_size": int,
             "base_url": str, "served_model": str, "api_key_env": str, "max_concurrency": int,
             "timeout_s": float, "max_retries": int, "guided_decoding": None | "structured_outputs"
-            | "guided", "serve": None | {command, args, port, startup_timeout_s, stop_timeout_s, log}}
+            | "guided", "serve": None | {command, args, port, startup_timeout_s, stop_timeout_s, log},
+            "conversation_format": "model" | a name of groundflow.train.chat_formats (vision only)}
     "hf" loads the model once (a causal LM for kind "text", a LLaVA for "vision"). "openai" talks to
     `base_url`; the served model name defaults to the model's path, as `vllm serve PATH` names it.
     With `serve`, `vllm serve` (or the configured command) is started for the block and stopped

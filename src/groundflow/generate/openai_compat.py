@@ -184,7 +184,8 @@ def guided_fields(prompt: ChatPrompt, mode: str | None) -> dict:
 
 
 def request_arguments(messages: list[dict], params: SamplingParams, *, model: str, n: int, seed: int,
-                      continue_final_message: bool, guided: dict | None = None) -> dict:
+                      continue_final_message: bool, guided: dict | None = None,
+                      chat_template: str | None = None) -> dict:
     """Keyword arguments of chat.completions.create: every sampling parameter stated explicitly."""
     arguments: dict = {
         "model": model,
@@ -200,6 +201,8 @@ def request_arguments(messages: list[dict], params: SamplingParams, *, model: st
     extra = dict(guided or {})
     if continue_final_message:
         extra.update({"continue_final_message": True, "add_generation_prompt": False})
+    if chat_template is not None:
+        extra["chat_template"] = chat_template
     if extra:
         arguments["extra_body"] = extra
     return arguments
@@ -233,6 +236,7 @@ class OpenAICompatibleGenerator:
         backoff_s: float = 0.5,
         pad_square: bool = True,
         guided_decoding: str | None = None,
+        chat_template: str | None = None,
     ):
         if guided_decoding not in GUIDED_DECODING:
             raise ValueError(f"guided_decoding must be one of {GUIDED_DECODING}, not {guided_decoding!r}")
@@ -259,6 +263,9 @@ class OpenAICompatibleGenerator:
         self.backoff_s = float(backoff_s)
         self.pad_square = pad_square
         self.guided_decoding = guided_decoding
+        # None: the server's own template; else sent with every request (vLLM >= 0.10.2 only
+        # accepts it when started with --trust-request-chat-template)
+        self.chat_template = chat_template
         self.features = frozenset({"choices", "lines"}) if guided_decoding else frozenset()
         self._jitter = random.Random()
         # A seam for tests: they check the back-off delays without waiting them out.
@@ -336,7 +343,8 @@ class OpenAICompatibleGenerator:
             guided = guided_fields(prompt, self.guided_decoding)
             if not params.do_sample:
                 arguments = request_arguments(messages, params, model=self.model, n=1, seed=params.seed,
-                                              continue_final_message=continue_final, guided=guided)
+                                              continue_final_message=continue_final, guided=guided,
+                                              chat_template=self.chat_template)
                 texts = await self._request(client, index, arguments)
                 return [cut_at_stop_strings(texts[0], params.stop)] * params.n
             collected: list[str] = []
@@ -346,7 +354,8 @@ class OpenAICompatibleGenerator:
                 # A top-up request gets its own seed, or a seeded server would repeat the first samples.
                 arguments = request_arguments(messages, params, model=self.model, n=wanted,
                                               seed=params.seed + request_number,
-                                              continue_final_message=continue_final, guided=guided)
+                                              continue_final_message=continue_final, guided=guided,
+                                              chat_template=self.chat_template)
                 texts = await self._request(client, index, arguments)
                 collected.extend(cut_at_stop_strings(text, params.stop) for text in texts[:wanted])
                 request_number += 1

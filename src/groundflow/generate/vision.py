@@ -8,6 +8,10 @@ One more rule is particular to LLaVA-1.5: it trains on images padded to a square
 colour, while the HF processor resizes and centre-crops, which can cut an object near the border
 (an occluded entity, say) out of the picture. Images are therefore padded to square before the
 processor sees them, as training did.
+
+Prompts are rendered in a named conversation format (groundflow.train.chat_formats), the same
+registry training renders with, so sampling can use the layout a model was trained in rather than
+whatever its processor ships.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from groundflow.generate.text import (
     stop_token_ids,
 )
 from groundflow.models.llava import CLIP_IMAGE_MEAN, IMAGE_TOKEN, mean_fill, pad_to_square
+from groundflow.train.chat_formats import MODEL_FORMAT, chat_template_for
 
 Message = dict[str, str]
 
@@ -58,10 +63,13 @@ def render_vision_prompts(
     messages_list: Sequence[Sequence[Message]],
     with_images: Sequence[bool],
     assistant_prefixes: Sequence[str] | None = None,
+    *,
+    conversation_format: str = MODEL_FORMAT,
 ) -> list[str]:
-    """Prompt strings through the processor's chat template, ending inside the assistant's turn.
+    """Prompt strings in `conversation_format`, ending inside the assistant's turn.
 
-    A non-empty assistant prefix is rendered as the start of the assistant's message (the
+    `conversation_format` names a format of `groundflow.train.chat_formats` (the one training
+    renders with), "model" being the processor's own chat template. A non-empty assistant prefix is rendered as the start of the assistant's message (the
     template's own spacing, e.g. "ASSISTANT: The answer is"), the way vLLM's
     `continue_final_message` renders it, so both backends see the same prompt.
     """
@@ -70,16 +78,18 @@ def render_vision_prompts(
         raise ValueError(
             f"{len(messages_list)} message lists, {len(with_images)} image flags, {len(prefixes)} prefixes"
         )
+    template = chat_template_for(conversation_format)
+    options = {} if template is None else {"chat_template": template}
     rendered = []
     for messages, with_image, prefix in zip(messages_list, with_images, prefixes):
         conversation = content_part_messages(messages, with_image)
         if prefix:
             conversation.append({"role": "assistant", "content": [{"type": "text", "text": prefix}]})
             text = processor.apply_chat_template(
-                conversation, tokenize=False, add_generation_prompt=False, continue_final_message=True
+                conversation, tokenize=False, add_generation_prompt=False, continue_final_message=True, **options
             )
         else:
-            text = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            text = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **options)
         rendered.append(text)
     return rendered
 

@@ -5,6 +5,10 @@ saves a real LlavaForConditionalGeneration (CLIP vision tower, MLP projector, Ll
 and a LlavaProcessor with LLaVA-1.5's chat template, so the demo runs the same loading,
 prompting and generation code as the real model.
 
+`compose_llava` joins a language model, a CLIP vision tower and an `mlp2x_gelu` projector (random,
+or the original release's `mm_projector.bin`) into that HF format: CINGS' base, and CVC's
+LLaVA-1.5 stage-1 state (Vicuna-7B-v1.5 + CLIP ViT-L/14-336 + the pretrained projector).
+
 LLaVA-1.5 trains on images padded to a square with the CLIP mean colour, while the HF processor
 resizes and centre-crops: an object near the border (e.g. an occluded entity) can be cropped out.
 Callers pad with `pad_to_square` before handing images to the processor.
@@ -238,24 +242,110 @@ def build_tiny_clip_vision(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     return out_dir
 
 
+# The keys of LLaVA-1.5's stage-1 `mm_projector.bin` (`mlp2x_gelu`: Linear, GELU, Linear) and the
+# HF LlavaMultiModalProjector's names for them.
+PROJECTOR_KEYS = {
+    "model.mm_projector.0.weight": "linear_1.weight",
+    "model.mm_projector.0.bias": "linear_1.bias",
+    "model.mm_projector.2.weight": "linear_2.weight",
+    "model.mm_projector.2.bias": "linear_2.bias",
+}
+
+
+class ProjectorFileError(ValueError):
+    """A projector file that cannot join this LM and vision tower; str(error) names file and key."""
+
+
+def load_projector_state(path: str | os.PathLike, *, vision_hidden_size: int, text_hidden_size: int) -> dict:
+    """The `mlp2x_gelu` projector weights of an original LLaVA release file, under the HF names.
+
+    `path` is a torch state dict (`mm_projector.bin`, read with `weights_only=True`: a file that
+    needs unpickling of arbitrary objects is refused, never executed) or a `.safetensors` file. Keys
+    and shapes are checked against the vision tower's hidden size (the projector's input) and the
+    LM's (its output); a mismatch is refused naming the file and the key.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ProjectorFileError(f"{path}: no projector file there")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ProjectorFileError(
+                f"{path}: refused, it is not a plain tensor state dict (weights_only load failed: {error})"
+            ) from error
+    if not isinstance(state, dict):
+        raise ProjectorFileError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    unknown = sorted(set(state) - set(PROJECTOR_KEYS))
+    if unknown:
+        raise ProjectorFileError(f"{path}: key {unknown[0]!r} is not an mlp2x_gelu projector key {sorted(PROJECTOR_KEYS)}")
+    expected = {
+        "model.mm_projector.0.weight": (text_hidden_size, vision_hidden_size),
+        "model.mm_projector.0.bias": (text_hidden_size,),
+        "model.mm_projector.2.weight": (text_hidden_size, text_hidden_size),
+        "model.mm_projector.2.bias": (text_hidden_size,),
+    }
+    for key, shape in expected.items():
+        if key not in state:
+            raise ProjectorFileError(f"{path}: key {key!r} is missing")
+        tensor = state[key]
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+            found = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ProjectorFileError(
+                f"{path}: key {key!r} has shape {found}, expected {shape} "
+                f"(vision hidden size {vision_hidden_size}, LM hidden size {text_hidden_size})"
+            )
+    return {PROJECTOR_KEYS[key]: state[key] for key in PROJECTOR_KEYS}
+
+
+def composition_chat_template(chat_format: str) -> str:
+    """The chat template a composed LLaVA's processor gets: one of LLAVA_CHAT_TEMPLATES, or a
+    conversation format of groundflow.train.chat_formats (e.g. "vicuna_v1")."""
+    from groundflow.train.chat_formats import CONVERSATION_FORMATS
+
+    templates = {**LLAVA_CHAT_TEMPLATES, **CONVERSATION_FORMATS}
+    if chat_format not in templates:
+        raise ValueError(f"unknown chat format {chat_format!r} for a composed LLaVA; one of {sorted(templates)}")
+    return templates[chat_format]
+
+
 def compose_llava(
     lm_path: str | os.PathLike,
     vision_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
+    projector_path: str | os.PathLike | None = None,
+    chat_format: str = "llama3",
+    pad_token: str | None = None,
+    pad_vocab_to_multiple_of: int | None = None,
     vision_feature_layer: int = -2,
     seed: int = 0,
     dtype=None,
 ) -> Path:
     """A LLaVA-1.5 whose language model is the causal LM at `lm_path` (weights and tokenizer) and
-    whose vision tower is the CLIP at `vision_path`, joined by a new randomly initialised
-    `mlp2x_gelu` projector (LLaVA-1.5: penultimate CLIP layer, CLS dropped); saved to `out_dir`
-    with a processor whose chat template is LLaMA-3's over image parts.
+    whose vision tower is the CLIP at `vision_path`, joined by an `mlp2x_gelu` projector
+    (LLaVA-1.5: penultimate CLIP layer, CLS dropped); saved to `out_dir` in HF format
+    (LlavaForConditionalGeneration + LlavaProcessor) with the chat template `chat_format` names.
 
-    The tokenizer gains "<image>" when it lacks it (the embedding matrix grows by that row, which is
-    never read: image features replace it) and a pad token (`<|finetune_right_pad_id|>` where the
-    vocabulary has it, else eos). The model is assembled on the meta device and only the given
-    weights are materialised, so an 8B LM is never held twice.
+    The projector is read from `projector_path` (an original release's `mm_projector.bin`, see
+    `load_projector_state`), or, without one, initialised at random from `seed` (CINGS trains it).
+
+    The tokenizer gains "<image>" when it lacks it (that embedding row is never read: image
+    features replace it). `pad_token` is added as the pad token when given (llava-hf's conversion
+    adds "<pad>"); otherwise a tokenizer without one gets `<|finetune_right_pad_id|>` where the
+    vocabulary has it, else eos. `pad_vocab_to_multiple_of` rounds the embedding matrix up as the
+    llava-hf conversion does (64: Vicuna's 32000 + 2 -> 32064), its new rows drawn around the mean
+    embedding; without it the matrix grows only by the rows added and they start at zero-mean
+    random. The model is assembled on the meta device and only the given weights are
+    materialised, so an 8B LM is never held twice.
     """
     import torch
     from tokenizers import AddedToken
@@ -264,19 +354,30 @@ def compose_llava(
 
     from groundflow.io.artifacts import atomic_directory
 
+    chat_template = composition_chat_template(chat_format)
     tokenizer = AutoTokenizer.from_pretrained(lm_path)
     lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=dtype)
     if getattr(lm.config, "model_type", None) != "llama":
         raise ValueError(f"{lm_path}: LLaVA composition supports Llama language models, not {lm.config.model_type!r}")
     vision = CLIPVisionModel.from_pretrained(vision_path, dtype=dtype)
     image_processor = CLIPImageProcessor.from_pretrained(vision_path)
+    projector_state = None
+    if projector_path is not None:
+        # Checked before any resizing: the file must fit the parts as they were released.
+        projector_state = load_projector_state(
+            projector_path, vision_hidden_size=vision.config.hidden_size, text_hidden_size=lm.config.hidden_size
+        )
 
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
-    if tokenizer.pad_token is None:
+    if pad_token is not None:
+        tokenizer.add_special_tokens({"pad_token": pad_token})
+    elif tokenizer.pad_token is None:
         vocab = tokenizer.get_vocab()
         tokenizer.pad_token = next((t for t in PAD_CANDIDATES if t in vocab), tokenizer.eos_token)
-    if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
+    if pad_vocab_to_multiple_of is not None:
+        lm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_vocab_to_multiple_of, mean_resizing=True)
+    elif len(tokenizer) > lm.get_input_embeddings().num_embeddings:
         lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
@@ -298,6 +399,8 @@ def compose_llava(
         model = LlavaForConditionalGeneration(config)
     with seeded(seed):
         projector = LlavaMultiModalProjector(config).to(lm.dtype)
+    if projector_state is not None:
+        projector.load_state_dict({k: v.to(lm.dtype) for k, v in projector_state.items()}, strict=True)
     model.model.language_model.load_state_dict(lm.model.state_dict(), strict=True, assign=True)
     model.lm_head.load_state_dict(lm.lm_head.state_dict(), strict=True, assign=True)
     model.model.vision_tower.load_state_dict(vision.state_dict(), strict=True, assign=True)
@@ -314,7 +417,7 @@ def compose_llava(
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy="default",
-        chat_template=LLAMA3_LLAVA_CHAT_TEMPLATE,
+        chat_template=chat_template,
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
     )
@@ -322,3 +425,72 @@ def compose_llava(
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return Path(out_dir)
+
+
+def write_projector_file(
+    out_path: str | os.PathLike, *, vision_hidden_size: int, text_hidden_size: int, seed: int = 0, dtype=None
+) -> Path:
+    """A random `mlp2x_gelu` projector saved as the original LLaVA release ships its stage-1
+    `mm_projector.bin`: `torch.save` of a plain state dict under the `model.mm_projector.*` keys."""
+    import torch
+
+    from groundflow.io.artifacts import atomic_path
+
+    with seeded(seed):
+        first = torch.nn.Linear(vision_hidden_size, text_hidden_size)
+        second = torch.nn.Linear(text_hidden_size, text_hidden_size)
+    tensors = {
+        "model.mm_projector.0.weight": first.weight, "model.mm_projector.0.bias": first.bias,
+        "model.mm_projector.2.weight": second.weight, "model.mm_projector.2.bias": second.bias,
+    }
+    state = {key: tensor.detach().to(dtype or torch.float16).contiguous() for key, tensor in tensors.items()}
+    with atomic_path(out_path) as tmp:
+        torch.save(state, tmp)
+    return Path(out_path)
+
+
+def build_tiny_projector(
+    out_path: str | os.PathLike, lm_path: str | os.PathLike, vision_path: str | os.PathLike, seed: int = 0
+) -> Path:
+    """A tiny stand-in for the stage-1 `mm_projector.bin`, sized to join the LM at `lm_path` and the
+    CLIP at `vision_path` (their config.json hidden sizes)."""
+    from transformers import AutoConfig
+
+    text_hidden = AutoConfig.from_pretrained(lm_path).hidden_size
+    vision_config = AutoConfig.from_pretrained(vision_path)
+    vision_hidden = getattr(vision_config, "vision_config", vision_config).hidden_size
+    return write_projector_file(out_path, vision_hidden_size=vision_hidden, text_hidden_size=text_hidden, seed=seed)
+
+
+# LLaVA-1.5 as llava-hf converts it: "<image>" and "<pad>" added, the vocabulary padded to a
+# multiple of 64 (Vicuna's 32000 -> 32064), penultimate CLIP layer, CLS dropped.
+LLAVA_15_PAD_TOKEN = "<pad>"
+LLAVA_15_VOCAB_MULTIPLE = 64
+
+
+def compose_llava_base(
+    *, lm: dict, vision: dict, projector_path: str | os.PathLike, out_dir: str | os.PathLike,
+    chat_format: str = "vicuna_v1",
+) -> Path:
+    """LLaVA-1.5's stage-1 state (where the official stage-2 `finetune.sh` starts) in HF format:
+    the LM and CLIP model entries (`{path, dtype}`, hub ids or folders) joined by the pretrained
+    projector file, tokenizer and embeddings as the llava-hf conversion makes them, and LLaVA-1.5's
+    stage-2 conversation format (`vicuna_v1`) as the chat template."""
+    lm_spec, vision_spec = ModelSpec.from_config(lm), ModelSpec.from_config(vision)
+    return compose_llava(
+        lm_spec.path,
+        vision_spec.path,
+        out_dir,
+        projector_path=projector_path,
+        chat_format=chat_format,
+        pad_token=LLAVA_15_PAD_TOKEN,
+        pad_vocab_to_multiple_of=LLAVA_15_VOCAB_MULTIPLE,
+        vision_feature_layer=-2,
+        dtype=_stored_or(lm_spec),
+    )
+
+
+def _stored_or(spec: ModelSpec):
+    """The dtype a composition loads in: as stored for "auto" (a 7B LM is not doubled to fp32 on a
+    CPU job), else the one the entry names."""
+    return "auto" if spec.dtype == "auto" else spec.torch_dtype()

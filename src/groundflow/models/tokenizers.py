@@ -3,6 +3,8 @@
 Each flavour mirrors the real model family's tokenizer kind and special tokens, so the code that
 handles real checkpoints (chat templates, mask tokens, offsets, padding) runs unchanged:
 - "llama": byte-level BPE with Llama-3-style special tokens and chat template,
+- "vicuna": byte-level BPE with Llama-2's / Vicuna-v1.5's <unk> <s> </s>, BOS added, no pad token
+  and no chat template (lmsys/vicuna-7b-v1.5 ships none; LLaVA-1.5 brings the conversation format),
 - "roberta": byte-level BPE with RoBERTa's <s> </s> <pad> <unk> <mask>,
 - "bert": WordPiece with [CLS] [SEP] [PAD] [UNK] [MASK] (Grounding DINO's text side).
 """
@@ -54,6 +56,9 @@ LLAMA_SPECIALS = [
     "<|finetune_right_pad_id|>",
     "<image>",
 ]
+
+# Llama-2's SentencePiece specials, at its ids 0, 1, 2 (Vicuna-v1.5 has no pad token)
+VICUNA_SPECIALS = ["<unk>", "<s>", "</s>"]
 
 # A small English corpus: enough for BPE merges of everyday words; byte-level BPE encodes anything.
 BASE_CORPUS = """
@@ -126,6 +131,14 @@ def build_tokenizer(flavor: str, out_dir: str | Path, texts: Iterable[str] = (),
             model_max_length=2048,
         )
         fast.chat_template = LLAMA31_CHAT_TEMPLATE if flavor == "llama3" else LLAMA3_CHAT_TEMPLATE
+    elif flavor == "vicuna":
+        tok = _byte_level_bpe(lines, vocab_size, VICUNA_SPECIALS)
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", model_max_length=4096
+        )
     elif flavor == "roberta":
         specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
         tok = _byte_level_bpe(lines, vocab_size, specials)

@@ -11,6 +11,9 @@ ends the turn), the text is tokenised with an offset mapping, and a token is lab
 characters overlap a supervised span. Masks inside an answer (CINGS masks the retrieved passage)
 are span arithmetic on `RenderedConversation.content_spans`, then `labels_for_spans`.
 
+`chat_template` is a template, a format's name from `groundflow.train.chat_formats`
+("vicuna_v1": LLaVA-1.5's stage-2 layout), or None for the tokenizer's / processor's own.
+
 A LLaVA sees "<image>" as `num_image_tokens` copies of the image token (the processor expands
 it before tokenising); `render_conversation` makes the same expansion so that the ids equal what
 `processor(text=..., images=...)` produces, and image tokens are never labelled.
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from groundflow.train.chat_formats import resolve_chat_template
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -106,6 +111,7 @@ def _render(tokenizer_or_processor, messages: list[dict], chat_template: str | N
     if not messages:
         return ""
     kwargs = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
+    chat_template = resolve_chat_template(chat_template)
     if chat_template is not None:
         kwargs["chat_template"] = chat_template
     return tokenizer_or_processor.apply_chat_template(messages, **kwargs)
