@@ -61,7 +61,8 @@ def test_extraction_script_stops_its_server_when_the_stage_ends(tmp_path):
                 tmp_path / "records.parquet")
     smk = FakeSnakemake(
         input={"records": str(tmp_path / "records.parquet")}, output=stage_outputs(tmp_path, "extraction"),
-        params={"generation": served_spec(), "opts": {"max_new_tokens": 8, "chunk_size": 8, "answer_span_words": None},
+        params={"generation": served_spec(), "opts": {"max_new_tokens": 8, "chunk_size": 8, "mode": "free", "prompt": None,
+                                                   "answer_span_words": 3},
                 "progress_dir": str(tmp_path / ".progress")},
         log=[str(tmp_path / "logs" / "0.log")],
     )

@@ -9,11 +9,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from groundflow.cvc.prompts import EXTRACTION_PROMPT_VERSION, REASONING_SUFFIX
+from groundflow.cvc.prompts import REASONING_SUFFIX
 from groundflow.cvc.trials import (
     check_answers,
     extract_answers,
     extraction_prompt,
+    instruction_text,
+    load_extraction_prompt,
+    parse_confined_answer,
     parse_short_answer,
     rationale_answer_choices,
     reasoning_question,
@@ -23,9 +26,10 @@ from groundflow.cvc.trials import (
 from groundflow.generate.backends import ChatPrompt, SamplingParams
 from groundflow.io import atomic_path, check_accounting
 
+# The stored instruction: the header, a newline, the question (the released data's layout).
 QUESTION = (
     "In the given image, there is an object heavily occluded by a cluster of gray blocks. "
-    "Please answer the following question. What might the object occluded by the gray blocks be?"
+    "Please answer the following question.\nWhat might the object occluded by the gray blocks be?"
 )
 
 
@@ -77,16 +81,51 @@ def test_trial_prompt_appends_the_reasoning_suffix_once():
     assert reasoning_question(f"  {QUESTION}\n") == expected
 
 
-def test_extraction_prompt_is_compact_and_carries_the_rationale_on_one_line():
-    prompt = extraction_prompt("The man holds a leash.\n\nSo it is   a dog.")
+def test_reasoning_question_keeps_the_header_on_its_own_line():
+    """The released human turn: header, newline, question, one space, one suffix (the old code
+    joined header and question with a space)."""
+    header = "In the given image, there are animals heavily occluded by a cluster of gray blocks. Please answer the following question."
+    question = "What might the animals occluded by the gray blocks be?"
+    expected = f"{header}\n{question} {REASONING_SUFFIX}"
+    assert reasoning_question(f"{header}\n{question}") == expected
+    assert reasoning_question(f"  {header}  \n\n  {question}   {REASONING_SUFFIX}\n") == expected
+    assert reasoning_question(f"{header}\n{question} Please confirm a unique answer.") == expected
+    assert instruction_text(f"{header}\n{question} {REASONING_SUFFIX} {REASONING_SUFFIX}") == f"{header}\n{question}"
+
+
+@pytest.mark.parametrize("mode, examples", [("free", 6), ("rationale_confined", 4)])
+def test_extraction_prompt_is_compact_and_carries_the_rationale_on_one_line(mode, examples):
+    text = load_extraction_prompt(mode)
+    prompt = extraction_prompt("The man holds a leash.\n\nSo it is   a dog.", text)
     assert prompt.assistant_prefix == "Answer:" and prompt.image is None
     [message] = prompt.messages
     assert message["role"] == "user"
     assert message["content"].endswith("Reasoning: The man holds a leash. So it is a dog.")
-    assert message["content"].count("Answer: ") == 4  # four few-shot examples
-    assert len(message["content"]) < 2000  # the seed's was ~3.6k tokens
-    assert EXTRACTION_PROMPT_VERSION == "cvc-extraction-v1"
-    assert "{" not in extraction_prompt("a {brace} in the text").messages[0]["content"].replace("{brace}", "")
+    assert message["content"].count("Answer: ") == examples
+    assert len(message["content"]) < 2500  # the seed's was ~3.6k tokens
+    assert text.version.startswith({"free": "extraction_free-", "rationale_confined": "extraction_confined-"}[mode])
+    braced = extraction_prompt("a {brace} in the text", text).messages[0]["content"]
+    assert "{" not in braced.replace("{brace}", "")
+
+
+def test_free_extraction_prompt_shows_unknown_and_a_hedged_answer():
+    content = extraction_prompt("x", load_extraction_prompt("free")).messages[0]["content"]
+    assert "\nAnswer: unknown\n" in content
+    hedged = [line for line in content.splitlines() if line.startswith("Answer: ") and ", " in line]
+    assert hedged, "no example keeps several answers as one comma-separated list"
+
+
+def test_extraction_prompt_file_from_config(tmp_path):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("Extract it: {rationale}\n")
+    text = load_extraction_prompt("free", mine)
+    assert extraction_prompt("a  dog", text).messages[0]["content"] == "Extract it: a dog"
+    assert text.source == str(mine) and text.version.startswith("mine-")
+    (tmp_path / "bad.txt").write_text("Extract it: {reasoning}")
+    with pytest.raises(ValueError, match="lacks the field"):
+        load_extraction_prompt("free", tmp_path / "bad.txt")
+    with pytest.raises(ValueError, match="unknown mode"):
+        load_extraction_prompt("confined")
 
 
 @pytest.mark.parametrize(
@@ -98,14 +137,21 @@ def test_extraction_prompt_is_compact_and_carries_the_rationale_on_one_line():
         ("The answer is: an umbrella", "umbrella"),
         ("Final answer: cars\nBecause they are parked.", "cars"),
         ("\n\n  **Cup**  \n", "cup"),
-        ("a cup, a mug", "cup"),  # hedged: first option (the seed kept "a cup, a mug")
-        ("cup or mug", "cup"),
-        ("knife / fork", "knife"),
+        # hedged: every option kept, as one comma-separated list (the old parser cut to "cup")
+        ("a cup, a mug", "cup, mug"),
+        ("A cup or a mug.", "cup, mug"),
+        ("cup or mug", "cup, mug"),
+        ("knife / fork", "knife, fork"),
+        ("It could be a cup, a mug or a glass", "cup, mug, glass"),
+        ("cup, cup", "cup"),
+        ("cup, none", "cup"),
         ("It is a teddy bear.", "teddy bear"),
         ("\"traffic light\"", "traffic light"),
         ("The", ""),
-        ("none", ""),
-        ("Unknown.", ""),
+        # the rationale settles on nothing: "unknown", an answer like any other (the old parser gave "")
+        ("none", "unknown"),
+        ("Unknown.", "unknown"),
+        ("N/A", "unknown"),
         ("", ""),
         ("   \n  ", ""),
         ("orange", "orange"),  # a word starting like "or" is not a hedge
@@ -114,6 +160,11 @@ def test_extraction_prompt_is_compact_and_carries_the_rationale_on_one_line():
 )
 def test_parse_short_answer(text, answer):
     assert parse_short_answer(text) == answer
+
+
+@pytest.mark.parametrize("text, answer", [(" kite", "kite"), (" Red Kite", "red kite"), (" none", ""), ("", "")])
+def test_parse_confined_answer(text, answer):
+    assert parse_confined_answer(text) == answer
 
 
 # --- T1 trial sampling ---------------------------------------------------------------------------
@@ -211,7 +262,9 @@ def test_extract_answers_flattens_into_one_call_and_regroups(tmp_path):
     assert [_rationale_of(p) for p in prompts] == [
         "It flies on a string. A kite.", "Clearly a kite", "Wheels: a car, or a bus.", "I cannot tell."]
     assert all(p.assistant_prefix == "Answer:" for p in prompts)
-    assert [list(p) for p in result.kept["predictions"]] == [["kite", "", "kite", "kite"], ["car", "", "", "car"]]
+    # free (the paper): the hedge stays one comma-separated list, "none" is written "unknown"
+    assert [list(p) for p in result.kept["predictions"]] == [
+        ["kite", "", "kite", "kite"], ["car, bus", "unknown", "", "car, bus"]]
     assert [list(p) for p in result.kept["raw_predictions"]] == [
         [" A kite.", "", "Answer: Kite", " A kite."], [" a car, a bus", " none", "", " a car, a bus"]]
     assert list(result.rejects["reason"]) == ["no trials to extract answers from for 'c'"]
@@ -242,14 +295,22 @@ def test_rationale_answer_choices_are_the_rationales_own_phrases():
 def test_extract_answers_confined_to_the_rationale_passes_its_phrases_as_choices():
     generator = FakeGenerator(lambda p, k: p.choices[1] if p.choices[0] != " none" else " none")
     trials_df = pd.DataFrame({"id": ["a"], "trials": [["A string and a kite.", "?", "a Kite and a string"]]})
-    result = extract_answers(trials_df, generator, SamplingParams(max_new_tokens=10), answer_span_words=2)
+    result = extract_answers(trials_df, generator, SamplingParams(max_new_tokens=10), mode="rationale_confined",
+                             answer_span_words=2)
     prompts = generator.calls[0][0]
     assert [p.choices for p in prompts] == [rationale_answer_choices(_rationale_of(p), 2) for p in prompts]
     assert prompts[0].choices == [" string", " kite", " none"]
     assert list(result.kept["predictions"][0]) == ["kite", "", "string"]
-    assert extraction_prompt("a kite").choices is None  # free, as the paper, unless asked
+    assert "write \"none\"" in prompts[0].messages[0]["content"]  # the confined mode's own prompt
+    assert extraction_prompt("a kite", load_extraction_prompt("free")).choices is None
     with pytest.raises(ValueError, match="answer_span_words must be >= 1"):
-        extract_answers(trials_df, generator, SamplingParams(max_new_tokens=10), answer_span_words=0)
+        extract_answers(trials_df, generator, SamplingParams(max_new_tokens=10), mode="rationale_confined",
+                        answer_span_words=0)
+    # free mode (the paper) ignores the span width: no choices
+    free = FakeGenerator(lambda p, k: " kite")
+    extract_answers(trials_df, free, SamplingParams(max_new_tokens=10), answer_span_words=2)
+    assert all(p.choices is None for p in free.calls[0][0])
+    assert "unknown" in free.calls[0][0][0].messages[0]["content"]
 
 
 # --- T3 answer checking --------------------------------------------------------------------------
@@ -301,3 +362,17 @@ def test_check_answers_survives_a_parquet_round_trip(tmp_path):
     assert math.isnan(back["similarities"][0][1])
     again = check_answers(back, FakeEmbedder(VECTORS), threshold=0.85).kept  # numpy-array lists read back
     assert list(again["correct"][0]) == [True, False]
+
+
+def test_check_answers_compares_unknown_and_a_hedged_list_whole_with_the_label():
+    """As the seed: the whole extracted string is encoded against the label; "unknown" and a
+    comma-separated list are not split nor skipped, so a hedge is correct only when the list as a
+    whole is close enough to the label."""
+    vectors = dict(VECTORS, **{"cup, mug": [0.9, math.sqrt(0.19), 0.0, 0.0], "unknown": [0.0, 0.0, 0.6, 0.8]})
+    df = pd.DataFrame({"id": ["a"], "label": ["cup"], "predictions": [["cup, mug", "unknown", "mug"]]})
+    embedder = FakeEmbedder(vectors)
+    result = check_answers(df, embedder, threshold=0.85)
+    assert sorted(embedder.calls[0]) == sorted(["cup, mug", "unknown", "mug", "cup"])
+    sims = list(result.kept["similarities"][0])
+    assert sims == [pytest.approx(0.9, abs=1e-6), pytest.approx(0.0, abs=1e-6), pytest.approx(0.5, abs=1e-6)]
+    assert list(result.kept["correct"][0]) == [True, False, False]

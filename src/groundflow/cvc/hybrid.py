@@ -11,6 +11,14 @@ Samples are records in the LLaVA-1.5 instruction format (as in llava_v1_5_mix665
 {"from": "gpt", "value": ...}]}`. The mix is the instruction data, then the CoT samples, then the
 answer samples (the seed's order, no ratio), optionally shuffled with a seed.
 
+The samples follow the layout of the seed's released `rationales.json`: ids
+`{occluded image stem}-cot-{k}` / `-answer-{k}` (the stem is `{image stem}-{entity}`, so an entity
+with spaces or hyphens parses back at the first "-" after the image stem); the human turn is
+`<image>`, newline, the instruction's header, newline, its question, one space and exactly one
+suffix (reasoning for CoT samples, answer for answer samples); the gpt turn is the rationale as
+sampled, or the extracted answer as written by the extraction step (in the paper's mode
+sometimes a comma-separated list of hedged answers).
+
 The real 665k file has text-only records (no "image"), extra keys ("model": ""), some records whose
 first turn is the model's (LLaVA's preprocessing skips it) and ids that repeat. The mix checks
 every record for what training needs and is stricter with the samples built here (exactly one
@@ -30,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from groundflow.cvc.prompts import ANSWER_SUFFIX
-from groundflow.cvc.trials import reasoning_question
+from groundflow.cvc.trials import instruction_text, reasoning_question
 from groundflow.io.artifacts import atomic_write_text
 from groundflow.io.stage import StageResult, rejects_frame
 
@@ -58,8 +66,9 @@ def sample_id(stem: str, source: str, index: int) -> str:
 
 
 def answer_question(instruction: str) -> str:
-    """The question of an answer sample: the instruction with the short-answer suffix."""
-    return f"{' '.join(instruction.split())} {ANSWER_SUFFIX}"
+    """The question of an answer sample: the instruction (header, newline, question), one space,
+    the short-answer suffix once."""
+    return f"{instruction_text(instruction)} {ANSWER_SUFFIX}"
 
 
 def llava_record(record_id: str, image: str | None, question: str, answer: str) -> dict:

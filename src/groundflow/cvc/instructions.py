@@ -1,45 +1,73 @@
 """Instruction generation (CVC step 3): the question asked about each occluded entity.
 
-The seed let Llama-2 write the whole question freely, although its examples fix the shape and
-only the entity's type varies. Here the type is chosen by LM scoring among the configured
-`object_types` (log-likelihood of each type as the answer), and the question is the seed's fixed
-shape, with plural forms for plural entities and the right indefinite article. A question that
-would reveal the entity (its label, or the label's singular or plural, occurs as words of the
-question) is rejected with the reason, rather than written.
+Two modes (`cvc.instructions.mode`):
+- `free` (the paper): the text LLM writes the whole question from few-shot examples (greedy, up to
+  `max_new_tokens`), deciding the entity's type itself ("object" for common things, the type for
+  rarer ones). Plain generation, so it runs on any `Generator`. What it writes is cut at the first
+  blank line or the next example's "Entity:" line, a leading "Question:" and any trailing
+  reasoning/answer suffix are dropped, and it is split into header and question: the question
+  starts at the first sentence that ends with "?", the header is everything before it. Output
+  that is empty, has no sentence ending with "?" or nothing before it (no header) is rejected
+  with that reason and the text written, rather than stored in a layout the data does not have.
+- `typed` (the demo: a random tiny model writes garbage freely): the type is chosen among the
+  configured `object_types` and the question is the seed's fixed shape, with plural forms for
+  plural entities and the right indefinite article. Only types whose question does not reveal
+  the entity are offered, so the best-scoring non-revealing type is chosen (a label `people`
+  gets "object" or another type, never the revealing "person"); an entity that every type's
+  question reveals is rejected with the reason. The type comes from LM scoring where the
+  generator can ("score_choices": the local HF text generator), else from guided decoding of one
+  of the types ("choices": vLLM with `guided_decoding` set), a different method that
+  `type_selection` names and the stage records; an endpoint that can do neither is refused with
+  what to set instead.
 
-The type comes from any `Generator`: by LM scoring where it can ("score_choices": the local HF
-text generator), else by guided decoding of one of the types where the endpoint does that
-("choices": vLLM with `guided_decoding` set), a different method that `type_selection` names and
-the stage records; an endpoint that can do neither is refused with what to set instead.
+In both modes a question that reveals the entity (its label, or the label's singular or plural,
+occurs as words of the instruction) is rejected with the reason, rather than written.
 
-The reasoning suffix ("Please provide your reasoning process ...") is NOT part of the stored
-instruction: prompts that want it append `prompts.REASONING_SUFFIX` (the seed stored it in the
-question and appended it again when formatting chain-of-thought samples).
+The stored instruction is the released data's layout: the two-sentence header, a newline
+(`INSTRUCTION_SEPARATOR`), the question. The reasoning suffix ("Please provide your reasoning
+process ...") is NOT part of it: prompts that want it append `prompts.REASONING_SUFFIX` (the seed
+stored it in the question and appended it again when formatting chain-of-thought samples).
+Prompt texts are files (`load_instruction_prompt`): ours by default, or a user's.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from groundflow.cvc.prompts import (
-    QUESTION_PLURAL,
-    QUESTION_SINGULAR,
+    ANSWER_SUFFIX,
+    HEADER_PLURAL,
+    HEADER_SINGULAR,
+    QUESTION,
+    QUESTION_ASSISTANT_PREFIX,
+    REASONING_SUFFIX,
     TYPE_ASSISTANT_PREFIX,
+    question_messages,
     type_messages,
 )
 from groundflow.generate.backends import ChatPrompt, Generator, SamplingParams, UnsupportedFeatureError
 from groundflow.io.stage import StageResult, rejects_frame
+from groundflow.prompts import PromptText, load_prompt
 
 log = logging.getLogger(__name__)
 
 STAGE = "instructions"
 LM_SCORING = "lm_scoring"
 GUIDED_CHOICE = "guided_choice"
+FREE_GENERATION = "free_generation"
+
+FREE, TYPED = "free", "typed"
+INSTRUCTION_MODES = (FREE, TYPED)
+# The packaged prompt of each mode and the format fields its file must have.
+PROMPTS = {FREE: ("cvc/instruction_free", frozenset({"label"})),
+           TYPED: ("cvc/instruction_type", frozenset({"types", "caption", "label"}))}
+INSTRUCTION_SEPARATOR = "\n"
 
 DEFAULT_OBJECT_TYPES = [
     "object", "animal", "vehicle", "machine", "appliance", "device",
@@ -167,10 +195,71 @@ def type_phrase(object_type: str, plural: bool) -> str:
 
 
 def build_question(object_type: str, plural: bool) -> str:
+    """The typed-mode instruction: the header naming the type, a newline, the question."""
     phrase = type_phrase(object_type, plural)
     if plural:
-        return QUESTION_PLURAL.format(type_phrase=phrase)
-    return QUESTION_SINGULAR.format(article=indefinite_article(phrase), type_phrase=phrase)
+        header = HEADER_PLURAL.format(type_phrase=phrase)
+    else:
+        header = HEADER_SINGULAR.format(article=indefinite_article(phrase), type_phrase=phrase)
+    return f"{header}{INSTRUCTION_SEPARATOR}{QUESTION.format(type_phrase=phrase)}"
+
+
+class UnusableQuestion(ValueError):
+    """What the LLM wrote cannot be stored as header + question; the message says why."""
+
+
+_QUESTION_LEAD = re.compile(r"^\s*(?:question\s*:\s*)+", re.IGNORECASE)
+_NEXT_EXAMPLE = re.compile(r"^\s*entity\s*:", re.IGNORECASE | re.MULTILINE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_QUOTES = " \t\"'`*"
+
+
+def _suffix_pattern(suffix: str) -> re.Pattern:
+    words = [re.escape(w) for w in suffix.split()]
+    return re.compile(r"\s*" + r"\s+".join(words) + r"\s*$", re.IGNORECASE)
+
+
+_SUFFIXES = (_suffix_pattern(REASONING_SUFFIX), _suffix_pattern(ANSWER_SUFFIX))
+
+
+def strip_suffixes(text: str) -> str:
+    """The text without any trailing reasoning or answer suffix (the seed's queries ended with one)."""
+    changed = True
+    while changed:
+        changed = False
+        for pattern in _SUFFIXES:
+            stripped = pattern.sub("", text)
+            if stripped != text:
+                text, changed = stripped, True
+    return text
+
+
+def split_free_question(text: str) -> tuple[str, str]:
+    """(header, question) of what the LLM wrote in free mode; UnusableQuestion says why not.
+
+    Cut at the first blank line or the next example's "Entity:" line; a leading "Question:",
+    quote and markdown marks and trailing suffixes dropped; whitespace collapsed (the LLM's own
+    line break between header and question included). The question starts at the first sentence
+    ending with "?"; the header is what precedes it, and must not be empty.
+    """
+    body = re.split(r"\n\s*\n", text.strip(), maxsplit=1)[0]
+    body = _NEXT_EXAMPLE.split(body, maxsplit=1)[0]
+    body = _QUESTION_LEAD.sub("", body)
+    body = strip_suffixes(" ".join(body.split()).strip(_QUOTES))
+    body = body.strip(_QUOTES)
+    if not body:
+        raise UnusableQuestion("it wrote no question")
+    sentences = _SENTENCE_END.split(body)
+    first_question = next((i for i, sentence in enumerate(sentences) if sentence.endswith("?")), None)
+    if first_question is None:
+        raise UnusableQuestion("no sentence of it ends with '?'")
+    if first_question == 0:
+        raise UnusableQuestion("nothing precedes its question (no header)")
+    return " ".join(sentences[:first_question]), " ".join(sentences[first_question:])
+
+
+def join_instruction(header: str, question: str) -> str:
+    return f"{header}{INSTRUCTION_SEPARATOR}{question}"
 
 
 def label_variants(label: str) -> list[str]:
@@ -194,7 +283,7 @@ def revealed_words(question: str, label: str) -> str | None:
 def reveal_reason(record_id: str, label: str, question: str, revealed: str) -> str:
     return (
         f"question for {record_id} would reveal the entity '{label}': "
-        f"'{revealed}' occurs in \"{question}\""
+        f"'{revealed}' occurs in \"{' '.join(question.split())}\""
     )
 
 
@@ -218,17 +307,24 @@ def type_selection(generator: Generator) -> str:
         f"{STAGE}: choosing each entity's object type scores the log-likelihood of every type, which the "
         f"'{described.get('backend')}' generator ({where}) cannot do. Set generation.text.guided_decoding "
         f"(structured_outputs for vLLM >= 0.10.2, guided for older vLLM) to let the server choose the type by "
-        f"guided decoding, or generation.text.backend: hf to score the types with a local model"
+        f"guided decoding, generation.text.backend: hf to score the types with a local model, or "
+        f"cvc.instructions.mode: free to let the model write the question (plain generation)"
     )
 
 
-def _type_prompts(labels: Sequence[str], captions: Sequence[str], types: Sequence[str],
-                  choices: Sequence[str] | None = None) -> list[ChatPrompt]:
-    return [
-        ChatPrompt(messages=type_messages(l, c, list(types)), assistant_prefix=TYPE_ASSISTANT_PREFIX,
-                   choices=None if choices is None else list(choices))
-        for l, c in zip(labels, captions)
-    ]
+def load_instruction_prompt(mode: str, path: str | Path | None = None) -> PromptText:
+    """The prompt file of `mode` (a user's `path`, or ours), its format fields checked."""
+    if mode not in PROMPTS:
+        raise ValueError(f"{STAGE}: unknown mode {mode!r}; expected one of {', '.join(INSTRUCTION_MODES)}")
+    default, fields = PROMPTS[mode]
+    return load_prompt(path, default, fields=fields)
+
+
+def revealing_types(label: str, object_types: Sequence[str]) -> dict[str, str]:
+    """{type: the revealed words} for each type whose question would name the entity."""
+    plural = is_plural(label)
+    found = {t: revealed_words(build_question(t, plural), label) for t in object_types}
+    return {t: words for t, words in found.items() if words is not None}
 
 
 def choose_object_types(
@@ -236,66 +332,128 @@ def choose_object_types(
     labels: Sequence[str],
     captions: Sequence[str],
     object_types: Sequence[str],
+    prompt: PromptText,
     *,
     normalize: str = "sum",
-) -> list[str]:
-    """The most likely type of each entity: by LM scoring of every type as the answer, or (an
-    endpoint that cannot score) the type its guided decoding writes (`type_selection`)."""
+) -> list[str | None]:
+    """The most likely type of each entity among the types whose question does not reveal it (by
+    LM scoring of every such type as the answer, or, on an endpoint that cannot score, the type
+    its guided decoding writes: `type_selection`); None where every type reveals the entity.
+
+    The prompt lists the same types the answer may be, so a type that was taken away is neither
+    offered nor scored.
+    """
+    types = list(object_types)
+    allowed = [[t for t in types if t not in revealing_types(label, types)] for label in labels]
+    asked = [i for i, row in enumerate(allowed) if row]
+    chosen: list[str | None] = [None] * len(labels)
+    if not asked:
+        return chosen
+    method = type_selection(generator)
+    answers = [[f" {t}" for t in allowed[i]] for i in asked]
+    prompts = [
+        ChatPrompt(messages=type_messages(prompt, labels[i], captions[i], allowed[i]),
+                   assistant_prefix=TYPE_ASSISTANT_PREFIX,
+                   choices=None if method == LM_SCORING else row)
+        for i, row in zip(asked, answers)
+    ]
+    if method == LM_SCORING:
+        scores = generator.score_choices(prompts, answers, normalize=normalize)
+        # argmax keeps the first type on ties, so config order decides between equals.
+        for i, row in zip(asked, scores):
+            chosen[i] = allowed[i][int(np.argmax(row))]
+        return chosen
+    width = max(len(a.encode()) for row in answers for a in row) + 2  # tokens never outnumber bytes; + eos
+    written = generator.generate(prompts, SamplingParams(max_new_tokens=width, n=1, do_sample=False))
+    for index, (i, texts) in enumerate(zip(asked, written)):
+        text = texts[0].strip()
+        if text not in allowed[i]:
+            raise ValueError(f"{STAGE}: guided decoding returned {texts[0]!r} for prompt {index}, "
+                             f"not one of the types {allowed[i]}")
+        chosen[i] = text
+    return chosen
+
+
+def free_instructions(generator: Generator, labels: Sequence[str], prompt: PromptText, *,
+                      max_new_tokens: int) -> list[str]:
+    """What the LLM writes as the question of each entity (greedy, one generate() call)."""
     if not labels:
         return []
-    types = list(object_types)
-    answers = [f" {t}" for t in types]
-    method = type_selection(generator)
-    if method == LM_SCORING:
-        scores = generator.score_choices(_type_prompts(labels, captions, types), [answers] * len(labels),
-                                         normalize=normalize)
-        # argmax keeps the first type on ties, so config order decides between equals.
-        return [types[int(np.argmax(row))] for row in scores]
-    width = max(len(a.encode()) for a in answers) + 2  # tokens never outnumber bytes; + eos
-    written = generator.generate(_type_prompts(labels, captions, types, answers),
-                                 SamplingParams(max_new_tokens=width, n=1, do_sample=False))
-    by_answer = {a.strip(): t for a, t in zip(answers, types)}
-    chosen = []
-    for index, texts in enumerate(written):
-        text = texts[0].strip()
-        if text not in by_answer:
-            raise ValueError(f"{STAGE}: guided decoding returned {texts[0]!r} for prompt {index}, not one of the types")
-        chosen.append(by_answer[text])
-    return chosen
+    prompts = [ChatPrompt(messages=question_messages(prompt, label), assistant_prefix=QUESTION_ASSISTANT_PREFIX)
+               for label in labels]
+    # The examples end at a blank line: stopping there saves the rest of the token budget.
+    params = SamplingParams(max_new_tokens=max_new_tokens, n=1, do_sample=False, stop=("\n\n",))
+    written = generator.generate(prompts, params)
+    if len(written) != len(prompts) or any(len(texts) != 1 for texts in written):
+        raise RuntimeError(f"{STAGE}: the generator returned {len(written)} result lists for {len(prompts)} prompts; "
+                           "expected one string per prompt")
+    return [texts[0] for texts in written]
+
+
+def unusable_reason(record_id: str, label: str, written: str, why: str) -> str:
+    shown = " ".join(written.split())
+    shown = shown if len(shown) <= 200 else f"{shown[:200]}..."
+    return f"question for {record_id} ('{label}') is unusable: {why}: \"{shown}\""
 
 
 def generate_instructions(
     instances_df: pd.DataFrame,
     generator: Generator,
     *,
+    mode: str = TYPED,
+    prompt: PromptText | None = None,
     object_types: Sequence[str] | None = None,
     normalize: str = "sum",
+    max_new_tokens: int = 100,
 ) -> StageResult:
-    """Add object_type and instruction to every row; reject rows whose question reveals the entity.
+    """Add object_type and instruction to every row; reject rows whose question reveals the entity
+    or (free mode) cannot be split into header and question.
 
-    The caption shown to the model is the row's `caption` column when present (set by the
-    causality step).
+    `prompt` defaults to ours for the mode. In typed mode the caption shown to the model is the
+    row's `caption` column when present (set by the causality step); free mode, as the seed,
+    shows the entity only, and object_type stays empty (the LLM names the type inside its text).
     """
-    types = list(object_types or DEFAULT_OBJECT_TYPES)
-    if not types:
-        raise ValueError("object_types is empty")
+    if mode not in INSTRUCTION_MODES:
+        raise ValueError(f"{STAGE}: unknown mode {mode!r}; expected one of {', '.join(INSTRUCTION_MODES)}")
+    prompt = prompt if prompt is not None else load_instruction_prompt(mode)
     records = instances_df.reset_index(drop=True)
     labels = [str(v) for v in records["label"]]
-    if "caption" in records.columns:
-        captions = [c if isinstance(c, str) else "" for c in records["caption"]]
-    else:
-        captions = [""] * len(records)
-    chosen = choose_object_types(generator, labels, captions, types, normalize=normalize)
-    questions = [build_question(t, is_plural(l)) for t, l in zip(chosen, labels)]
-    keep = []
-    rejected = []
-    for i, (record_id, label, question) in enumerate(zip(records["id"], labels, questions)):
-        revealed = revealed_words(question, label)
-        if revealed is None:
-            keep.append(i)
+    ids = [str(v) for v in records["id"]]
+    chosen: list[str | None] = [None] * len(records)
+    instructions: list[str | None] = [None] * len(records)
+    rejected: list[tuple[str, str]] = []
+    if mode == TYPED:
+        types = list(object_types or DEFAULT_OBJECT_TYPES)
+        if not types:
+            raise ValueError("object_types is empty")
+        if "caption" in records.columns:
+            captions = [c if isinstance(c, str) else "" for c in records["caption"]]
         else:
-            rejected.append((str(record_id), reveal_reason(str(record_id), label, question, revealed)))
+            captions = [""] * len(records)
+        chosen = choose_object_types(generator, labels, captions, types, prompt, normalize=normalize)
+        for i, object_type in enumerate(chosen):
+            if object_type is None:
+                # every type reveals it: the reason shows the first type's question
+                question = build_question(types[0], is_plural(labels[i]))
+                rejected.append((ids[i], reveal_reason(ids[i], labels[i], question,
+                                                       revealed_words(question, labels[i]) or labels[i])))
+            else:
+                instructions[i] = build_question(object_type, is_plural(labels[i]))
+    else:
+        for i, written in enumerate(free_instructions(generator, labels, prompt, max_new_tokens=max_new_tokens)):
+            try:
+                header, question = split_free_question(written)
+            except UnusableQuestion as e:
+                rejected.append((ids[i], unusable_reason(ids[i], labels[i], written, str(e))))
+                continue
+            instruction = join_instruction(header, question)
+            revealed = revealed_words(instruction, labels[i])
+            if revealed is None:
+                instructions[i] = instruction
+            else:
+                rejected.append((ids[i], reveal_reason(ids[i], labels[i], instruction, revealed)))
+    keep = [i for i, instruction in enumerate(instructions) if instruction is not None]
     kept = records.assign(
-        object_type=pd.Series(chosen, dtype=object), instruction=pd.Series(questions, dtype=object)
+        object_type=pd.Series(chosen, dtype=object), instruction=pd.Series(instructions, dtype=object)
     ).iloc[keep].reset_index(drop=True)
     return StageResult(kept=kept, rejects=rejects_frame(STAGE, rejected), parent_column="id")

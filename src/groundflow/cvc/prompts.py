@@ -1,4 +1,5 @@
-"""Prompts of the CVC text-LLM steps: entity extraction (step 1-0) and question construction (step 3).
+"""Prompts of the CVC text-LLM steps: entity extraction (step 1-0); what question construction
+(step 3) and answer extraction (T2) put around their prompt files (groundflow/prompts/cvc/*.txt).
 
 The wording is ours; the content follows the seed's prompts. The seed's few-shot entity examples
 contradicted its own rules in two places (an example whose label was not part of its full form,
@@ -12,8 +13,7 @@ outputs, so a re-run can tell stale results from fresh ones.
 from __future__ import annotations
 
 ENTITY_PROMPT_VERSION = "cvc-entities-v1"
-INSTRUCTION_PROMPT_VERSION = "cvc-instructions-v1"
-PROMPT_VERSION = f"{ENTITY_PROMPT_VERSION}+{INSTRUCTION_PROMPT_VERSION}"
+PROMPT_VERSION = ENTITY_PROMPT_VERSION
 
 ENTITY_BEGIN = "<begin>"
 ENTITY_END = "<end>"
@@ -68,74 +68,56 @@ def entity_messages(caption: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": ENTITY_INSTRUCTIONS.format(caption=" ".join(caption.split()))}]
 
 
-# --- step 3: the object type, then the fixed question shape -----------------------------------
+# --- step 3: the question (free: the LLM writes it; typed: its type, then the fixed shape) -------
+# The prompt texts are files (groundflow/prompts/cvc/instruction_free.txt, instruction_type.txt).
 
-TYPE_INSTRUCTIONS = """\
-You write questions about an entity that is hidden in an image. First decide the type of the hidden entity.
-Call a common everyday thing an "object"; for other things name their kind, choosing one of: {types}.
-Never name the entity itself.
-
-Caption: "{caption}"
-Hidden entity: "{label}"
-Answer with the type only."""
-
-# The type is scored as the continuation of this prefilled answer start.
+# Free mode: the answer is prefilled with the examples' marker, so the model writes the question.
+QUESTION_ASSISTANT_PREFIX = "Question:"
+# Typed mode: the type is scored as the continuation of this prefilled answer start.
 TYPE_ASSISTANT_PREFIX = "Type:"
 
-QUESTION_SINGULAR = (
+# The released data's human turn is the two-sentence header, a newline, then the question; the
+# stored instruction keeps that newline (`instructions.INSTRUCTION_SEPARATOR`).
+HEADER_SINGULAR = (
     "In the given image, there is {article} {type_phrase} heavily occluded by a cluster of gray blocks. "
-    "Please answer the following question. What might the {type_phrase} occluded by the gray blocks be?"
+    "Please answer the following question."
 )
-QUESTION_PLURAL = (
+HEADER_PLURAL = (
     "In the given image, there are {type_phrase} heavily occluded by a cluster of gray blocks. "
-    "Please answer the following question. What might the {type_phrase} occluded by the gray blocks be?"
+    "Please answer the following question."
 )
+QUESTION = "What might the {type_phrase} occluded by the gray blocks be?"
 # Appended by whoever builds the final prompt (trials, CoT samples): the seed baked it into the
 # question and then appended it a second time when formatting chain-of-thought samples.
 REASONING_SUFFIX = "Please provide your reasoning process and confirm a unique answer. Let's think step by step."
 ANSWER_SUFFIX = "Please confirm a unique answer."
 
 
-def type_messages(label: str, caption: str, object_types: list[str]) -> list[dict[str, str]]:
-    content = TYPE_INSTRUCTIONS.format(
-        types=", ".join(object_types), caption=" ".join(caption.split()), label=label
-    )
-    return [{"role": "user", "content": content}]
+def type_messages(prompt, label: str, caption: str, object_types: list[str]) -> list[dict[str, str]]:
+    """Chat messages asking for the type of one entity, from the typed-mode prompt file."""
+    content = prompt.format(types=", ".join(object_types), caption=" ".join(caption.split()), label=label)
+    return [{"role": "user", "content": content.rstrip()}]
+
+
+def question_messages(prompt, label: str) -> list[dict[str, str]]:
+    """Chat messages asking the LLM to write the question about one entity (free mode)."""
+    return [{"role": "user", "content": prompt.format(label=label).rstrip()}]
 
 
 # --- step T2: the short answer a trial's rationale settles on -------------------------------
-
-# The seed's few-shot extraction prompt ran to about 3.6k Llama tokens, close to Llama-2's
-# 4,096-token window once a 384-token rationale was added; four short examples carry the task.
-EXTRACTION_PROMPT_VERSION = "cvc-extraction-v1"
-
-EXTRACTION_INSTRUCTIONS = """\
-Someone looked at an image in which an object is hidden under a cluster of gray blocks and reasoned about what the hidden object is. Read the reasoning and write the final answer it settles on: a short noun phrase naming the object, nothing else. If the reasoning weighs several candidates, give the one it concludes with; if it names no object, write "none".
-
-Examples:
-
-Reasoning: The person holds something flat against the ear and seems to be talking, so the gray blocks most likely cover a cell phone.
-Answer: cell phone
-
-Reasoning: A plate of food lies on the table and a knife rests beside the covered area. Forks are usually placed next to knives, so the hidden object is a fork.
-Answer: fork
-
-Reasoning: A leash runs from the man's hand to the covered shape on the grass. It could be a cat, but people walk dogs on leashes, so I think it is a dog.
-Answer: dog
-
-Reasoning: Several of them are parked along the street in front of the shops, with wheels showing below the blocks. They are probably cars.
-Answer: cars
-
-Now the reasoning to read:
-Reasoning: {rationale}"""
+# The prompt texts are files (groundflow/prompts/cvc/extraction_free.txt: the paper's free answer
+# with `unknown` and comma-separated hedges; extraction_confined.txt: the demo's rationale-confined
+# answer). The seed's few-shot extraction prompt ran to about 3.6k Llama tokens, close to
+# Llama-2's 4,096-token window once a 384-token rationale was added; a few short examples carry
+# the task.
 
 # The answer is prefilled with the examples' marker, so the model writes the answer directly.
 EXTRACTION_ASSISTANT_PREFIX = "Answer:"
 
 
-def extraction_messages(rationale: str) -> list[dict[str, str]]:
+def extraction_messages(prompt, rationale: str) -> list[dict[str, str]]:
     """Chat messages asking for the short answer of one rationale (answer prefilled separately).
 
     The rationale is put on one line (whitespace collapsed) so it reads like the examples.
     """
-    return [{"role": "user", "content": EXTRACTION_INSTRUCTIONS.format(rationale=" ".join(rationale.split()))}]
+    return [{"role": "user", "content": prompt.format(rationale=" ".join(rationale.split())).rstrip()}]

@@ -3,9 +3,13 @@
 T1 ("trials"): the model under training answers each instance's question on the occluded image
 `n` times (sampled); each answer is a free-text rationale.
 T2 ("extraction"): a text LLM reads each rationale and states the short answer it settles on
-(greedy, few-shot); `parse_short_answer` cleans that output. Optionally (`answer_span_words`) the
-answer is closed to phrases the rationale itself writes, so the extractor cannot answer with an
-object the rationale never names (e.g. one of its few-shot examples).
+(greedy, few-shot; the prompt is a file, ours or a user's). Two modes (`cvc.extraction.mode`):
+`free` (the paper's conventions): the extractor writes freely; `parse_short_answer` cleans what it
+wrote, keeps a hedged answer ("a cup or a mug") as one comma-separated list ("cup, mug") and writes
+`unknown` when the rationale settles on nothing. `rationale_confined` (a demo option): the answer
+is closed to phrases the rationale itself writes (`answer_span_words`), so a random tiny extractor
+cannot answer with an object the rationale never names (e.g. one of its few-shot examples);
+`parse_confined_answer` reads it, and its "none" gives an empty answer.
 T3 ("checking"): each short answer is compared with the entity label by dense similarity; an
 answer is correct when its similarity exceeds the threshold.
 
@@ -17,9 +21,9 @@ the whole chunk it is given; the backends batch inside.
 Differences from the seed:
 - the reasoning suffix is appended once (the seed's query already ended with it and the CoT
   formatting appended it again); an instruction that already ends with it is not extended;
-- a hedged short answer ("a cup, a mug") keeps its first option; the seed kept the whole string,
-  which then matched neither "cup" nor "mug" well;
-- an empty short answer stays empty and is never correct (its similarity is NaN, "not measured").
+- an empty short answer stays empty and is never correct (its similarity is NaN, "not measured");
+  `unknown` and a comma-separated list are answers like any other: checking compares the whole
+  string with the label, as the seed does.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from groundflow.cvc.prompts import (
+    ANSWER_SUFFIX,
     EXTRACTION_ASSISTANT_PREFIX,
     REASONING_SUFFIX,
     extraction_messages,
@@ -41,26 +46,43 @@ from groundflow.vision.image_io import ImageError, load_rgb
 
 if TYPE_CHECKING:  # the backends module is shared; imported lazily where it is used
     from groundflow.generate.backends import ChatPrompt, Generator, SamplingParams
+    from groundflow.prompts import PromptText
 
 TRIALS_STAGE = "trials"
 EXTRACTION_STAGE = "extraction"
 CHECKING_STAGE = "checking"
+
+FREE, RATIONALE_CONFINED = "free", "rationale_confined"
+EXTRACTION_MODES = (FREE, RATIONALE_CONFINED)
+# The packaged extraction prompt of each mode; each file fills exactly {rationale}.
+EXTRACTION_PROMPTS = {FREE: "cvc/extraction_free", RATIONALE_CONFINED: "cvc/extraction_confined"}
+UNKNOWN = "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
 # pure core: prompt texts and answer parsing
 
 
-def reasoning_question(instruction: str) -> str:
-    """The instruction followed by the reasoning suffix exactly once.
+def instruction_text(instruction: str) -> str:
+    """The stored instruction in the released layout, without a trailing suffix: each line's
+    whitespace collapsed and empty lines dropped, so the header and the question stay on their
+    own lines ("header\nquestion"); a reasoning or answer suffix at its end (the seed's stored
+    queries carried one) removed."""
+    lines = (" ".join(line.split()) for line in instruction.splitlines())
+    text = "\n".join(line for line in lines if line)
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in (REASONING_SUFFIX, ANSWER_SUFFIX):
+            if text.endswith(suffix):
+                text, stripped = text[: -len(suffix)].rstrip(), True
+    return text
 
-    Instances store the question without the suffix; one that already carries it (the seed's
-    stored queries did) is not extended a second time.
-    """
-    question = " ".join(instruction.split())
-    if question.endswith(REASONING_SUFFIX):
-        question = question[: -len(REASONING_SUFFIX)].rstrip()
-    return f"{question} {REASONING_SUFFIX}"
+
+def reasoning_question(instruction: str) -> str:
+    """The instruction (header, newline, question) followed by one space and the reasoning suffix
+    exactly once: the human turn of the released chain-of-thought records, after `<image>\n`."""
+    return f"{instruction_text(instruction)} {REASONING_SUFFIX}"
 
 
 def trial_prompt(instruction: str, image) -> "ChatPrompt":
@@ -68,6 +90,15 @@ def trial_prompt(instruction: str, image) -> "ChatPrompt":
     from groundflow.generate.backends import ChatPrompt
 
     return ChatPrompt(messages=[{"role": "user", "content": reasoning_question(instruction)}], image=image)
+
+
+def load_extraction_prompt(mode: str, path: str | Path | None = None) -> "PromptText":
+    """The extraction prompt file of `mode` (a user's `path`, or ours); it fills {rationale}."""
+    from groundflow.prompts import load_prompt
+
+    if mode not in EXTRACTION_PROMPTS:
+        raise ValueError(f"{EXTRACTION_STAGE}: unknown mode {mode!r}; expected one of {', '.join(EXTRACTION_MODES)}")
+    return load_prompt(path, EXTRACTION_PROMPTS[mode], fields={"rationale"})
 
 
 def rationale_answer_choices(rationale: str, max_words: int) -> list[str]:
@@ -85,16 +116,17 @@ def rationale_answer_choices(rationale: str, max_words: int) -> list[str]:
     return [f" {phrase}" for phrase in phrases] + [" none"]
 
 
-def extraction_prompt(rationale: str, *, answer_span_words: int | None = None) -> "ChatPrompt":
+def extraction_prompt(rationale: str, prompt: "PromptText", *, answer_span_words: int | None = None) -> "ChatPrompt":
     """The few-shot extraction prompt for one rationale, answer prefilled with "Answer:".
 
-    With `answer_span_words`, the answer is closed to the rationale's own phrases of at most that
-    many words (`rationale_answer_choices`): the extractor can only pick what the rationale says.
+    With `answer_span_words` (rationale_confined mode), the answer is closed to the rationale's
+    own phrases of at most that many words (`rationale_answer_choices`): the extractor can only
+    pick what the rationale says.
     """
     from groundflow.generate.backends import ChatPrompt
 
     choices = None if answer_span_words is None else rationale_answer_choices(rationale, answer_span_words)
-    return ChatPrompt(messages=extraction_messages(rationale), assistant_prefix=EXTRACTION_ASSISTANT_PREFIX,
+    return ChatPrompt(messages=extraction_messages(prompt, rationale), assistant_prefix=EXTRACTION_ASSISTANT_PREFIX,
                       choices=choices)
 
 
@@ -102,33 +134,53 @@ _ANSWER_LEAD = re.compile(
     r"^(?:(?:the\s+)?(?:final\s+|short\s+)?answer\s*(?:is\s*)?[:\-]?\s*)+", re.IGNORECASE
 )
 _COPULA_LEAD = re.compile(
-    r"^(?:it\s+is|it's|it\s+might\s+be|it\s+may\s+be|this\s+is|they\s+are|these\s+are|probably)\s+",
+    r"^(?:it\s+is|it's|it\s+might\s+be|it\s+may\s+be|it\s+could\s+be|this\s+is|they\s+are|these\s+are|"
+    r"probably|most\s+likely|likely)\s+",
     re.IGNORECASE,
 )
 _ARTICLE = re.compile(r"^(?:a|an|the)(?:\s+|$)", re.IGNORECASE)
 # Separators of hedged answers: "a cup, a mug", "cup or mug", "cup / mug", "cup; mug".
 _HEDGE = re.compile(r"\s*(?:,|;|/|\bor\b)\s*", re.IGNORECASE)
 _EDGE_MARKS = " \t\"'`*_.!?,;:()[]{}"
-# An answer saying there is no answer is no answer.
-NON_ANSWERS = frozenset({"none", "unknown", "n/a", "nothing", "no answer", "not sure"})
+# Ways of saying that the rationale settles on nothing; all are written as UNKNOWN.
+NON_ANSWERS = frozenset({"none", "unknown", "n/a", "nothing", "no answer", "not sure", "unclear", "cannot tell"})
+
+
+def _clean_option(option: str) -> str:
+    answer = " ".join(option.lower().split()).strip(_EDGE_MARKS)
+    answer = _COPULA_LEAD.sub("", answer)
+    return _ARTICLE.sub("", answer).strip(_EDGE_MARKS)
 
 
 def parse_short_answer(text: str) -> str:
-    """The cleaned short answer in an extraction output; "" when there is none.
+    """The short answer in a free extraction output (the paper's conventions); "" when empty.
 
     First non-empty line; a leading "Answer:" (or "The answer is") removed; markdown and quote
-    marks dropped; a hedged answer cut to its first option (",", ";", "/", "or"); lowercased; a
-    leading "it is"/"they are" and one article removed; trailing punctuation stripped; "none" and
-    similar non-answers give "".
-    Known limit: a comma inside one answer ("a small, red ball") also cuts it ("small").
+    marks dropped; lowercased; each option of a hedged answer (",", ";", "/", "or") cleaned of a
+    leading "it is"/"they are" and one article, and all options kept, in order and without
+    repeats, as one comma-separated list ("a cup or a mug" -> "cup, mug"), never cut to the first;
+    an answer saying there is none ("none", "n/a", ...) is written "unknown".
+    Known limit: a comma inside one answer ("a small, red ball") also reads as a hedge.
     """
     line = next((part.strip() for part in text.splitlines() if part.strip()), "")
     line = line.strip(_EDGE_MARKS)
     line = _ANSWER_LEAD.sub("", line).strip(_EDGE_MARKS)
-    option = next((part for part in _HEDGE.split(line) if part.strip(_EDGE_MARKS)), "")
-    answer = " ".join(option.lower().split()).strip(_EDGE_MARKS)
-    answer = _COPULA_LEAD.sub("", answer)
-    answer = _ARTICLE.sub("", answer).strip(_EDGE_MARKS)
+    if _clean_option(line) in NON_ANSWERS:  # before splitting: "n/a" is not a hedge
+        return UNKNOWN
+    options = [_clean_option(part) for part in _HEDGE.split(line)]
+    options = list(dict.fromkeys(o for o in options if o))
+    if not options:
+        return ""
+    if all(o in NON_ANSWERS for o in options):
+        return UNKNOWN
+    return ", ".join(o for o in options if o not in NON_ANSWERS)
+
+
+def parse_confined_answer(text: str) -> str:
+    """The answer of a rationale-confined extraction (one of the rationale's phrases, or "none"):
+    trimmed and lowercased; "none" gives "" (no answer, never correct)."""
+    answer = " ".join(text.lower().split()).strip(_EDGE_MARKS)
+    answer = _ANSWER_LEAD.sub("", answer).strip(_EDGE_MARKS)
     return "" if answer in NON_ANSWERS else answer
 
 
@@ -181,6 +233,8 @@ def extract_answers(
     generator: "Generator",
     params: "SamplingParams",
     *,
+    mode: str = FREE,
+    prompt: "PromptText | None" = None,
     answer_span_words: int | None = None,
 ) -> StageResult:
     """T2: add `predictions` (the short answer of each trial) and `raw_predictions` (model output).
@@ -189,11 +243,18 @@ def extract_answers(
     instance). Under greedy decoding identical rationales give identical answers, so each
     distinct rationale is asked once; an empty rationale is not asked and gives "". An instance
     without any trial is rejected; an empty prediction is kept (it counts as incorrect later).
-    `answer_span_words` confines each answer to a phrase of its rationale (see `extraction_prompt`);
-    None leaves the extractor free, as the paper does.
+    `mode` "free" (the paper) leaves the extractor free and reads its answer by
+    `parse_short_answer`; "rationale_confined" confines each answer to a phrase of its rationale
+    of at most `answer_span_words` words (see `extraction_prompt`), read by `parse_confined_answer`.
+    `prompt` defaults to ours for the mode.
     """
-    if answer_span_words is not None and answer_span_words < 1:
-        raise ValueError(f"answer_span_words must be >= 1 (or None), not {answer_span_words}")
+    if mode not in EXTRACTION_MODES:
+        raise ValueError(f"{EXTRACTION_STAGE}: unknown mode {mode!r}; expected one of {', '.join(EXTRACTION_MODES)}")
+    if mode == RATIONALE_CONFINED and (answer_span_words is None or answer_span_words < 1):
+        raise ValueError(f"answer_span_words must be >= 1 in mode {RATIONALE_CONFINED}, not {answer_span_words}")
+    span_words = answer_span_words if mode == RATIONALE_CONFINED else None
+    parse = parse_confined_answer if mode == RATIONALE_CONFINED else parse_short_answer
+    prompt = prompt if prompt is not None else load_extraction_prompt(mode)
     if params.n != 1:
         raise ValueError(f"answer extraction reads one answer per rationale; got params.n={params.n}")
     records = trials_df.reset_index(drop=True)
@@ -222,11 +283,11 @@ def extract_answers(
                 asked.append(rationale)
             row_slots.append(slot_of[rationale])
         slots.append(row_slots)
-    prompts = [extraction_prompt(r, answer_span_words=answer_span_words) for r in asked]
+    prompts = [extraction_prompt(r, prompt, answer_span_words=span_words) for r in asked]
     outputs = generator.generate(prompts, params) if asked else []
     _check_outputs(outputs, len(asked), 1, "answer extraction")
     raw = [row[0] for row in outputs]
-    parsed = [parse_short_answer(text) for text in raw]
+    parsed = [parse(text) for text in raw]
 
     kept["raw_predictions"] = pd.Series(
         [["" if s is None else raw[s] for s in row] for row in slots], dtype=object
@@ -269,12 +330,16 @@ def check_answers(df: pd.DataFrame, embedder, *, threshold: float) -> StageResul
 
 __all__ = [
     "CHECKING_STAGE",
+    "EXTRACTION_MODES",
     "EXTRACTION_STAGE",
     "NON_ANSWERS",
     "TRIALS_STAGE",
     "check_answers",
     "extract_answers",
     "extraction_prompt",
+    "instruction_text",
+    "load_extraction_prompt",
+    "parse_confined_answer",
     "parse_short_answer",
     "rationale_answer_choices",
     "reasoning_question",
