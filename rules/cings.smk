@@ -127,7 +127,7 @@ rule cings_train:
         summary=cings("train", "{mode}", "train_summary.json"),
     params:
         model=lambda wildcards: cings_lm_spec(),
-        train=CINGS.get("train", {}),
+        train=train_params(CINGS.get("train", {})),
         out_dir=cings("train", "{mode}"),
     log:
         "logs/cings/train/{mode}.log",
@@ -177,7 +177,7 @@ rule cings_vl_stage1:
         vision_feature_layer=CINGS.get("vl", {}).get("vision_feature_layer", -2),
         seed=config["seed"],
         records=CINGS.get("vl", {}).get("pretrain_data", {}),
-        train=CINGS.get("vl", {}).get("stage1", {}),
+        train=train_params(CINGS.get("vl", {}).get("stage1", {})),
         out_dir=cings("vl", "{mode}", "stage1"),
     log:
         "logs/cings/vl/{mode}/stage1.log",
@@ -199,7 +199,7 @@ rule cings_vl_stage2:
         summary=cings("vl", "{mode}", "stage2", "train_summary.json"),
     params:
         records=CINGS.get("vl", {}).get("instruct_data", {}),
-        train=CINGS.get("vl", {}).get("stage2", {}),
+        train=train_params(CINGS.get("vl", {}).get("stage2", {})),
         system_prompt=CINGS.get("vl", {}).get("system_prompt", ""),
         out_dir=cings("vl", "{mode}", "stage2"),
     log:

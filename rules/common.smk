@@ -39,6 +39,15 @@ def model_params(*names):
     return {name: config["models"][name] for name in names}
 
 
+def train_params(train):
+    """A train section for `train.launch.run_sft`: its accelerate/DeepSpeed files are looked up in
+    the run folder, then in this workflow (a run made with `groundflow init` and `--directory`
+    finds configs/accelerate there); a missing one fails the plan, not the job."""
+    from groundflow.train.launch import check_launch_settings
+
+    return check_launch_settings(train, run_dir=os.getcwd(), workflow_dir=workflow.basedir)
+
+
 def generation_spec(kind, model_name):
     """How a stage generates: backend settings from `generation.<kind>`, model from `models`."""
     return {**config["generation"][kind], "model": config["models"][model_name]}
@@ -58,6 +67,13 @@ def job_resources(kind):
     spec = config["resources"][kind]
     resources = {"mem_mb": spec["mem_mb"], "runtime": spec["runtime"], "gpu": spec["gpu"]}
     return {**resources, **slurm_placement(spec["gpu"])}
+
+
+def host_only_resources(kind):
+    """`kind`'s host memory and runtime without its GPUs: a job that holds a model in RAM but
+    computes nothing on a GPU (composing a checkpoint) need not hold a GPU node's GPU."""
+    spec = config["resources"][kind]
+    return {"mem_mb": spec["mem_mb"], "runtime": spec["runtime"], "gpu": 0, **slurm_placement(0)}
 
 
 def slurm_placement(gpu):
@@ -80,7 +96,8 @@ def job_threads(kind):
 # The models a method alone uses: a run without that method does not build their tiny versions
 # (a preset layered on config.yaml keeps the demo's entries). Models of no method here are built always.
 METHOD_MODELS = {
-    "cvc": {"text_llm", "masked_lm", "detector", "sam", "llava", "llava_base", "embedder"},
+    "cvc": {"text_llm", "masked_lm", "detector", "sam", "llava", "llava_base", "llava_base_lm", "llava_base_vision",
+            "llava_base_projector", "embedder"},
     "cings": {"cings_lm", "vision_tower"},
 }
 

@@ -110,6 +110,8 @@ rule cvc_entities:
     input:
         records=stage_records("images"),
         model=generation_model_input("text", "text_llm"),
+        # a user's prompt file is an input, so editing it re-runs the stage (null: ours, packaged)
+        prompt=CVC["entities"]["prompt"] or [],
     output:
         **stage_outputs("entities"),
     params:
@@ -222,6 +224,8 @@ rule cvc_instructions:
     input:
         records=stage_records("occlusion"),
         model=generation_model_input("text", "text_llm"),
+        # a user's prompt file is an input, so editing it re-runs the stage (null: ours, packaged)
+        prompt=CVC["instructions"]["prompt"] or [],
     output:
         **stage_outputs("instructions"),
     params:

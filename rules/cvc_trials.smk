@@ -18,8 +18,10 @@ rule cvc_trials:
     output:
         **stage_outputs("trials"),
     params:
-        generation=generation_spec("vision", "llava"),
+        generation={**generation_spec("vision", "llava"), "conversation_format": CVC["trials"]["conversation_format"]},
         opts=CVC["trials"],
+        # off a GPU, the memory the stage checks its batch against (groundflow.preflight)
+        gpu_memory_gib=config["resources"]["model_job"]["gpu_memory_gib"],
         seed=config["seed"],
         image_dir=cvc(),
         progress_dir=progress_dir("trials"),
@@ -38,6 +40,8 @@ rule cvc_extraction:
     input:
         records=stage_records("trials"),
         model=generation_model_input("text", "text_llm"),
+        # a user's prompt file is an input, so editing it re-runs the stage (null: ours, packaged)
+        prompt=CVC["extraction"]["prompt"] or [],
     output:
         **stage_outputs("extraction"),
     params:
@@ -106,13 +110,14 @@ rule cvc_hybrid:
 rule cvc_train:
     input:
         records=cvc("hybrid", "train.json"),
-        model=model_input(TRAIN_BASE),
+        model=llava_base_input() if TRAIN_BASE == "llava_base" else model_input(TRAIN_BASE),
     output:
         model=directory(cvc("train", "model")),
         summary=cvc("train", "train_summary.json"),
     params:
         model=config["models"][TRAIN_BASE],
-        train=CVC["train"],
+        # the trainer takes a format's name as its chat template (groundflow.train.chat_formats)
+        train={**train_params(CVC["train"]), "chat_template": CVC["conversation_format"]},
         out_dir=cvc("train"),
     log:
         "logs/cvc/train.log",

@@ -95,7 +95,7 @@ rule plot_cvc_box_scores:
         plot=report(cvc_plot("box_scores"), caption=cvc_caption("box_scores"),
                     category=REPORT_CATEGORY, subcategory="2 Data preparation"),
     params:
-        threshold=CVC["grounding"]["box_threshold"],
+        threshold=CVC["grounding"]["glip_threshold" if CVC["grounding"]["backend"] == "glip" else "dino_box_threshold"],
         backend=CVC["grounding"]["backend"],
     log:
         plot_log("box_scores"),

@@ -17,7 +17,7 @@ def test_grounding_rule_runs_the_external_command(tmp_path):
         "shards": 1,
         "cvc": {"fixture": {"n_images": 6, "include_bad": False},
                 "causality": {"ppl_low": 1.0, "ppl_high": 1.0e9},
-                "grounding": {"backend": "glip", "glip_command": command, "box_threshold": 0.7}},
+                "grounding": {"backend": "glip", "glip_command": command, "glip_threshold": 0.7}},
     })
     snakemake(run, "--cores", "2", "results/cvc/grounding/0.parquet")
     kept = pd.read_parquet(run / "results/cvc/grounding/0.parquet")

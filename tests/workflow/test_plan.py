@@ -36,10 +36,10 @@ def test_unknown_key_stops_the_run_naming_it(tmp_path):
 
 
 def test_wrong_type_stops_the_run_naming_it(tmp_path):
-    run = make_run_dir(tmp_path, {"cvc": {"grounding": {"box_threshold": "high"}}})
+    run = make_run_dir(tmp_path, {"cvc": {"grounding": {"dino_box_threshold": "high"}}})
     out = snakemake(run, "-n", check=False)
     assert out.returncode != 0
-    assert "'cvc.grounding.box_threshold': 'high' is not of type 'number'" in out.stdout + out.stderr
+    assert "'cvc.grounding.dino_box_threshold': 'high' is not of type 'number'" in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("preset, own, other", [("cvc-paper", "cvc_", "cings_"), ("cings-paper", "cings_", "cvc_")])
@@ -59,3 +59,28 @@ def test_a_run_folder_made_from_one_preset_plans_that_method_alone(tmp_path, pre
         assert counts["cings_train"] == 3 and counts["cings_vl_stage2"] == 2
         assert counts["cings_infer"] == len(datasets) * len(modes) == 24
         assert counts["cings_eval_table"] == 1
+
+
+def test_a_user_entity_prompt_is_an_input_so_editing_it_reruns_the_stage(tmp_path):
+    run = make_run_dir(tmp_path / "run", {"cvc": {"entities": {"prompt": "my_entities.txt"}}})
+    (run / "my_entities.txt").write_text('Caption: "{caption}"\n')
+    out = snakemake(run, "-n", "results/cvc/entities/0.parquet")
+    text = out.stdout + out.stderr
+    job = text[text.index("rule cvc_entities:"):]
+    assert "my_entities.txt" in job[: job.index("output:")]
+    (run / "my_entities.txt").unlink()
+    missing = snakemake(run, "-n", "results/cvc/entities/0.parquet", check=False)
+    assert missing.returncode != 0 and "my_entities.txt" in missing.stdout + missing.stderr
+
+
+@pytest.mark.parametrize("stage", ["instructions", "extraction"])
+def test_a_user_instruction_or_extraction_prompt_is_an_input_of_its_stage(tmp_path, stage):
+    run = make_run_dir(tmp_path / "run", {"cvc": {stage: {"prompt": f"my_{stage}.txt"}}})
+    (run / f"my_{stage}.txt").write_text("{label}\n" if stage == "instructions" else "{rationale}\n")
+    out = snakemake(run, "-n", f"results/cvc/{stage}/0.parquet")
+    text = out.stdout + out.stderr
+    job = text[text.index(f"rule cvc_{stage}:"):]
+    assert f"my_{stage}.txt" in job[: job.index("output:")]
+    (run / f"my_{stage}.txt").unlink()
+    missing = snakemake(run, "-n", f"results/cvc/{stage}/0.parquet", check=False)
+    assert missing.returncode != 0 and f"my_{stage}.txt" in missing.stdout + missing.stderr

@@ -51,7 +51,7 @@ def plots(config: dict) -> dict[str, tuple[str, str, str]]:
         "causality_ppl.png": ("2 Data preparation", "Causality: the masked LM",
                               f"keep window ({causality['ppl_low']}, {causality['ppl_high']})"),
         "box_scores.png": ("2 Data preparation", f"Grounding ({cvc['grounding']['backend']})",
-                           f"box_threshold = {cvc['grounding']['box_threshold']}"),
+                           f"threshold of this backend, {cvc['grounding']['dino_box_threshold']}"),
         "occluded_examples.png": ("2 Data preparation", "Occluded examples", "up to 8 final instances"),
         "trial_success.png": ("3 Trial learning", "Trial success",
                               f"Instances with {selection['cot_min']} <= k <= {selection['cot_max']} correct trials"),

@@ -1,72 +1,13 @@
-"""Prompts of the CVC text-LLM steps: entity extraction (step 1-0); what question construction
-(step 3) and answer extraction (T2) put around their prompt files (groundflow/prompts/cvc/*.txt).
+"""What the CVC text-LLM steps put around their prompt files: question construction (step 3)
+and answer extraction (T2).
 
-The wording is ours; the content follows the seed's prompts. The seed's few-shot entity examples
-contradicted its own rules in two places (an example whose label was not part of its full form,
-and one that extracted a noun from inside a phrase the rules exclude); every example here obeys the
-rules: each full form is copied verbatim from its caption and each label is a part of its full form.
-
-Bump a version string whenever its prompt's text changes: the versions are stored with the
-outputs, so a re-run can tell stale results from fresh ones.
+The prompt texts themselves are files (groundflow/prompts/cvc/*.txt, or a user's, read with
+groundflow.prompts.load_prompt; the entity prompt of step 1-0 by groundflow.cvc.entities); their
+versions, stored with the outputs, come from the files' text. Here: the prefilled answer starts,
+the fixed question shape of the typed mode and the suffixes the released data appends.
 """
 
 from __future__ import annotations
-
-ENTITY_PROMPT_VERSION = "cvc-entities-v1"
-PROMPT_VERSION = ENTITY_PROMPT_VERSION
-
-ENTITY_BEGIN = "<begin>"
-ENTITY_END = "<end>"
-# The answer is prefilled with the opening marker, so the model starts directly with line 1.
-ENTITY_ASSISTANT_PREFIX = f"{ENTITY_BEGIN}\n"
-
-ENTITY_INSTRUCTIONS = """\
-Read the image caption below and list the entities it mentions.
-
-What is an entity:
-- something concrete that one could point at in a picture: an object, an animal, a person, a place, a product;
-- it need not have a proper name: "dog", "kitchen" and "traffic light" are entities;
-- abstract nouns are never entities: feelings, states, qualities, sensations and actions ("joy", "silence", "speed", "a jump");
-- an entity is a single word or a single noun phrase;
-- if a noun phrase as a whole is not an entity, the nouns inside it are not entities either ("a moment of calm" gives nothing).
-
-How to write an entity:
-- first copy its full form exactly as the caption writes it, modifiers included ("two large brown dogs");
-- then drop articles, numbers and describing words to obtain its label, keeping the words that name the thing ("dogs", "traffic light");
-- write one entity per line as "N. full form -> label", numbered from 1, between <begin> and <end>.
-
-Examples:
-
-Caption: "Two men row a narrow boat with long oars across a calm lake."
-<begin>
-1. two men -> men
-2. a narrow boat -> boat
-3. long oars -> oars
-4. a calm lake -> lake
-<end>
-
-Caption: "Another skier waits near the ski lift on a snowy mountain."
-<begin>
-1. another skier -> skier
-2. the ski lift -> ski lift
-3. a snowy mountain -> mountain
-<end>
-
-Caption: "The joy of a sunny afternoon at the beach with a red kite."
-<begin>
-1. the beach -> beach
-2. a red kite -> kite
-<end>
-
-Now the caption to process:
-Caption: "{caption}"
-"""
-
-
-def entity_messages(caption: str) -> list[dict[str, str]]:
-    """Chat messages asking for the entities of one caption (answer prefilled separately)."""
-    return [{"role": "user", "content": ENTITY_INSTRUCTIONS.format(caption=" ".join(caption.split()))}]
-
 
 # --- step 3: the question (free: the LLM writes it; typed: its type, then the fixed shape) -------
 # The prompt texts are files (groundflow/prompts/cvc/instruction_free.txt, instruction_type.txt).
