@@ -42,7 +42,9 @@ def model_params(*names):
 def train_params(train):
     """A train section for `train.launch.run_sft`: its accelerate/DeepSpeed files are looked up in
     the run folder, then in this workflow (a run made with `groundflow init` and `--directory`
-    finds configs/accelerate there); a missing one fails the plan, not the job."""
+    finds configs/accelerate there); a missing one fails the plan, not the job. The checkout's path
+    is added by the job's script (pipeline.train_settings), not here: as a param it would make
+    moving the checkout re-run training."""
     from groundflow.train.launch import check_launch_settings
 
     return check_launch_settings(train, run_dir=os.getcwd(), workflow_dir=workflow.basedir)

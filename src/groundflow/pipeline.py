@@ -52,6 +52,15 @@ def log_uncaught_error(exc_type, exc, traceback) -> None:
         handler.flush()
 
 
+def train_settings(snakemake) -> dict:
+    """A training rule's `params.train` plus the checkout its relative launch files are looked up in
+    after the run folder (`train.launch`). Taken from the script's own location, not passed as a
+    param: a param holding the checkout's path would make moving the checkout re-run training."""
+    from groundflow.train.launch import WORKFLOW_DIR
+
+    return {**snakemake.params.train, WORKFLOW_DIR: str(Path(snakemake.scriptdir).resolve().parents[1])}
+
+
 class StageJob:
     """One Snakemake job of one stage (usually one shard)."""
 

@@ -3,12 +3,14 @@ folder first, then in the workflow (the checkout holding the Snakefile), the Dee
 accelerate file names included (train.launch)."""
 import json
 import os
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 import yaml
 
 from groundflow.train import launch
+from groundflow.pipeline import train_settings
 from groundflow.train.launch import (
     check_launch_settings,
     resolve_launch_file,
@@ -67,8 +69,9 @@ def test_an_accelerate_file_naming_a_missing_deepspeed_file_is_refused(tmp_path)
 def test_rules_settings_carry_the_workflow_and_fail_the_plan_on_a_missing_file(tmp_path):
     settings = check_launch_settings({"learning_rate": 2e-5, "accelerate_config": ZERO3}, run_dir=tmp_path,
                                      workflow_dir=REPO)
-    assert settings == {"learning_rate": 2e-5, "accelerate_config": ZERO3, "workflow_dir": str(REPO)}
-    assert check_launch_settings({}, run_dir=tmp_path, workflow_dir=REPO) == {"workflow_dir": str(REPO)}
+    # the checkout's path is no param of the job (moving the checkout must not re-run training)
+    assert settings == {"learning_rate": 2e-5, "accelerate_config": ZERO3}
+    assert check_launch_settings({}, run_dir=tmp_path, workflow_dir=REPO) == {}
     with pytest.raises(FileNotFoundError, match="nothere.yaml"):
         check_launch_settings({"accelerate_config": "nothere.yaml"}, run_dir=tmp_path, workflow_dir=REPO)
 
@@ -89,7 +92,11 @@ def test_the_launched_command_finds_both_files_from_a_run_folder_elsewhere(tmp_p
         seen["config_file"] = config_file
 
     monkeypatch.setattr(launch.subprocess, "run", fake_run)
-    train = check_launch_settings({"max_steps": 3, "accelerate_config": ZERO3}, run_dir=os.getcwd(), workflow_dir=REPO)
+    checked = check_launch_settings({"max_steps": 3, "accelerate_config": ZERO3}, run_dir=os.getcwd(), workflow_dir=REPO)
+    # what the job's script hands run_sft: the checkout taken from the script's own location
+    script = SimpleNamespace(params=SimpleNamespace(train=checked), scriptdir=str(REPO / "workflow" / "scripts"))
+    train = train_settings(script)
+    assert train == {**checked, "workflow_dir": str(REPO)}
     out = run_sft(model={"path": "some/model"}, records_path="results/cvc/hybrid/train.json", image_root=".",
                   out_dir="results/cvc/train", train=train)
     assert out == Path("results/cvc/train/model")

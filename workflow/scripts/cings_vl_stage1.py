@@ -2,7 +2,7 @@
 projector alone on captions, through the shared trainer."""
 from groundflow.cings.training import train_vl_stage
 from groundflow.models.llava import compose_llava
-from groundflow.pipeline import log, setup_logging
+from groundflow.pipeline import log, setup_logging, train_settings
 
 setup_logging(snakemake.log[0])
 base = compose_llava(
@@ -18,6 +18,6 @@ train_vl_stage(
     base_model={"path": str(base)},
     records_path=snakemake.params.records["path"],
     image_folder=snakemake.params.records["image_folder"],
-    train=snakemake.params.train,
+    train=train_settings(snakemake),
     out_dir=snakemake.params.out_dir,
 )

@@ -1,6 +1,6 @@
 """LLaVA stage 2 on the CINGS LLaVA: LM + projector on visual instructions, through the shared trainer."""
 from groundflow.cings.training import train_vl_stage
-from groundflow.pipeline import setup_logging
+from groundflow.pipeline import setup_logging, train_settings
 
 setup_logging(snakemake.log[0])
 train_vl_stage(
@@ -8,7 +8,7 @@ train_vl_stage(
     base_model={"path": snakemake.input.model},
     records_path=snakemake.params.records["path"],
     image_folder=snakemake.params.records["image_folder"],
-    train=snakemake.params.train,
+    train=train_settings(snakemake),
     out_dir=snakemake.params.out_dir,
     system_prompt=snakemake.params.system_prompt,
 )

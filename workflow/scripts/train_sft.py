@@ -1,5 +1,5 @@
 """Supervised fine-tuning (LLaVA format) of the configured model, resumable."""
-from groundflow.pipeline import setup_logging
+from groundflow.pipeline import setup_logging, train_settings
 from groundflow.train.launch import run_sft
 
 setup_logging(snakemake.log[0])
@@ -8,5 +8,5 @@ run_sft(
     records_path=snakemake.input.records,
     image_root=".",
     out_dir=snakemake.params.out_dir,
-    train=snakemake.params.train,
+    train=train_settings(snakemake),
 )

@@ -64,12 +64,12 @@ def resolved_accelerate_settings(accelerate_config: str | os.PathLike, *, run_di
 
 
 def check_launch_settings(train: dict, *, run_dir: str | os.PathLike, workflow_dir: str | os.PathLike) -> dict:
-    """A train section as the rules pass it to `run_sft`: with the workflow folder, after checking
-    that its launch files are found (so a dry run already fails on a missing one)."""
-    settings = {**train, WORKFLOW_DIR: str(workflow_dir)}
-    if settings.get(ACCELERATE_CONFIG):
-        resolved_accelerate_settings(settings[ACCELERATE_CONFIG], run_dir=run_dir, workflow_dir=workflow_dir)
-    return settings
+    """A train section as the rules pass it on, after checking that its launch files are found (so
+    a dry run already fails on a missing one). The workflow folder is not added: the job's script
+    adds it (`pipeline.train_settings`), so the checkout's path is no param of the job."""
+    if train.get(ACCELERATE_CONFIG):
+        resolved_accelerate_settings(train[ACCELERATE_CONFIG], run_dir=run_dir, workflow_dir=workflow_dir)
+    return dict(train)
 
 
 def accelerate_command(*, config_file: str, spec: ModelSpec, records_path: str, out_dir: str,
