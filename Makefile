@@ -34,7 +34,7 @@ system-deps:
 	fi
 
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # No snakemake run, no cluster, no browser: pure cores and stages on tiny models (minutes).
 test-fast: $(STAMP)

@@ -1,32 +1,34 @@
 """The embedded default composes CVC's training base through the real path: rule compose_llava_base
 joins the tiny LM, the tiny CLIP and a projector file written in the original release's format,
-and cvc_train starts from it."""
+and cvc_train starts from it. Read from the session's demo run (tests/workflow/conftest.py)."""
+
+import json
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from groundflow.models.llava import load_llava
 from groundflow.models.spec import ModelSpec
 from groundflow.train.chat_formats import VICUNA_V1_CHAT_TEMPLATE
-from snakemake_runner import make_run_dir, snakemake
 
 pytestmark = pytest.mark.workflow
 
 
-def test_demo_composes_the_base_from_its_three_parts_and_trains_from_it(tmp_path):
-    run = make_run_dir(tmp_path / "run")
-    plan = snakemake(run, "-n", "--quiet", "rules", "--cores", "1")
-    planned = plan.stdout + plan.stderr
-    assert "compose_llava_base" in planned and "build_tiny_projector" in planned
-
-    snakemake(run, "--cores", "2", "resources/models/llava-base")
-    base = run / "resources/models/llava-base"
+def test_demo_composes_the_base_from_its_three_parts_and_trains_from_it(demo):
+    base = demo / "resources/models/llava-base"
     model, processor = load_llava(ModelSpec(str(base), device="cpu"))
     assert processor.chat_template == VICUNA_V1_CHAT_TEMPLATE
-    projector = torch.load(run / "resources/models/tiny-projector/mm_projector.bin", weights_only=True)
-    weight = model.model.multi_modal_projector.linear_1.weight
-    assert torch.equal(weight, projector["model.mm_projector.0.weight"].to(weight.dtype))
+    projector = torch.load(demo / "resources/models/tiny-projector/mm_projector.bin", weights_only=True)
+    for ours, theirs in (("linear_1", "model.mm_projector.0"), ("linear_2", "model.mm_projector.2")):
+        layer = getattr(model.model.multi_modal_projector, ours)
+        assert torch.equal(layer.weight, projector[f"{theirs}.weight"].to(layer.weight.dtype))
+        assert torch.equal(layer.bias, projector[f"{theirs}.bias"].to(layer.bias.dtype))
+    # the language model is the tiny LM's, not a fresh one
+    lm = AutoModelForCausalLM.from_pretrained(demo / "resources/models/tiny-llama")
+    ours = model.model.language_model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(ours, lm.model.layers[0].self_attn.q_proj.weight.to(ours.dtype))
 
-    # cvc_train's model input is the composed folder: it is upstream of training
-    dag = snakemake(run, "-n", "--quiet", "rules", "--cores", "1", "results/cvc/train/model", "--forcerun", "compose_llava_base")
-    assert "cvc_train" in dag.stdout + dag.stderr and "compose_llava_base" in dag.stdout + dag.stderr
+    summary = json.loads((demo / "results/cvc/train/train_summary.json").read_text())
+    assert summary["model"]["path"] == "resources/models/llava-base"
+    assert summary["steps"] >= 1

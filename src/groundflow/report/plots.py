@@ -129,7 +129,7 @@ def plot_box_scores(best: np.ndarray, candidates: np.ndarray, *, threshold: floa
         ax.hist(best, bins=bins, color=KEPT_COLOR, alpha=0.8, label="best box per entity")
     else:
         _empty_note(ax, "grounded entities")
-    ax.axvline(threshold, color=REJECTED_COLOR, linestyle="--", label=f"box_threshold = {threshold:g}")
+    ax.axvline(threshold, color=REJECTED_COLOR, linestyle="--", label=f"threshold = {threshold:g}")
     ax.set_xlabel("detector box score")
     ax.set_ylabel("boxes")
     ax.yaxis.get_major_locator().set_params(integer=True)
