@@ -4,6 +4,8 @@ Vectors are written token by token: `+tok` carries a loss (label = its id), `-to
 The tokenizer is the demo's tiny Llama-3-style one (Llama-3 pre-tokenizer, Llama-3.1-Instruct chat
 template; its assistant header is 4 tokens, as in Llama-3), built deterministically.
 """
+import copy
+
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
@@ -11,7 +13,7 @@ from transformers import AutoTokenizer
 from groundflow.cings.data import convert_lines, training_conversation
 from groundflow.cings.fixture import fixture_texts, make_selfrag_fixture
 from groundflow.cings.labels import CingsLabeler, LabelSettings, unmask_token_ids
-from groundflow.models.tokenizers import build_tokenizer
+from groundflow.models.tokenizers import build_tokenizer, ensure_pad_token
 from groundflow.train.conversations import IGNORE_INDEX
 from groundflow.train.data import SFTCollator
 from reference.cings_labels import original_style_labels
@@ -127,7 +129,8 @@ def test_padding_labels_are_ignored_and_attention_comes_from_lengths(tokenizer):
     labeler = CingsLabeler(tokenizer, LabelSettings("context"))
     short, long = labeler.encode([_conversation(SINGLE, "context"), _conversation(MULTI, "context")])
     assert short.input_ids[0] == 0
-    batch = SFTCollator(tokenizer.pad_token_id)([
+    pad_id = tokenizer.convert_tokens_to_ids(ensure_pad_token(copy.deepcopy(tokenizer)))  # Llama-3.1 has no pad
+    batch = SFTCollator(pad_id)([
         {"input_ids": short.input_ids, "labels": short.labels},
         {"input_ids": long.input_ids, "labels": long.labels},
     ])

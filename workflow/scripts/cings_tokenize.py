@@ -1,22 +1,20 @@
 """Tokenise and label the converted records once per mode (the cache cings_train reads)."""
 from groundflow.cings.labels import LabelSettings
-from groundflow.cings.training import load_tokenizer, tokenize_mode, write_tokenized
+from groundflow.cings.training import tokenize_for_training, write_tokenized
 from groundflow.io.artifacts import atomic_write_json, read_table, write_table
 from groundflow.pipeline import log, setup_logging
 
 setup_logging(snakemake.log[0])
-train = snakemake.params.train
 labels = snakemake.params.labels
 records = read_table(snakemake.input.table)
-tokenizer = load_tokenizer(snakemake.params.model["path"], train["tokenizer"])
 outputs = zip(snakemake.params.modes, snakemake.output.tables, snakemake.output.rejects, snakemake.output.counts)
 for mode, table_path, rejects_path, counts_path in outputs:
-    table, rejects, counts = tokenize_mode(
+    table, rejects, counts = tokenize_for_training(
         records,
-        tokenizer,
+        model_path=snakemake.params.model["path"],
+        train=snakemake.params.train,
         settings=LabelSettings(mode, labels["mask_mode"], tuple(labels["unmask_tokens"])),
         system_prompt=snakemake.params.system_prompt,
-        max_length=train["max_length"],
         batch_size=snakemake.params.tokenize["batch_size"],
     )
     write_tokenized(table, table_path)

@@ -22,6 +22,7 @@ from groundflow.cings.data import convert_lines, read_record_lines, training_con
 from groundflow.cings.labels import CingsLabeler, Encoded, LabelSettings
 from groundflow.io.artifacts import atomic_path, atomic_write_json, atomic_write_text, write_table
 from groundflow.io.stage import StageResult, check_accounting, rejects_frame
+from groundflow.train.chat_formats import resolve_chat_template
 from groundflow.train.conversations import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,10 @@ def load_tokenizer(model_path: str, tokenizer_path: str = ""):
 
 
 def tokenizer_fingerprint(tokenizer, chat_template: str | None = None) -> dict:
-    """What makes cached ids valid: vocabulary, specials and chat template."""
+    """What makes cached ids valid: vocabulary, specials and the chat template that rendered them
+    (`train.chat_template`, a template or a format's name, else the tokenizer's own)."""
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
-    template = chat_template if chat_template is not None else (tokenizer.chat_template or "")
+    template = resolve_chat_template(chat_template) if chat_template is not None else (tokenizer.chat_template or "")
     return {
         "vocab_size": len(tokenizer),
         "vocab_sha": hashlib.sha256(vocab).hexdigest()[:16],
@@ -146,6 +148,28 @@ def tokenize_mode(
     return table, rejected, counts
 
 
+def tokenize_for_training(
+    records: pd.DataFrame,
+    *,
+    model_path: str,
+    train: dict,
+    settings: LabelSettings,
+    system_prompt: str,
+    batch_size: int = 1024,
+) -> tuple[pa.Table, pd.DataFrame, dict]:
+    """`tokenize_mode` with the tokenizer and chat template that `train_mode` will check the cache
+    against, both read from the same `train` section (`tokenizer`, `chat_template`, `max_length`)."""
+    return tokenize_mode(
+        records,
+        load_tokenizer(model_path, train.get("tokenizer", "")),
+        settings=settings,
+        system_prompt=system_prompt,
+        max_length=train["max_length"],
+        batch_size=batch_size,
+        chat_template=train.get("chat_template"),
+    )
+
+
 def _tokenized_reject(result: Encoded | str, max_length: int) -> str | None:
     if isinstance(result, str):
         return result
@@ -174,7 +198,8 @@ def train_mode(
 ) -> Path:
     """Train the model on one mode's cached examples through the shared trainer.
 
-    The cache is refused when the tokenizer the trainer loads is not the one it was made with.
+    The cache is refused when the tokenizer the trainer loads, or the chat template it is given
+    (`train.chat_template`), is not the one the cache was made with.
     """
     from groundflow.train.launch import run_sft
 

@@ -31,22 +31,26 @@ def build_tiny_causal_lm(out_dir: str | Path, seed: int = 0, texts: Iterable[str
     The tokenizer is trained on the base corpus plus `texts` (pass the prompts the model will see
     so that they tokenise into few tokens). Same seed and texts give the same files' contents.
     flavor: the tokenizer's (`tokenizers.build_tokenizer`); "llama3" gives Llama-3's pre-tokenizer
-    and Llama-3.1-Instruct's chat template (the CINGS base model).
+    and Llama-3.1-Instruct's chat template, no pad token, and the base model's EOS
+    <|end_of_text|> in the model's configs (the CINGS base model).
     """
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(flavor, out_dir, texts)
+    # The CINGS base is Llama-3.1-8B, whose config ends text with <|end_of_text|>, trained with the
+    # Instruct tokenizer, whose EOS is <|eot_id|>: the two disagree, as the real pair does.
+    eos_token_id = tokenizer.convert_tokens_to_ids("<|end_of_text|>") if flavor == "llama3" else tokenizer.eos_token_id
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         **TINY_LLAMA,
     )
     with seeded(seed):
         model = LlamaForCausalLM(config)
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

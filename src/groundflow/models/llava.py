@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from groundflow.models.spec import ModelSpec, seeded
-from groundflow.models.tokenizers import build_tokenizer
+from groundflow.models.tokenizers import build_tokenizer, ensure_pad_token
 
 IMAGE_TOKEN = "<image>"
 
@@ -219,7 +219,6 @@ LLAVA_PLAIN_CHAT_TEMPLATE = (
 )
 
 LLAVA_CHAT_TEMPLATES = {"llama3": LLAMA3_LLAVA_CHAT_TEMPLATE, "plain": LLAVA_PLAIN_CHAT_TEMPLATE}
-PAD_CANDIDATES = ("<|finetune_right_pad_id|>",)  # Llama-3 has no pad and no unk token
 
 
 def build_tiny_clip_vision(out_dir: str | os.PathLike, seed: int = 0) -> Path:
@@ -372,9 +371,8 @@ def compose_llava(
         tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
     if pad_token is not None:
         tokenizer.add_special_tokens({"pad_token": pad_token})
-    elif tokenizer.pad_token is None:
-        vocab = tokenizer.get_vocab()
-        tokenizer.pad_token = next((t for t in PAD_CANDIDATES if t in vocab), tokenizer.eos_token)
+    else:
+        ensure_pad_token(tokenizer)
     if pad_vocab_to_multiple_of is not None:
         lm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_vocab_to_multiple_of, mean_resizing=True)
     elif len(tokenizer) > lm.get_input_embeddings().num_embeddings:

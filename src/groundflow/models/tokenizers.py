@@ -3,6 +3,9 @@
 Each flavour mirrors the real model family's tokenizer kind and special tokens, so the code that
 handles real checkpoints (chat templates, mask tokens, offsets, padding) runs unchanged:
 - "llama": byte-level BPE with Llama-3-style special tokens and chat template,
+- "llama3": "llama" as Llama-3.1-Instruct's tokenizer is: Llama-3's pre-tokenizer split, its chat
+  template, EOS `<|eot_id|>` and no pad token (`<|finetune_right_pad_id|>` is in the vocabulary
+  but unassigned; `ensure_pad_token` assigns it where training needs a pad),
 - "vicuna": byte-level BPE with Llama-2's / Vicuna-v1.5's <unk> <s> </s>, BOS added, no pad token
   and no chat template (lmsys/vicuna-7b-v1.5 ships none; LLaVA-1.5 brings the conversation format),
 - "roberta": byte-level BPE with RoBERTa's <s> </s> <pad> <unk> <mask>,
@@ -57,6 +60,11 @@ LLAMA_SPECIALS = [
     "<image>",
 ]
 
+# Reserved tokens meant for padding, in order of preference: Llama-3 ships no pad token (and no unk)
+# and reserves this one, which never occurs in text; any token the chat template writes (EOS,
+# end-of-turn) would be a worse pad.
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>",)
+
 # Llama-2's SentencePiece specials, at its ids 0, 1, 2 (Vicuna-v1.5 has no pad token)
 VICUNA_SPECIALS = ["<unk>", "<s>", "</s>"]
 
@@ -92,6 +100,15 @@ Question: Context: Answer: Passage: Document: Title: yes no true false
 """
 
 
+def ensure_pad_token(tokenizer) -> str:
+    """The tokenizer's pad token, assigning one when it has none: a reserved pad token of the
+    vocabulary (`PAD_CANDIDATES`), else EOS (Llama-2 / Vicuna reserve none). Returns the pad token."""
+    if tokenizer.pad_token is None:
+        vocab = tokenizer.get_vocab()
+        tokenizer.pad_token = next((t for t in PAD_CANDIDATES if t in vocab), tokenizer.eos_token)
+    return tokenizer.pad_token
+
+
 def corpus_lines(extra: Iterable[str] = ()) -> list[str]:
     lines = [l.strip() for l in BASE_CORPUS.strip().splitlines() if l.strip()]
     return lines + [l for l in extra if l]
@@ -108,8 +125,8 @@ LLAMA3_SPLIT_PATTERN = (
 def build_tokenizer(flavor: str, out_dir: str | Path, texts: Iterable[str] = (), vocab_size: int | None = None):
     """Train a tokenizer of `flavor` on the base corpus plus `texts`; save it to `out_dir`.
 
-    "llama3" is "llama" with Llama-3's pre-tokenizer split and Llama-3.1-Instruct's chat template
-    (the CINGS tokenizer); vocab_size defaults to 1024 (2048 for "llama3", whose texts are longer).
+    "llama3" is "llama" with Llama-3's pre-tokenizer split, Llama-3.1-Instruct's chat template and,
+    like it, no pad token (the CINGS tokenizer); vocab_size defaults to 1024 (2048 for "llama3", whose texts are longer).
     """
     lines = corpus_lines(texts)
     out_dir = Path(out_dir)
@@ -127,7 +144,8 @@ def build_tokenizer(flavor: str, out_dir: str | Path, texts: Iterable[str] = (),
             tokenizer_object=tok,
             bos_token="<|begin_of_text|>",
             eos_token="<|eot_id|>",
-            pad_token="<|finetune_right_pad_id|>",
+            # Llama-3.1-Instruct assigns no pad token; the demo's generic "llama" keeps one.
+            pad_token=None if flavor == "llama3" else "<|finetune_right_pad_id|>",
             model_max_length=2048,
         )
         fast.chat_template = LLAMA31_CHAT_TEMPLATE if flavor == "llama3" else LLAMA3_CHAT_TEMPLATE

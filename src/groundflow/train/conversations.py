@@ -167,7 +167,9 @@ def render_conversation(conversation: Conversation, tokenizer, *, chat_template:
     full = _render(tokenizer, messages, chat_template, add_generation_prompt=False)
 
     image_token = getattr(processor, "image_token", None) if processor is not None else None
-    specials = _special_strings(tok, exclude={image_token or IMAGE_PLACEHOLDER, tok.pad_token or ""})
+    # The pad token is not excluded: a tokenizer padded with its end-of-turn token (Llama-3.1 with
+    # pad = <|eot_id|>) would then find no end of turn and get a second one appended.
+    specials = _special_strings(tok, exclude={image_token or IMAGE_PLACEHOLDER})
     eos = tok.eos_token
     insertions: list[int] = []  # positions in `full` where EOS goes in
     turns: list[tuple[int, int, int, int]] = []  # (turn_start, content_start, content_end, turn_end) in `full`
@@ -231,6 +233,21 @@ def render_conversation(conversation: Conversation, tokenizer, *, chat_template:
         image_token_id=image_token_id,
         num_images=num_images,
     )
+
+
+def end_of_turn_token(tokenizer, *, chat_template: str | None = None) -> str:
+    """The token that ends an assistant turn in training: the special token the template writes
+    after the answer (Llama-3: <|eot_id|>), or the EOS `render_conversation` appends where it writes
+    none. Generation must stop on it, so it belongs in a trained checkpoint's stop tokens."""
+    probe = [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Yes"}]
+    rendered = render_conversation(probe, tokenizer, chat_template=chat_template)
+    (_, content_end), (_, turn_end) = rendered.content_spans[0], rendered.assistant_spans[0]
+    ending = rendered.text[content_end:turn_end]
+    tok = text_tokenizer(tokenizer)
+    for token in sorted({*_special_strings(tok, exclude=set()), tok.eos_token or ""}, key=len, reverse=True):
+        if token and ending.endswith(token):
+            return token
+    raise ConversationError(f"the assistant turn ends with {ending!r}, which is no special token")
 
 
 def _expand_token(text: str, turns: list[tuple[int, ...]], token: str, copies: int):

@@ -20,6 +20,7 @@ from transformers import (
 
 from groundflow.io.artifacts import atomic_directory
 from groundflow.models.spec import ModelSpec, resolve_dtype
+from groundflow.models.tokenizers import ensure_pad_token
 from groundflow.train.config import SFTConfig
 from groundflow.train.conversations import text_tokenizer
 
@@ -69,8 +70,9 @@ def load_for_training(spec: ModelSpec, *, use_bf16: bool, tokenizer: str = ""):
             model.resize_token_embeddings(len(processing))
     tok = text_tokenizer(processing)
     tok.padding_side = "right"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    # Not EOS: Llama-3.1-Instruct's EOS is its end-of-turn token, and a checkpoint saved with
+    # pad == end-of-turn carries that into every model composed or trained from it.
+    ensure_pad_token(tok)
     model.config.use_cache = False
     if getattr(model.config, "text_config", None) is not None:
         model.config.text_config.use_cache = False
@@ -143,17 +145,21 @@ def _model_class(is_llava: bool):
     return LlavaForConditionalGeneration if is_llava else AutoModelForCausalLM
 
 
-def merge_lora_checkpoint(base_path: str, adapter_dir: Path, out_dir: Path, *, is_llava: bool, dtype: torch.dtype, processing) -> None:
+def merge_lora_checkpoint(base_path: str, adapter_dir: Path, out_dir: Path, *, is_llava: bool, dtype: torch.dtype, processing,
+                          generation_config=None) -> None:
     """Load the base model, apply the saved adapter, merge it into the weights and save HF format.
 
     Merging a fresh copy from the saved adapter works the same under DDP and ZeRO-3, where the
-    training model's weights are sharded or wrapped.
+    training model's weights are sharded or wrapped. `generation_config`, when given, is saved in
+    place of the base model's (the trained model's stop tokens).
     """
     from peft import PeftModel
 
     base = _model_class(is_llava).from_pretrained(base_path, dtype=dtype)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.config.use_cache = True
+    if generation_config is not None:
+        merged.generation_config = generation_config
     with atomic_directory(out_dir) as tmp:
         merged.save_pretrained(tmp)
         processing.save_pretrained(tmp)

@@ -6,6 +6,7 @@ saving the final model from every process."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from transformers.trainer_utils import TrainOutput
 
 from groundflow.models.spec import ModelSpec, resolve_dtype
 from groundflow.train.config import EPOCH_STEP, EPOCH_STEP_GAMMA, SFTConfig, epoch_step_factor
-from groundflow.train.conversations import IGNORE_INDEX
+from groundflow.train.conversations import IGNORE_INDEX, end_of_turn_token, text_tokenizer
 from groundflow.train.data import MASKED_KEY, ModalityLengthGroupedSampler
 from groundflow.train.checkpoints import TRAINER_STATE, checkpoint_step, last_complete_checkpoint
 from groundflow.train.model_prep import merge_lora_checkpoint
@@ -193,6 +194,23 @@ def tensorboard_callback(runs_dir: Path):
     runs_dir.mkdir(parents=True, exist_ok=True)
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(runs_dir)))
 
+def stopping_generation_config(generation_config, processing, chat_template: str | None):
+    """A copy of the model's generation config whose eos_token_id lists every token a turn can
+    end with: the config's own EOS (Llama-3.1 base: <|end_of_text|>), the tokenizer's and the
+    training template's end-of-turn token (<|eot_id|>). vLLM and `generate` stop on the saved
+    list, so they stop where the trained model was taught to."""
+    tokenizer = text_tokenizer(processing)
+    eot = tokenizer.convert_tokens_to_ids(end_of_turn_token(processing, chat_template=chat_template))
+    current = generation_config.eos_token_id
+    ids: list[int] = []
+    for token in [*(current if isinstance(current, (list, tuple)) else [current]), tokenizer.eos_token_id, eot]:
+        if token is not None and int(token) not in ids:
+            ids.append(int(token))
+    updated = copy.deepcopy(generation_config)
+    updated.eos_token_id = ids if len(ids) > 1 else ids[0]
+    return updated
+
+
 def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *, is_llava: bool, out_dir: Path, use_bf16: bool) -> None:
     """Every process takes part in `save_model` (ZeRO-3 gathers the shards); the main process then
     completes the folder and moves it into place, so out_dir/model is whole or absent."""
@@ -206,6 +224,7 @@ def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *,
     trainer.save_model(str(partial))
     if trainer.is_world_process_zero():
         model_dir = out_dir / "model"
+        generation = stopping_generation_config(unwrapped.generation_config, processing, config.chat_template)
         if config.lora is not None and config.merge_lora:
             dtype = torch.bfloat16 if use_bf16 else torch.float32
             if spec.dtype != "auto":
@@ -214,10 +233,12 @@ def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *,
             plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
             no_zero3 = plugin.zero3_init_context_manager(enable=False) if plugin is not None else contextlib.nullcontext()
             with no_zero3:
-                merge_lora_checkpoint(spec.path, partial, model_dir, is_llava=is_llava, dtype=dtype, processing=processing)
+                merge_lora_checkpoint(spec.path, partial, model_dir, is_llava=is_llava, dtype=dtype, processing=processing,
+                                      generation_config=generation)
             shutil.rmtree(partial)
         else:
             processing.save_pretrained(partial)
+            generation.save_pretrained(partial)
             (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle; the summary holds the config
             if model_dir.exists():
                 shutil.rmtree(model_dir)
