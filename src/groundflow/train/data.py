@@ -134,19 +134,15 @@ def build_examples(
     A record that carries `input_ids` and `labels` was tokenised ahead (a tokenisation cache, e.g.
     CINGS's per-mode tables): it is taken as it is, with the same checks and truncation.
     """
-    root = Path(image_root) if image_root is not None else None
-    encode = RecordEncoder(tokenizer_or_processor, mask_fn, max_length=max_length, is_llava=is_llava)
-    examples, skipped = [], []
-    for index, record in enumerate(records):
-        rid = record_id(record, index)
-        problem = structure_problem(record, rid, root=root, is_llava=is_llava)
-        if problem is None:
-            try:
-                examples.append(encode(record, rid))
-                continue
-            except ExampleError as error:
-                problem = str(error)
-        skipped.append({"id": rid, "reason": problem})
+    # The dataset's own checks and encoder, run on every record now: one definition of both paths.
+    dataset = LazyExampleDataset(records, tokenizer_or_processor, mask_fn, max_length=max_length,
+                                 image_root=image_root, is_llava=is_llava)
+    examples, skipped = [], list(dataset.skipped)
+    for record, rid in zip(dataset.records, dataset.ids):
+        try:
+            examples.append(dataset.encode(record, rid))
+        except ExampleError as error:
+            skipped.append({"id": rid, "reason": str(error)})
     return examples, skipped
 
 
