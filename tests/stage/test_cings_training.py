@@ -1,9 +1,12 @@
-"""CINGS training on the tiny Llama-3-style model: the tokenisation cache through the shared
-trainer (LoRA with embeddings and LM head trained in full, the per-epoch step decay, batches by
-length), and the vision-language step (LLaVA on the trained LM, projector-only stage 1, stage 2)."""
+"""CINGS training on the tiny Llama-3-style model: convert, tokenize and the counts through their
+workflow scripts and the shared stage machinery (declared tables, accounting, a resumed
+tokenisation), the tokenisation cache through the shared trainer (LoRA with embeddings and LM
+head trained in full, the per-epoch step decay, batches by length), and the vision-language step
+(LLaVA on the trained LM, projector-only stage 1, stage 2)."""
 import json
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -11,22 +14,30 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, LlavaForConditionalGeneration
 
+from groundflow.cings import training
 from groundflow.cings.fixture import make_selfrag_fixture, make_vl_fixture
 from groundflow.cings.labels import LabelSettings
 from groundflow.cings.training import (
+    TokenizeStep,
     convert_records,
     load_tokenizer,
+    same_layout,
+    stage_counts,
     tokenize_mode,
     train_mode,
     train_vl_stage,
     write_tokenized,
 )
+from groundflow.config import load_schema
+from groundflow.io.schemas import table_schema
+from groundflow.io.stage import AccountingError
 from groundflow.generate.text import generate_texts, render_prompts
 from groundflow.generate.vision import generate_vision_texts, render_vision_prompts
 from groundflow.models.llava import build_tiny_clip_vision, compose_llava, load_llava
 from groundflow.models.spec import ModelSpec
 from groundflow.demo import build_demo_model
 from groundflow.train.config import epoch_step_factor
+from script_harness import FakeSnakemake, run_script
 
 SYSTEM = "You are a helpful language assistant."
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05,
@@ -167,3 +178,139 @@ def test_vl_step_stage1_trains_only_the_projector_then_stage2_the_lm(tmp_path, b
     prompts = render_vision_prompts(processor, [[{"role": "user", "content": "What shape is in the image?"}]], [True])
     texts = generate_vision_texts(model, processor, prompts, [Image.open(tmp_path / "vl/images/shape_000.png")], max_new_tokens=5)
     assert len(texts) == 1 and len(texts[0]) == 1
+
+
+# ---------------------------------------------------------------- the stage scripts
+
+MODES = ["no_context", "context", "no_mask"]
+CINGS_SCHEMA = load_schema()["properties"]["cings"]["properties"]
+DATA = {key: spec["default"] for key, spec in CINGS_SCHEMA["data"]["properties"].items()}
+LABELS = {key: spec["default"] for key, spec in CINGS_SCHEMA["labels"]["properties"].items()}
+
+
+def _convert(folder: Path, records: str, log: Path) -> dict:
+    outputs = {"table": folder / "records.parquet", "filtered": folder / "filtered.jsonl",
+               "rejects": folder / "rejects.parquet", "counts": folder / "counts.json"}
+    run_script("cings_convert.py", FakeSnakemake(input={"records": records}, output={k: str(v) for k, v in outputs.items()},
+                                                 params={"records": records, "opts": DATA}, log=[str(log)]))
+    return outputs
+
+
+def _tokenize(folder: Path, table: Path, base, *, modes=MODES, max_length=512, progress=True, batch_size=4):
+    outputs = {"tables": [str(folder / f"{m}.parquet") for m in modes],
+               "rejects": [str(folder / f"{m}.rejects.parquet") for m in modes],
+               "counts": [str(folder / f"{m}.counts.json") for m in modes]}
+    params = {"modes": list(modes), "model": {"path": str(base)}, "labels": LABELS, "system_prompt": SYSTEM,
+              "tokenize": {"batch_size": batch_size}, "train": {"max_length": max_length}}
+    if progress:
+        params["progress_dirs"] = [str(folder / f".progress-{m}") for m in modes]
+    run_script("cings_tokenize.py", FakeSnakemake(input={"table": str(table), "model": str(base), "tokenizer": []},
+                                                  output=outputs, params=params,
+                                                  log=[str(folder / "logs" / f"{m}.log") for m in modes]))
+    return outputs
+
+
+def test_convert_tokenize_and_counts_scripts_write_declared_tables_and_account_for_every_record(tmp_path, base):
+    fixture = make_selfrag_fixture(tmp_path / "fixture", seed=0, n_records=10)
+    converted = _convert(tmp_path / "data", fixture["records"], tmp_path / "logs/convert.log")
+    records = pq.read_table(converted["table"])
+    assert records.schema.equals(table_schema("cings_records"), check_metadata=False)
+    assert pq.read_schema(converted["rejects"]).equals(table_schema("rejects"), check_metadata=False)
+    convert_counts = json.loads(converted["counts"].read_text())
+    assert (convert_counts["in"], convert_counts["out"]) == (fixture["n_lines"], 10)
+    assert convert_counts["rejected"] == len(fixture["bad_cases"]) > 0
+    assert convert_counts["produced_by"] == {k: DATA[k] for k in ("variant", "keep_no_retrieval", "input_separator")}
+    filtered = [json.loads(line) for line in converted["filtered"].read_text().splitlines()]
+    assert [r["id"] for r in filtered] == records.column("id").to_pylist()
+
+    tokenized = _tokenize(tmp_path / "tokenized", converted["table"], base)
+    fingerprint = training.tokenizer_fingerprint(load_tokenizer(str(base)))
+    for mode, table, counts in zip(MODES, tokenized["tables"], tokenized["counts"]):
+        assert same_layout(pq.read_schema(table), table_schema("cings_tokenized"))
+        counts = json.loads(Path(counts).read_text())
+        assert counts["stage"] == f"tokenize:{mode}" and counts["in"] == 10 == counts["out"] + counts["rejected"]
+        assert counts["chunks"] == 3  # batch_size 4: the job ran in chunks through StageJob
+        assert counts["produced_by"]["tokenizer"] == fingerprint and counts["produced_by"]["mode"] == mode
+        assert not (tmp_path / "tokenized" / f".progress-{mode}").exists()  # removed once the mode is written
+        log = (tmp_path / "tokenized" / "logs" / f"{mode}.log").read_text()
+        assert f"tokenize:{mode}: in 10 = out 10 + rejected 0" in log and "supervised_tokens" in log
+    masked = {m: int(pd.read_parquet(t)["n_masked_in_assistant"].sum()) for m, t in zip(MODES, tokenized["tables"])}
+    assert masked["context"] > 0 and masked["no_mask"] == masked["no_context"] == 0
+
+    # the trainer's summaries as cings_train writes them; one record skipped in no_mask
+    summaries = []
+    for mode in MODES:
+        path = tmp_path / "train" / mode / "train_summary.json"
+        path.parent.mkdir(parents=True)
+        skipped = [{"id": "selfrag-0001", "reason": "no token left"}] if mode == "no_mask" else []
+        path.write_text(json.dumps({"records": 10, "examples": 10 - len(skipped), "skipped": skipped}))
+        summaries.append(str(path))
+    out = {"counts": str(tmp_path / "stage_counts.tsv"), "rejects": str(tmp_path / "rejects.parquet")}
+    run_script("cings_counts.py", FakeSnakemake(
+        input={"convert": str(converted["counts"]), "convert_rejects": str(converted["rejects"]),
+               "tokenize": tokenized["counts"], "tokenize_rejects": tokenized["rejects"], "summaries": summaries},
+        output=out, params={"modes": MODES}, log=[str(tmp_path / "logs/counts.log")]))
+    counts = pd.read_csv(out["counts"], sep="\t")
+    assert list(counts.columns) == table_schema("cings_stage_counts").names
+    assert list(counts["stage"]) == ["convert"] + [f"tokenize:{m}" for m in MODES] + [f"train:{m}" for m in MODES]
+    rejects = pd.read_parquet(out["rejects"])
+    assert len(rejects) == counts["rejected"].sum() == len(fixture["bad_cases"]) + 1
+    assert rejects.loc[rejects["stage"] == "train:no_mask", "id"].tolist() == ["selfrag-0001"]
+
+
+def test_a_killed_tokenisation_resumes_from_its_finished_chunks(tmp_path, base, records, monkeypatch):
+    write_table_path = tmp_path / "records.parquet"
+    records.to_parquet(write_table_path)
+    fresh = _tokenize(tmp_path / "fresh", write_table_path, base, modes=["context"])
+    calls = {"n": 0}
+    real_call = TokenizeStep.__call__
+
+    def dies_on_the_second_chunk(self, chunk):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")  # as a job killed part way
+        return real_call(self, chunk)
+
+    monkeypatch.setattr(TokenizeStep, "__call__", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        _tokenize(tmp_path / "resumed", write_table_path, base, modes=["context"])
+    assert (tmp_path / "resumed" / ".progress-context" / "chunk-00000.kept.parquet").is_file()
+    monkeypatch.setattr(TokenizeStep, "__call__", real_call)
+    resumed = _tokenize(tmp_path / "resumed", write_table_path, base, modes=["context"])
+    counts = json.loads(Path(resumed["counts"][0]).read_text())
+    assert counts["chunks_reused"] == 1 and counts["items_recomputed"] == len(records) - 4
+    assert Path(resumed["tables"][0]).read_bytes() == Path(fresh["tables"][0]).read_bytes()
+
+
+def test_a_mode_with_every_record_rejected_fails_its_job_with_the_reason(tmp_path, base, records):
+    records.to_parquet(tmp_path / "records.parquet")
+    with pytest.raises(ValueError, match="tokenize:context: every record was rejected"):
+        _tokenize(tmp_path / "tok", tmp_path / "records.parquet", base, modes=["context"], max_length=20, progress=False)
+    rejects = pd.read_parquet(tmp_path / "tok" / "context.rejects.parquet")
+    assert len(rejects) == len(records) and rejects["reason"].str.contains("more than max_length 20").all()
+
+
+def test_convert_accounting_is_checked_against_the_input_ids(tmp_path, monkeypatch):
+    fixture = make_selfrag_fixture(tmp_path, seed=0, n_records=4)
+    real = training.convert_source_records
+
+    def loses_the_last_record(sources, **options):
+        kept, rejects = real(sources, **options)
+        return kept[:-1], rejects
+
+    monkeypatch.setattr(training, "convert_source_records", loses_the_last_record)
+    with pytest.raises(AccountingError, match="1 input ids neither kept nor rejected"):
+        convert_records(fixture["records"], variant="multi", keep_no_retrieval=False, input_separator="\n\n")
+
+
+def test_stage_counts_check_the_steps_form_one_chain():
+    convert = {"stage": "convert", "in": 12, "out": 10, "rejected": 2}
+    tokenize = [{"stage": "tokenize:context", "in": 10, "out": 9, "rejected": 1}]
+    frame = stage_counts(convert, tokenize, {"context": {"records": 9, "examples": 9, "skipped": []}})
+    assert frame.to_dict("records")[-1] == {"stage": "train:context", "in": 9, "out": 9, "rejected": 0}
+    with pytest.raises(AssertionError, match="train:context read 10 records, tokenize:context kept 9"):
+        stage_counts(convert, tokenize, {"context": {"records": 10, "examples": 10, "skipped": []}})
+    with pytest.raises(AssertionError, match="tokenize:context read 11 records, convert kept 10"):
+        stage_counts(convert, [{**tokenize[0], "in": 11, "rejected": 2}], {})
+    with pytest.raises(AssertionError, match=r"convert: in 12 != out 10 \+ rejected 1"):
+        stage_counts({**convert, "rejected": 1}, tokenize, {})

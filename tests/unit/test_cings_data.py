@@ -12,6 +12,7 @@ from groundflow.cings.data import (
     convert_record,
     parse_marker_output,
     parse_selfrag_output,
+    read_source_records,
     to_marker_output,
     training_conversation,
     user_text,
@@ -128,6 +129,19 @@ def test_every_line_is_kept_or_rejected_once(tmp_path):
         ("line:5", "record line:5: no retrieved passage ([No Retrieval])"),
         ("line:6", "record line:6: not a JSON object but list"),
     ]
+
+
+def test_source_ids_are_fixed_before_conversion_and_name_unreadable_lines():
+    """The convert stage's accounting is checked against these ids, which do not depend on
+    whether a record converts: a record that converts badly is still accounted for under its id."""
+    good = {"id": "a", "instruction": "Q?", "output": f"[Retrieval]<paragraph>{P1}</paragraph>[Relevant]A.[Utility:5]"}
+    lines = [json.dumps(good), "   ", json.dumps({**good, "id": "b", "output": ""}), json.dumps(good), "[1,", json.dumps({"id": 7, "x": 1})]
+    sources = read_source_records(lines)
+    assert [(s.id, s.line) for s in sources] == [("a", 1), ("b", 3), ("line:4", 4), ("line:5", 5), ("7", 6)]
+    assert [s.error is None for s in sources] == [True, True, False, False, True]
+    kept, rejects, count = convert_lines(lines)
+    assert {r.id for r in kept} | {i for i, _ in rejects} == {s.id for s in sources} and count == len(sources)
+    assert dict(rejects)["b"] == "record b: empty output"
 
 
 def test_fixture_bad_lines_are_rejected_with_the_expected_reasons(tmp_path):

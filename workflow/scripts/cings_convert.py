@@ -1,18 +1,15 @@
 """Self-RAG records -> converted records (marker form), the original's filtered JSONL, rejects, counts."""
-from groundflow.cings.training import convert_records, write_converted
-from groundflow.pipeline import log, setup_logging
+from groundflow.cings.training import convert_to_files
+from groundflow.pipeline import setup_logging
 
 setup_logging(snakemake.log[0])
-opts = snakemake.params.opts
-frame, rejects, counts = convert_records(
+# params.records, not input.records: a missing user file is no input (the plan still works) and
+# the job names it when it runs.
+convert_to_files(
     snakemake.params.records,
-    variant=opts["variant"],
-    keep_no_retrieval=opts["keep_no_retrieval"],
-    input_separator=opts["input_separator"],
+    snakemake.params.opts,
+    table=snakemake.output.table,
+    filtered=snakemake.output.filtered,
+    rejects_path=snakemake.output.rejects,
+    counts_path=snakemake.output.counts,
 )
-write_converted(
-    frame, rejects, counts,
-    table=snakemake.output.table, filtered=snakemake.output.filtered,
-    rejects_path=snakemake.output.rejects, counts_path=snakemake.output.counts,
-)
-log.info("convert: %s", counts)

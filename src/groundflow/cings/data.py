@@ -15,7 +15,9 @@ Three steps, all pure (no model, no disk):
    IT. Unlike the original it handles several passages in the no-context text and collapses runs
    of spaces to one space (the original raised on a second passage and glued words together).
 
-Each bad record raises `RecordError`, whose message is the reason the record is rejected.
+Each bad record raises `RecordError`, whose message is the reason the record is rejected. The
+records of a file are named first (`read_source_records`: the `id` field, else `line:N`), so the
+convert stage's accounting is checked against ids that do not depend on the conversion.
 """
 
 from __future__ import annotations
@@ -294,39 +296,70 @@ def convert_record(
     )
 
 
-def convert_lines(
-    lines: Iterable[str], **options
-) -> tuple[list[ConvertedRecord], list[tuple[str, str]], int]:
-    """(kept, rejects as (id, reason), number of records read) over the lines of a JSONL file.
+@dataclass(frozen=True)
+class SourceRecord:
+    """One record of the input file, named before it is converted: its `id` field, else `line:N`
+    (also for a line that is not JSON and for the second record of a repeated id, whose `error`
+    then says why it is rejected without being converted)."""
 
-    A record's id is its `id` field, else `line:N`; a line that is not valid JSON, or a repeated
-    id, is rejected as `line:N`. Blank lines are not records.
+    id: str
+    line: int
+    value: object = None
+    error: str | None = None
+
+
+def read_source_records(lines: Iterable[str]) -> list[SourceRecord]:
+    """The records of a JSONL file's lines, each with the id the stage accounts for it under.
+
+    The accounting of the convert stage is checked against these ids, which are fixed before any
+    record is converted. Blank lines are not records.
     """
-    kept: list[ConvertedRecord] = []
-    rejects: list[tuple[str, str]] = []
+    records: list[SourceRecord] = []
     seen: set[str] = set()
-    count = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        count += 1
         fallback = f"line:{number}"
         try:
-            record = json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as error:
-            rejects.append((fallback, f"line {number} is not valid JSON ({error.msg})"))
+            records.append(SourceRecord(fallback, number, error=f"line {number} is not valid JSON ({error.msg})"))
             continue
-        raw_id = record.get("id") if isinstance(record, dict) else None
+        raw_id = value.get("id") if isinstance(value, dict) else None
         record_id = str(raw_id) if raw_id not in (None, "") else fallback
         if record_id in seen:
-            rejects.append((fallback, f"line {number}: duplicate id {record_id!r}"))
+            records.append(SourceRecord(fallback, number, error=f"line {number}: duplicate id {record_id!r}"))
             continue
         seen.add(record_id)
+        records.append(SourceRecord(record_id, number, value))
+    return records
+
+
+def convert_source_records(
+    records: Iterable[SourceRecord], **options
+) -> tuple[list[ConvertedRecord], list[tuple[str, str]]]:
+    """(kept, rejects as (id, reason)): each source record converted (`convert_record`) or rejected."""
+    kept: list[ConvertedRecord] = []
+    rejects: list[tuple[str, str]] = []
+    for source in records:
+        if source.error is not None:
+            rejects.append((source.id, source.error))
+            continue
         try:
-            kept.append(convert_record(record, record_id=record_id, **options))
+            kept.append(convert_record(source.value, record_id=source.id, **options))
         except RecordError as error:
-            rejects.append((record_id, f"record {record_id}: {error}"))
-    return kept, rejects, count
+            rejects.append((source.id, f"record {source.id}: {error}"))
+    return kept, rejects
+
+
+def convert_lines(
+    lines: Iterable[str], **options
+) -> tuple[list[ConvertedRecord], list[tuple[str, str]], int]:
+    """(kept, rejects as (id, reason), number of records read) over the lines of a JSONL file
+    (`read_source_records`, then `convert_source_records`)."""
+    sources = read_source_records(lines)
+    kept, rejects = convert_source_records(sources, **options)
+    return kept, rejects, len(sources)
 
 
 def read_record_lines(text: str) -> list[str]:
