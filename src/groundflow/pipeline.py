@@ -101,8 +101,14 @@ class StageJob:
     def run(self, process: Callable[..., StageResult], *, produced_by: dict,
             chunk_size: int = 1 << 30, parent_column: str = "id",
             group_column: str | Callable[[pd.DataFrame], pd.Series] | None = None,
-            files_to: str | None = None) -> dict:
+            files_to: str | None = None,
+            units: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> dict:
         """Run `process` over the records in chunks (see `run_chunked`) and write the outputs.
+
+        With `units`, the job's units are `units(records)` rather than the records themselves
+        (each with its own unique `id`): chunks, resume and the accounting in = out + rejected are
+        over those. CINGS inference asks every record in several settings, one unit per record x
+        setting (`groundflow.cings.inference.setting_requests`), in one job that loads its model once.
 
         With `files_to` (a folder output of the rule), `process(chunk, files_dir)` writes its
         files into the chunk's checkpoint and they are put into `files_to` after the tables:
@@ -114,6 +120,9 @@ class StageJob:
             raise ValueError(f"{self.stage}: a stage writing files into {files_to} needs a progress_dir")
         records = read_table(self.records_path)
         log.info("%s: %d input records from %s", self.stage, len(records), self.records_path)
+        if units is not None:
+            records = units(records)
+            log.info("%s: %d units of work", self.stage, len(records))
         result, stats = run_chunked(
             records, process, chunk_size=chunk_size, progress_dir=self.progress_dir,
             params=produced_by, parent_column=parent_column, group_column=group_column,

@@ -116,3 +116,22 @@ def test_prompts_over_the_token_limit_are_rejected(batched, records):
     assert too_long and set(result.rejects["id"]) == too_long
     assert set(result.kept["id"]) == set(records["id"]) - too_long
     assert all(reason.endswith(f"tokens, over max_prompt_tokens={limit}") for reason in result.rejects["reason"])
+
+
+def test_sentence_completion_prompt_through_the_chat_template(batched):
+    from groundflow.cings.eval_fixture import kind_records
+    from groundflow.cings.inference import load_instruction
+
+    record = validate_records([RawEntry(1, kind_records("based_swde")[0])]).kept.iloc[0].to_dict()
+    instruction = load_instruction("sentence_completion_newline")
+    parts = build_prompt(record, "prefilled_1doc", ndocs=1, system_prompt=SYSTEM, prompt="sentence_completion_newline",
+                         instruction=instruction.text)
+    prompt = render_prompts(batched.tokenizer, [list(parts.messages)], parts.assistant_prefix)[0]
+    user = f"<|start_header_id|>user<|end_header_id|>\n\n{instruction.text.strip()}<|eot_id|>"
+    assert user in prompt
+    assert prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n## Context The Silent Harbor\n"
+                           "Director: Mara Lindqvist\nRelease year: 2011\nGenre: Drama\nRunning time: 118 minutes\n"
+                           "The Silent Harbor director: ## Answer")
+    result = infer_setting(pd.DataFrame([record]), batched, SamplingParams(max_new_tokens=3), "prefilled_1doc", ndocs=1,
+                           system_prompt=SYSTEM, prompt="sentence_completion_newline", instruction=instruction.text)
+    assert len(result.kept) == 1 and result.kept.iloc[0]["n_docs"] == 1

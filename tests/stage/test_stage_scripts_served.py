@@ -77,20 +77,19 @@ def test_cings_infer_script_serves_every_setting_from_one_server_then_stops_it(t
     records = validate_records(RawEntry(i + 1, r) for i, r in enumerate(eval_records(3))).kept
     write_table(records, tmp_path / "records.parquet")
     settings = ["closed_book", "prefilled_1doc"]
-    outputs = {k: [str(tmp_path / f"{s}{suffix}") for s in settings]
-               for k, suffix in [("kept", ".parquet"), ("rejects", ".rejects.parquet"), ("counts", ".counts.json")]}
+    outputs = stage_outputs(tmp_path / "demo" / "context", "predictions")
     server_log = tmp_path / "logs" / "demo" / "context.server.log"
-    opts = {"ndocs": 2, "use_gold_docs": True, "max_prompt_tokens": None, "max_new_tokens": 8, "chunk_size": 2}
+    opts = {"settings": settings, "ndocs": 2, "use_gold_docs": True, "max_prompt_tokens": None, "max_new_tokens": 8,
+            "chunk_size": 2, "sentence_completion_prompt": None}
     smk = FakeSnakemake(
         input={"records": str(tmp_path / "records.parquet")}, output=outputs,
-        params={"generation": served_spec(), "opts": opts, "settings": settings, "system_prompt": "Answer.",
-                "progress_dirs": [str(tmp_path / ".progress" / s) for s in settings],
-                "server_log": str(server_log)},
-        log=[str(tmp_path / "logs" / "demo" / "context" / f"{s}.log") for s in settings],
+        params={"generation": served_spec(), "opts": opts, "dataset": {"name": "demo"}, "system_prompt": "Answer.",
+                "progress_dir": str(tmp_path / ".progress" / "demo" / "context"), "server_log": str(server_log)},
+        log=[str(tmp_path / "logs" / "demo" / "context.log")],
     )
     run_script("cings_infer.py", smk)
     assert gone(server_pid(server_log))
     assert server_log.read_text().count("(pid ") == 1  # one server for both settings
-    for setting, kept, counts in zip(settings, outputs["kept"], outputs["counts"]):
-        assert set(read_table(kept)["setting"]) == {setting}
-        assert json.loads(Path(counts).read_text())["out"] == len(records)
+    predictions = read_table(outputs["kept"])
+    assert predictions["setting"].value_counts().to_dict() == {s: len(records) for s in settings}
+    assert json.loads(Path(outputs["counts"]).read_text())["out"] == len(records) * len(settings)

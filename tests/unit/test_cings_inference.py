@@ -3,7 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from groundflow.cings.eval_fixture import BAD_LINES, eval_records, make_eval_fixture
+from groundflow.cings.eval_fixture import (BAD_BY_KIND, BAD_LINES, EVAL_KINDS, FACTS, FIXTURE_DATASETS, eval_records,
+                                          fixture_datasets, kind_records, make_eval_fixture, make_qa_fixture)
 from groundflow.cings.inference import (
     SETTINGS,
     EvalFileError,
@@ -11,9 +12,18 @@ from groundflow.cings.inference import (
     answer_text,
     assistant_prefill,
     build_prompt,
+    check_dataset,
+    infer_requests,
     infer_setting,
+    job_runs,
+    load_instruction,
     parse_eval_text,
+    read_eval_records,
+    resolve_dataset,
     select_docs,
+    setting_counts,
+    setting_requests,
+    split_request_id,
     validate_record,
     validate_records,
 )
@@ -122,7 +132,7 @@ def test_an_id_belongs_to_its_first_line_even_when_that_line_is_rejected():
 
 
 def test_fixture_file_round_trip(tmp_path):
-    summary = make_eval_fixture(tmp_path / "eval.jsonl", n_questions=12)
+    summary = make_qa_fixture(tmp_path / "eval.jsonl", n_questions=12)
     assert summary["valid"] == 12 and summary["bad"] == len(BAD_LINES) + 1
     result = validate_records(parse_eval_text((tmp_path / "eval.jsonl").read_text()))
     assert result.counts["in"] == 12 + len(BAD_LINES) + 1
@@ -256,3 +266,211 @@ def test_infer_setting_keeps_and_rejects():
     with pytest.raises(ValueError, match="one answer per question"):
         infer_setting(records, generator, SamplingParams(max_new_tokens=4, n=2, do_sample=True), "closed_book", ndocs=1,
                       system_prompt=SYSTEM_PROMPT)
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets: prompt kinds, metrics, settings per dataset
+
+INFERENCE = {"settings": list(SETTINGS), "ndocs": 3}
+
+
+def test_resolve_dataset_fills_defaults_from_the_global_settings():
+    dataset = resolve_dataset({"name": "kilt_nq", "path": "nq.jsonl"}, INFERENCE)
+    assert (dataset.prompt, dataset.metrics, dataset.settings, dataset.ndocs, dataset.labels) == (
+        "question", ("exact_match", "accuracy"), tuple(SETTINGS), 3, None)
+    assert dataset.record_labels is None  # no label_accuracy: answers need not be labels
+    conflict = resolve_dataset({"name": "nq_conflict", "path": "c.jsonl", "ndocs": 1,
+                                "settings": ["prefilled_1doc", "closed_book"]}, INFERENCE)
+    assert (conflict.settings, conflict.ndocs) == (("prefilled_1doc", "closed_book"), 1)
+    fever = resolve_dataset({"name": "kilt_fever", "path": "f.jsonl", "metrics": ["label_accuracy"]}, INFERENCE)
+    assert set(fever.record_labels) == {"SUPPORTS", "REFUTES"} and fever.scoring.metrics == ("label_accuracy",)
+
+
+def test_check_dataset_refuses_sentence_completion_beyond_one_prefilled_passage():
+    entry = {"name": "based_squad", "path": "s.jsonl", "prompt": "sentence_completion"}
+    # null settings take the global ones, which include settings a sentence cannot be finished in
+    with pytest.raises(ValueError, match="dataset 'based_squad': the sentence_completion prompt .* "
+                                         "prefilled_1doc only, not \\['prefilled_kdocs', 'closed_book', 'context_in_input'\\]"):
+        check_dataset(entry, SETTINGS)
+    with pytest.raises(ValueError, match="dataset 'based_swde'.*not \\['closed_book'\\]"):
+        check_dataset({"name": "based_swde", "prompt": "sentence_completion_newline",
+                       "settings": ["prefilled_1doc", "closed_book"]}, SETTINGS)
+    assert check_dataset({**entry, "settings": ["prefilled_1doc"]}, SETTINGS) == ["prefilled_1doc"]
+    # a question dataset may take every setting
+    assert check_dataset({"name": "kilt_nq"}, SETTINGS) == list(SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"prompt": "cloze"}, "unknown prompt 'cloze'"),
+        ({"settings": ["open_book"]}, "unknown settings \\['open_book'\\]"),
+        ({"settings": []}, "no settings"),
+        ({"settings": ["closed_book", "closed_book"]}, "named twice"),
+        ({"ndocs": 0}, "ndocs must be an integer >= 1"),
+        ({"metrics": ["bleu"]}, "must be distinct names"),
+        ({"metrics": ["label_accuracy"], "labels": {"X": []}}, "needs a list of words"),
+    ],
+)
+def test_check_dataset_names_the_dataset_and_the_problem(entry, message):
+    with pytest.raises(ValueError, match=f"dataset 'ds': .*{message}"):
+        check_dataset({"name": "ds", **entry}, SETTINGS)
+
+
+def test_sentence_completion_prompts_are_the_originals_layout_with_our_instruction():
+    instruction = load_instruction("sentence_completion")
+    assert instruction.source == "cings/sentence_completion" and instruction.version.startswith("sentence_completion-")
+    assert "finish the sentence" in instruction.text
+    assert load_instruction("question") is None
+    record = _clean(question=" The capital of France is ", docs=[{"title": "", "text": "Paris is the capital of France",
+                                                                  "score": "gold"}])
+    parts = build_prompt(record, "prefilled_1doc", ndocs=5, system_prompt=SYSTEM_PROMPT, prompt="sentence_completion",
+                         instruction=instruction.text)
+    assert parts.messages == ({"role": "system", "content": SYSTEM_PROMPT},
+                              {"role": "user", "content": instruction.text.strip()})
+    assert parts.assistant_prefix == "## Context Paris is the capital of France. The capital of France is ## Answer"
+    newline = build_prompt(record, "prefilled_1doc", ndocs=5, system_prompt="", prompt="sentence_completion_newline",
+                           instruction="Finish it.")
+    assert newline.messages == ({"role": "user", "content": "Finish it."},)
+    assert newline.assistant_prefix == "## Context Paris is the capital of France\nThe capital of France is ## Answer"
+    # a titled passage is shown as everywhere else, `{title} {text}`; the longest gold one
+    titled = build_prompt(_clean(question="It is"), "prefilled_1doc", ndocs=5, system_prompt="",
+                          prompt="sentence_completion", instruction="Finish it.")
+    assert titled.assistant_prefix == "## Context France Paris is the capital of France.. It is ## Answer"
+    with pytest.raises(ValueError, match="prefilled_1doc only, not 'closed_book'"):
+        build_prompt(record, "closed_book", ndocs=1, system_prompt="", prompt="sentence_completion", instruction="x")
+    with pytest.raises(ValueError, match="needs its instruction"):
+        build_prompt(record, "prefilled_1doc", ndocs=1, system_prompt="", prompt="sentence_completion")
+
+
+def test_a_users_instruction_file_replaces_ours(tmp_path):
+    mine = tmp_path / "finish.txt"
+    mine.write_text("Complete the sentence using the previous context.\n")
+    loaded = load_instruction("sentence_completion_newline", str(mine))
+    assert loaded.text.strip() == "Complete the sentence using the previous context." and loaded.source == str(mine)
+    assert loaded.version != load_instruction("sentence_completion_newline").version
+    (tmp_path / "fields.txt").write_text("Finish {question}")
+    with pytest.raises(ValueError, match="asks for unknown field"):
+        load_instruction("sentence_completion", str(tmp_path / "fields.txt"))
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(ValueError, match="is empty"):
+        load_instruction("sentence_completion", str(tmp_path / "empty.txt"))
+
+
+def test_label_datasets_reject_records_whose_gold_is_no_label():
+    entries = [RawEntry(1, _record(answers=["SUPPORTS"])), RawEntry(2, _record(id="q2", answers=["Maybe"])),
+               RawEntry(3, _record(id="q3", answers=["supports", "refutes"]))]
+    result = validate_records(entries, labels={"SUPPORTS": ["yes"], "REFUTES": ["no"]})
+    assert list(result.kept["id"]) == ["q1"]
+    assert [r.split(" name")[1][:8] for r in result.rejects["reason"]] == [" no labe", " several"]
+    assert validate_records(entries).counts["out"] == 3  # without labels any answer is a short answer
+
+
+# ---------------------------------------------------------------------------------------------
+# one job per dataset x mode: requests are records x settings
+
+
+def test_requests_are_records_times_settings_with_their_own_ids():
+    records = pd.DataFrame([_clean(), _clean(id="a|b")])
+    requests = setting_requests(records, ["closed_book", "prefilled_1doc"])
+    assert list(requests["id"]) == ["q1|closed_book", "a|b|closed_book", "q1|prefilled_1doc", "a|b|prefilled_1doc"]
+    assert list(requests["record_id"]) == ["q1", "a|b", "q1", "a|b"]
+    assert split_request_id("a|b|closed_book") == ("a|b", "closed_book")
+    with pytest.raises(ValueError, match="not a request id"):
+        split_request_id("q1|open_book")
+    with pytest.raises(ValueError, match="at least one of"):
+        setting_requests(records, ["open_book"])
+
+
+def test_a_record_rejected_in_one_setting_and_kept_in_another_adds_up():
+    # q2 has only a gold passage; with gold passages excluded it has none to show (rejected in the
+    # passage settings) but is answered closed-book
+    records = pd.DataFrame([_clean(), _clean(id="q2", docs=[GOLD])])
+    requests = setting_requests(records, ["prefilled_1doc", "closed_book", "context_in_input"])
+    generator = EchoGenerator()
+    result = infer_requests(requests, generator, SamplingParams(max_new_tokens=4), ndocs=2, use_gold=False,
+                            system_prompt=SYSTEM_PROMPT)
+    assert len(generator.calls) == 1 and len(generator.calls[0][0]) == 4  # one batched call for every setting
+    assert list(result.kept["id"]) == ["q1|prefilled_1doc", "q1|closed_book", "q2|closed_book", "q1|context_in_input"]
+    assert list(result.kept["record_id"]) == ["q1", "q1", "q2", "q1"]
+    assert list(result.rejects["id"]) == ["q2|prefilled_1doc", "q2|context_in_input"]
+    counts = check_accounting("infer", requests["id"], result)
+    assert (counts["in"], counts["out"], counts["rejected"]) == (6, 4, 2)
+    per_setting = setting_counts(["prefilled_1doc", "closed_book", "context_in_input"], result.kept["id"],
+                                 result.rejects["id"], 6)
+    assert per_setting.values.tolist() == [["prefilled_1doc", 1, 1], ["closed_book", 2, 0], ["context_in_input", 1, 1]]
+
+
+def test_a_prompt_that_cannot_take_a_setting_stops_the_job_instead_of_rejecting_records():
+    requests = setting_requests(pd.DataFrame([_clean()]), ["prefilled_1doc", "closed_book"])
+    with pytest.raises(ValueError, match="prefilled_1doc only, not 'closed_book'"):
+        infer_requests(requests, EchoGenerator(), SamplingParams(max_new_tokens=4), ndocs=1, system_prompt="",
+                       prompt="sentence_completion", instruction="Finish it.")
+
+
+def test_setting_counts_and_job_runs_check_the_jobs_accounting():
+    with pytest.raises(ValueError, match="closed_book: 1 answered \\+ 0 rejected != 2 records"):
+        setting_counts(["prefilled_1doc", "closed_book"], ["q1|prefilled_1doc", "q2|prefilled_1doc", "q1|closed_book"],
+                       [], 4)
+    with pytest.raises(ValueError, match="not among the job's settings"):
+        setting_counts(["closed_book"], ["q1|prefilled_1doc"], [], 1)
+    dataset = resolve_dataset({"name": "nq", "settings": ["prefilled_1doc", "closed_book"]}, INFERENCE)
+    predictions = pd.DataFrame({"id": ["q1|prefilled_1doc", "q1|closed_book", "q2|closed_book"]})
+    rejects = pd.DataFrame({"id": ["q2|prefilled_1doc"]})
+    runs = job_runs(dataset, "context", predictions, rejects, {"in": 4, "out": 3, "rejected": 1})
+    assert runs.values.tolist() == [["nq", "context", "prefilled_1doc", 1, 1], ["nq", "context", "closed_book", 2, 0]]
+    with pytest.raises(ValueError, match="counts say out=2"):
+        job_runs(dataset, "context", predictions, rejects, {"in": 4, "out": 2, "rejected": 1})
+
+
+def test_infer_setting_keeps_its_record_ids():
+    records = pd.DataFrame([_clean(), _clean(id="q2", docs=[GOLD])])
+    result = infer_setting(records, EchoGenerator(), SamplingParams(max_new_tokens=4), "prefilled_1doc", ndocs=1,
+                           use_gold=False, system_prompt=SYSTEM_PROMPT)
+    assert list(result.kept.columns) == ["id", "setting", "question", "answers", "n_docs", "doc_titles",
+                                         "generation", "prediction"]
+    assert list(result.kept["id"]) == ["q1"] and list(result.rejects["id"]) == ["q2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo's files, one per kind
+
+
+def test_eval_fixture_writes_one_file_per_kind_with_its_bad_records(tmp_path):
+    summary = make_eval_fixture(tmp_path)
+    assert list(summary) == list(EVAL_KINDS)
+    for entry in fixture_datasets(tmp_path):
+        kind = entry["name"]
+        dataset = resolve_dataset(entry, INFERENCE)  # every kind's config entry is a valid one
+        result = read_eval_records(dataset.path, dataset)
+        assert result.counts["out"] == summary[kind]["valid"] == len(kind_records(kind))
+        assert result.counts["rejected"] == summary[kind]["bad"] == len(BAD_BY_KIND[kind])
+        reasons = list(result.rejects["reason"])
+        assert all(sum(expected in r for r in reasons) == 1 for expected, _ in BAD_BY_KIND[kind]), (kind, reasons)
+    make_eval_fixture(tmp_path / "again")  # the same files for the same arguments
+    for kind in EVAL_KINDS:
+        assert (tmp_path / f"{kind}.jsonl").read_bytes() == (tmp_path / "again" / f"{kind}.jsonl").read_bytes()
+    only = make_eval_fixture(tmp_path / "two", kinds=["based_swde", "nq_conflict"], include_bad=False)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["based_swde.jsonl", "nq_conflict.jsonl"]
+    assert only["nq_conflict"]["bad"] == 0
+
+
+def test_eval_fixture_kinds_are_what_their_sets_need():
+    fever = kind_records("kilt_fever")
+    assert {r["answers"][0] for r in fever} == {"SUPPORTS", "REFUTES"}
+    assert all(r["docs"][0]["score"] == "gold" and len(r["docs"]) == 4 for r in fever)
+    # knowledge conflict: the one passage holds the (counterfactual) answer, which is not the world's
+    world = {question: answers for _, question, answers, _, _ in FACTS}
+    for record in kind_records("nq_conflict"):
+        assert len(record["docs"]) == 1 and record["answers"][0] in record["docs"][0]["text"]
+        assert not set(record["answers"]) & set(world.get(record["question"], []))
+        assert record["question"] in world
+    # sentence completion: the passage holds the words that finish the sentence
+    for kind in ("based_squad", "based_swde"):
+        assert FIXTURE_DATASETS[kind]["settings"] == ["prefilled_1doc"]
+        for record in kind_records(kind):
+            assert record["answers"][0] in record["docs"][0]["text"]
+    assert all("\n" in r["docs"][0]["text"] for r in kind_records("based_swde"))
+    assert FIXTURE_DATASETS["kilt_eli5"]["metrics"] == ["rouge_l"]
+    with pytest.raises(ValueError, match="unknown evaluation fixture kind"):
+        kind_records("kilt_nq")

@@ -1,22 +1,17 @@
-"""Read one KILT-style evaluation file; valid records to Parquet, the others to rejects with why."""
-from pathlib import Path
-
-from groundflow.cings.inference import parse_eval_text, validate_records
+"""Read one dataset's KILT-style evaluation file; valid records to Parquet, the others to rejects with why."""
+from groundflow.cings.inference import read_eval_records, resolve_dataset
 from groundflow.io.artifacts import atomic_write_json, write_table
 from groundflow.io.schemas import table_schema
 from groundflow.pipeline import log, setup_logging
 
 setup_logging(snakemake.log[0])
-path = Path(snakemake.params.path)
-if not path.is_file():
-    raise FileNotFoundError(
-        f"evaluation file of dataset {snakemake.wildcards.dataset!r} not found: {path} "
-        "(config cings.inference.datasets)"
-    )
-result = validate_records(parse_eval_text(path.read_text(encoding="utf-8"), source=str(path)))
+dataset = resolve_dataset(snakemake.params.dataset, snakemake.params.inference)
+result = read_eval_records(snakemake.input.eval_file, dataset)
 write_table(result.rejects, snakemake.output.rejects, schema=table_schema("rejects"))
-write_table(result.kept, snakemake.output.kept)
-atomic_write_json(snakemake.output.counts, {**result.counts, "source": str(path)})
-log.info("%s: in %d = out %d + rejected %d", path, result.counts["in"], result.counts["out"], result.counts["rejected"])
+write_table(result.kept, snakemake.output.kept, schema=table_schema("cings_eval_records"))
+atomic_write_json(snakemake.output.counts, {**result.counts, "dataset": dataset.name,
+                                            "source": str(snakemake.input.eval_file)})
+log.info("%s (%s): in %d = out %d + rejected %d", dataset.name, snakemake.input.eval_file,
+         result.counts["in"], result.counts["out"], result.counts["rejected"])
 for record_id, reason in zip(result.rejects["id"], result.rejects["reason"]):
     log.info("rejected %s: %s", record_id, reason)

@@ -1,33 +1,45 @@
-"""Greedy answers of one trained checkpoint to one dataset's questions, in every prompt setting.
+"""Greedy answers of one trained checkpoint to one dataset's questions, in every setting of that dataset.
 
-The model loads once (or its managed server starts once); each setting is its own stage run (own
-predictions, rejects, counts, log and resume folder), so a table row traces back to exactly one file.
+The model loads once (or its managed server starts once); the job's units are the dataset's
+records x its settings (`{id}|{setting}`, groundflow.cings.inference.setting_requests), so one
+predictions table, one rejects table and one counts file hold every setting, and the accounting
+in = out + rejected is checked once for the job.
 """
-from groundflow.cings.inference import INFER_STAGE, PROMPT_VERSION, infer_setting
+from groundflow.cings.inference import (INFER_STAGE, PROMPT_VERSION, infer_requests, load_instruction,
+                                        prediction_frame, resolve_dataset, setting_requests)
 from groundflow.generate.backends import SamplingParams, open_generator
+from groundflow.io.artifacts import read_table, write_table
+from groundflow.io.schemas import table_schema
 from groundflow.pipeline import StageJob, log, setup_logging
 
 setup_logging(snakemake.log[0])
 opts = snakemake.params.opts
+dataset = resolve_dataset(snakemake.params.dataset, opts)
+instruction = load_instruction(dataset.prompt, opts.get("sentence_completion_prompt"))
 params = SamplingParams(max_new_tokens=opts["max_new_tokens"], n=1, do_sample=False)
 options = {
-    "ndocs": opts["ndocs"],
+    "ndocs": dataset.ndocs,
     "use_gold": opts["use_gold_docs"],
     "max_prompt_tokens": opts["max_prompt_tokens"],
     "system_prompt": snakemake.params.system_prompt,
+    "prompt": dataset.prompt,
+    "instruction": instruction.text if instruction is not None else None,
 }
-outputs = list(zip(snakemake.params.settings, snakemake.output.kept, snakemake.output.rejects,
-                   snakemake.output.counts, snakemake.log, snakemake.params.progress_dirs, strict=True))
-# One server for all settings (the job has one log per setting, so the server's log is its own);
-# it stops when the last setting is written.
+job = StageJob(INFER_STAGE, records=snakemake.input.records, kept=snakemake.output.kept,
+               rejects=snakemake.output.rejects, counts=snakemake.output.counts,
+               progress_dir=snakemake.params.progress_dir, log_file=snakemake.log[0])
 with open_generator(snakemake.params.generation, kind="text", server_log=snakemake.params.server_log) as generator:
-    for setting, kept, rejects, counts, log_file, progress_dir in outputs:
-        job = StageJob(INFER_STAGE, records=snakemake.input.records, kept=kept, rejects=rejects, counts=counts,
-                       progress_dir=progress_dir, log_file=log_file)
-        log.info("setting %s with %s", setting, generator.describe())
-        job.run(
-            lambda records: infer_setting(records, generator, params, setting, **options),
-            produced_by={"generator": generator.describe(), "sampling": params.describe(), "prompt": PROMPT_VERSION,
-                         "setting": setting, **options},
-            chunk_size=opts["chunk_size"],
-        )
+    log.info("%s in settings %s with %s", dataset.name, list(dataset.settings), generator.describe())
+    job.run(
+        lambda requests: infer_requests(requests, generator, params, **options),
+        units=lambda records: setting_requests(records, dataset.settings),
+        produced_by={"generator": generator.describe(), "sampling": params.describe(), "prompt": PROMPT_VERSION,
+                     "dataset": dataset.name, "prompt_kind": dataset.prompt, "settings": list(dataset.settings),
+                     "instruction": instruction.version if instruction is not None else None,
+                     **{k: v for k, v in options.items() if k != "instruction"}},
+        chunk_size=opts["chunk_size"],
+    )
+# StageJob writes without a schema: the table is rewritten in its declared one (an all-rejected
+# job's empty table has the records' columns until then)
+write_table(prediction_frame(read_table(snakemake.output.kept)), snakemake.output.kept,
+            schema=table_schema("cings_eval_predictions"))

@@ -4,14 +4,24 @@ Evaluation file (JSON array or JSONL), one record per question:
 `{"id", "question", "answers": [str, ...], "docs": [{"title", "text", "score"}, ...]}` where a
 gold passage has `score == "gold"` and retrieved passages carry their retriever score.
 
-Prompt layout: the one training used (spec §3), through the model's own chat template: system
-block, a user turn holding only the question, and the assistant turn opened by the settings'
-pre-fill, which the model continues. Four settings:
+A dataset (an entry of config `cings.inference.datasets`, `resolve_dataset`) names its file, its
+prompt, its metrics (groundflow.cings.scoring), its settings and k. Prompt layout: the one
+training used (spec §3), through the model's own chat template: system block, a user turn, and the
+assistant turn opened by the setting's pre-fill, which the model continues.
+
+`question` prompts (the KILT sets; the user turn holds only the question), four settings:
 - `prefilled_1doc`: assistant pre-fill `## Context {title} {text} ## Answer` with one passage;
 - `prefilled_kdocs`: `## Context1: {title} {text}\\n\\nContext2: ... ## Answer` with k passages;
 - `closed_book`: no passage, empty pre-fill (the standard-IT baseline's own layout);
 - `context_in_input`: the k passages in the user turn, `{question} ### Context: Context1: ...`,
   and the pre-fill `### Answer` (the RAG-style layout).
+Sentence-completion prompts (the original's "based" recall sets, spec §6), `prefilled_1doc` only
+(`check_dataset`): the user turn is an instruction to finish the sentence from the context (our
+wording: the packaged prompt file `cings/sentence_completion.txt`, or a user's file), and the
+record's `question` is the start of a sentence continued after the passage:
+`## Context {passage}. {question} ## Answer` (`sentence_completion`: SQuAD, DROP, FDA) or
+`## Context {passage}\\n{question} ## Answer` (`sentence_completion_newline`: SWDE), as the
+original writes them (a passage ending in "." gets a second one, as there).
 
 Passage choice (spec §6): one passage = the longest gold passage; k passages = the first gold
 passage that has a title (else the first gold one), then retrieved passages by score, highest
@@ -23,8 +33,14 @@ first, up to k. Differences from the reconstructed upstream code:
   `## Context ... ## Answer ...`) is scored on its answer text only: `answer_text` removes every
   `## Context ... ## Answer` block from the generation; the raw generation is kept beside it.
 
+One inference job answers one dataset in all its settings: its unit is a request, one record in
+one setting, with the id `{record id}|{setting}` (`setting_requests`), so the job's accounting
+(in = out + rejected) holds per request; a record rejected in one setting (no passage, prompt too
+long) and answered in another counts once in each. Predictions keep the record's id in
+`record_id`; `setting_counts` splits a job's outcome per setting again for the table.
+
 The pure core (parsing, validation, passage choice, prompt texts, answer extraction) needs no
-model; `infer_setting` runs a `Generator` (groundflow.generate) over one chunk of records.
+model; `infer_requests` / `infer_setting` run a `Generator` (groundflow.generate) over one chunk.
 """
 
 from __future__ import annotations
@@ -33,13 +49,15 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from groundflow.cings.data import ANSWER_MARKER, CONTEXT_MARKER
-from groundflow.cings.scoring import normalize_answer
-from groundflow.io.stage import StageResult, rejects_frame
+from groundflow.cings.scoring import DEFAULT_METRICS, FEVER_LABELS, DatasetScoring, gold_label, normalize_answer
+from groundflow.io.stage import StageResult, check_accounting, rejects_frame
+from groundflow.prompts import PromptText, load_prompt
 
 if TYPE_CHECKING:  # the backends module is shared; imported lazily where it is used
     from groundflow.generate.backends import ChatPrompt, Generator, SamplingParams
@@ -48,16 +66,116 @@ INPUT_CONTEXT_MARKER = "### Context:"
 INPUT_ANSWER_MARKER = "### Answer"
 
 SETTINGS = ("prefilled_1doc", "prefilled_kdocs", "closed_book", "context_in_input")
+PROMPTS = ("question", "sentence_completion", "sentence_completion_newline")
+SENTENCE_COMPLETION = ("sentence_completion", "sentence_completion_newline")
+SENTENCE_COMPLETION_PROMPT = "cings/sentence_completion"  # packaged prompt file (groundflow.prompts)
 INGEST_STAGE = "eval_records"
 INFER_STAGE = "infer"
+# the layouts of `question` prompts (in code); a sentence-completion job also stores its
+# instruction file's version
 PROMPT_VERSION = "cings-eval-v1"
+REQUEST_SEPARATOR = "|"
 
 RECORD_COLUMNS = ["id", "question", "answers", "docs", "line"]
 PREDICTION_COLUMNS = ["id", "setting", "question", "answers", "n_docs", "doc_titles", "generation", "prediction"]
+# one inference job's predictions: `id` is the request's (`{record id}|{setting}`)
+REQUEST_PREDICTION_COLUMNS = ["id", "record_id", "setting", "question", "answers", "n_docs", "doc_titles",
+                              "generation", "prediction"]
 
 
 class EvalFileError(ValueError):
     """The evaluation file as a whole cannot be read (not one bad record: those are rejected)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets (entries of config cings.inference.datasets)
+
+
+@dataclass(frozen=True)
+class EvalDataset:
+    """One evaluation set with every default filled in from `cings.inference`."""
+
+    name: str
+    path: str | None
+    prompt: str
+    metrics: tuple[str, ...]
+    settings: tuple[str, ...]
+    ndocs: int
+    labels: Mapping[str, Sequence[str]] | None  # label_accuracy's mapping; None: FEVER's (or unused)
+
+    @property
+    def scoring(self) -> DatasetScoring:
+        return DatasetScoring(metrics=self.metrics, labels=self.labels)
+
+    @property
+    def record_labels(self) -> Mapping[str, Sequence[str]] | None:
+        """The labels every record's gold answers must name (label_accuracy datasets), else None."""
+        if "label_accuracy" not in self.metrics:
+            return None
+        return FEVER_LABELS if self.labels is None else self.labels
+
+
+def check_dataset(entry: Mapping, settings: Sequence[str]) -> list[str]:
+    """The settings `entry` is answered in (its own, or `settings`, config `cings.inference.settings`,
+    when it names none); raises a ValueError naming the dataset for a setting its prompt cannot
+    take (sentence completion: `prefilled_1doc` only), an unknown prompt, setting or metric, or a
+    bad label mapping. Pure: the rules call it when they plan the jobs."""
+    name = entry.get("name", "<unnamed>")
+    prompt = entry.get("prompt") or "question"
+    if prompt not in PROMPTS:
+        raise ValueError(f"dataset {name!r}: unknown prompt {prompt!r}; one of {list(PROMPTS)}")
+    chosen = entry.get("settings")
+    chosen = list(settings if chosen is None else chosen)
+    if not chosen:
+        raise ValueError(f"dataset {name!r}: no settings to answer in")
+    unknown = [s for s in chosen if s not in SETTINGS]
+    if unknown:
+        raise ValueError(f"dataset {name!r}: unknown settings {unknown}; each one of {list(SETTINGS)}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"dataset {name!r}: a setting is named twice in {chosen}")
+    if prompt in SENTENCE_COMPLETION and chosen != ["prefilled_1doc"]:
+        others = [s for s in chosen if s != "prefilled_1doc"]
+        raise ValueError(
+            f"dataset {name!r}: the {prompt} prompt continues a sentence after one pre-filled passage, so it "
+            f"takes the setting prefilled_1doc only, not {others}; set this dataset's `settings: [prefilled_1doc]`"
+        )
+    ndocs = entry.get("ndocs")
+    if ndocs is not None and (isinstance(ndocs, bool) or not isinstance(ndocs, int) or ndocs < 1):
+        raise ValueError(f"dataset {name!r}: ndocs must be an integer >= 1 or null, not {ndocs!r}")
+    try:
+        DatasetScoring(metrics=tuple(entry.get("metrics") or DEFAULT_METRICS), labels=entry.get("labels"))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"dataset {name!r}: {error}") from None
+    return chosen
+
+
+def resolve_dataset(entry: Mapping, inference: Mapping) -> EvalDataset:
+    """`entry` with its defaults from `inference` (config `cings.inference`: settings, ndocs), checked."""
+    settings = check_dataset(entry, inference["settings"])
+    ndocs = entry.get("ndocs")
+    return EvalDataset(
+        name=str(entry["name"]),
+        path=entry.get("path"),
+        prompt=entry.get("prompt") or "question",
+        metrics=tuple(entry.get("metrics") or DEFAULT_METRICS),
+        settings=tuple(settings),
+        ndocs=int(inference["ndocs"] if ndocs is None else ndocs),
+        labels=entry.get("labels"),
+    )
+
+
+def load_instruction(prompt: str, path: str | None = None) -> PromptText | None:
+    """The user turn of a sentence-completion prompt: the file at `path` (config
+    `cings.inference.sentence_completion_prompt`) or ours; None for `question` prompts. The text
+    has no fields: the passage and the sentence go into the assistant's pre-fill."""
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}; one of {list(PROMPTS)}")
+    if prompt not in SENTENCE_COMPLETION:
+        return None
+    text = load_prompt(path, SENTENCE_COMPLETION_PROMPT, fields=set())
+    if not text.text.strip():
+        raise ValueError(f"sentence-completion prompt {text.source} is empty")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,12 +247,15 @@ def _doc_problem(index: int, doc: Any) -> tuple[dict | None, str | None]:
     return {"title": title.strip(), "text": text.strip(), "score": value, "gold": False}, None
 
 
-def validate_record(entry: RawEntry) -> tuple[str, dict | None, str | None]:
+def validate_record(entry: RawEntry, labels: Mapping[str, Sequence[str]] | None = None
+                    ) -> tuple[str, dict | None, str | None]:
     """(id, the clean record or None, the reason it is rejected or None).
 
     The id of an entry without a usable id is `line:{n}`, as CVC ingest and CINGS convert name
     theirs. Gold answers that normalise to nothing
-    ("The", "?") are dropped: they would match every prediction or an empty one.
+    ("The", "?") are dropped: they would match every prediction or an empty one. With `labels`
+    (a label_accuracy dataset: `EvalDataset.record_labels`), the gold answers must name exactly
+    one of its labels, or the record could not be scored.
     """
     fallback_id = line_id(entry.line)
     if entry.error is not None:
@@ -157,6 +278,11 @@ def validate_record(entry: RawEntry) -> tuple[str, dict | None, str | None]:
     golds = [a.strip() for a in answers if normalize_answer(a)]
     if not golds:
         return record_id, None, "no gold answer is left after normalisation"
+    if labels is not None:
+        try:
+            gold_label(golds, labels)
+        except ValueError as error:
+            return record_id, None, str(error)
     docs = value.get("docs")
     if not isinstance(docs, list) or not docs:
         return record_id, None, "no 'docs' list"
@@ -187,8 +313,9 @@ def line_id(line: int) -> str:
     return f"line:{line}"
 
 
-def validate_records(entries: Iterable[RawEntry]) -> EvalRecords:
-    """Clean records and rejects; in = out + rejected, and each id is kept or rejected, never both.
+def validate_records(entries: Iterable[RawEntry], *, labels: Mapping[str, Sequence[str]] | None = None) -> EvalRecords:
+    """Clean records and rejects; in = out + rejected, and each id is kept or rejected, never both
+    (checked by the shared `check_accounting`). `labels`: see `validate_record`.
 
     An id belongs to its first entry, valid or not; a later entry with the same id is rejected as
     `line:N` (under its own id it would be both kept and rejected, or rejected twice).
@@ -196,25 +323,38 @@ def validate_records(entries: Iterable[RawEntry]) -> EvalRecords:
     kept: list[dict] = []
     rejected: list[tuple[str, str]] = []
     first_line: dict[str, int] = {}
-    n_in = 0
+    accounted: list[str] = []  # the id each entry is kept or rejected under
     for entry in entries:
-        n_in += 1
-        record_id, record, reason = validate_record(entry)
+        record_id, record, reason = validate_record(entry, labels)
         if record_id in first_line:
+            accounted.append(line_id(entry.line))
             rejected.append((line_id(entry.line), f"line {entry.line}: duplicate id {record_id!r} "
                                                   f"(first at line {first_line[record_id]})"))
             continue
         first_line[record_id] = entry.line
+        accounted.append(record_id)
         if record is None:
             rejected.append((record_id, reason or "invalid"))
             continue
         kept.append(record)
     frame = pd.DataFrame(kept, columns=RECORD_COLUMNS)
     rejects = rejects_frame(INGEST_STAGE, rejected)
-    counts = {"stage": INGEST_STAGE, "in": n_in, "out": len(frame), "rejected": len(rejects)}
-    if counts["in"] != counts["out"] + counts["rejected"]:
-        raise AssertionError(f"eval records: in {n_in} != out {len(frame)} + rejected {len(rejects)}")
+    if len(set(accounted)) != len(accounted):
+        # a record whose own id is `line:N` met the fallback id of line N's bad entry
+        taken = sorted({i for i in accounted if accounted.count(i) > 1})
+        raise EvalFileError(f"ids {taken[:5]} are both a record's own id and the fallback id of another line")
+    counts = check_accounting(INGEST_STAGE, accounted, StageResult(kept=frame, rejects=rejects))
     return EvalRecords(kept=frame, rejects=rejects, counts=counts)
+
+
+def read_eval_records(path: str | Path, dataset: EvalDataset | None = None) -> EvalRecords:
+    """An evaluation file's validated records (with `dataset`, its labels checked too)."""
+    path = Path(path)
+    if not path.is_file():
+        name = f" of dataset {dataset.name!r}" if dataset is not None else ""
+        raise FileNotFoundError(f"evaluation file{name} not found: {path} (config cings.inference.datasets)")
+    entries = parse_eval_text(path.read_text(encoding="utf-8"), source=str(path))
+    return validate_records(entries, labels=dataset.record_labels if dataset is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,15 +419,42 @@ class PromptParts:
     docs: tuple[dict, ...]
 
 
-def build_prompt(record: dict, setting: str, *, ndocs: int, system_prompt: str, use_gold: bool = True) -> PromptParts:
+def sentence_completion_prefill(doc: dict, sentence: str, *, newline: bool) -> str:
+    """`## Context {passage}. {sentence} ## Answer` (SWDE: `## Context {passage}\\n{sentence} ## Answer`)."""
+    joint = "\n" if newline else ". "
+    return f"{CONTEXT_MARKER} {passage_text(doc)}{joint}{sentence} {ANSWER_MARKER}"
+
+
+def check_prompt_setting(prompt: str, setting: str, instruction: str | None = None) -> None:
+    """ValueError unless `prompt` can be asked in `setting` (and a sentence-completion prompt has
+    its instruction): a problem of the job's configuration, not of one record."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; one of {list(SETTINGS)}")
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}; one of {list(PROMPTS)}")
+    if prompt in SENTENCE_COMPLETION:
+        if setting != "prefilled_1doc":
+            raise ValueError(f"the {prompt} prompt takes the setting prefilled_1doc only, not {setting!r}")
+        if not instruction or not instruction.strip():
+            raise ValueError(f"the {prompt} prompt needs its instruction (load_instruction)")
+
+
+def build_prompt(record: dict, setting: str, *, ndocs: int, system_prompt: str, use_gold: bool = True,
+                 prompt: str = "question", instruction: str | None = None) -> PromptParts:
     """The prompt of `record` in `setting`; raises ValueError when the setting has no passage to show.
 
     `system_prompt` is training's (config `cings.data.system_prompt`); empty: no system message.
+    `prompt` is the dataset's prompt kind; `instruction` the user turn of sentence completion.
     """
-    if setting not in SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}; one of {list(SETTINGS)}")
+    check_prompt_setting(prompt, setting, instruction)
     question = str(record["question"]).strip()
     system = ({"role": "system", "content": system_prompt},) if system_prompt else ()
+    if prompt in SENTENCE_COMPLETION:
+        docs = tuple(select_docs(record["docs"], 1, use_gold=use_gold))
+        if not docs:
+            raise ValueError("no passage to show" + ("" if use_gold else " (gold passages are excluded)"))
+        prefill = sentence_completion_prefill(docs[0], question, newline=prompt == "sentence_completion_newline")
+        return PromptParts(system + ({"role": "user", "content": instruction.strip()},), prefill, docs)
     if setting == "closed_book":
         return PromptParts(system + ({"role": "user", "content": question},), "", ())
     k = 1 if setting == "prefilled_1doc" else ndocs
@@ -330,61 +497,157 @@ def prompt_token_counts(generator: "Generator", prompts: Sequence["ChatPrompt"])
     return [len(ids) for ids in encode_prompts(tokenizer, rendered)]
 
 
-def infer_setting(records: pd.DataFrame, generator: "Generator", params: "SamplingParams", setting: str, *,
-                  ndocs: int, system_prompt: str, use_gold: bool = True,
-                  max_prompt_tokens: int | None = None) -> StageResult:
-    """Answer every record in `setting` with one batched generate call.
+def request_id(record_id: str, setting: str) -> str:
+    """The id of one record asked in one setting (the inference job's unit)."""
+    return f"{record_id}{REQUEST_SEPARATOR}{setting}"
 
-    A record is rejected when the setting has no passage for it, or when its prompt is longer than
-    `max_prompt_tokens` (checked for local HF models). Kept rows hold the raw generation and the
-    answer text scored later (`answer_text`).
+
+def split_request_id(value: str) -> tuple[str, str]:
+    """(record id, setting) of a request id; a record id may itself contain the separator."""
+    record_id, separator, setting = str(value).rpartition(REQUEST_SEPARATOR)
+    if not separator or setting not in SETTINGS:
+        raise ValueError(f"{value!r} is not a request id `{{record id}}{REQUEST_SEPARATOR}{{setting}}`")
+    return record_id, setting
+
+
+def setting_requests(records: pd.DataFrame, settings: Sequence[str]) -> pd.DataFrame:
+    """Every record in every setting, setting by setting: the records' columns with `id` the
+    request's, `record_id` the record's and `setting`."""
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown or not settings:
+        raise ValueError(f"settings {list(settings)} must be at least one of {list(SETTINGS)}")
+    parts = []
+    for setting in settings:
+        ids = records["id"].astype(str)
+        parts.append(records.assign(record_id=ids, setting=setting,
+                                    id=[request_id(i, setting) for i in ids]))
+    return pd.concat(parts, ignore_index=True) if len(records) else records.assign(record_id=[], setting=[])
+
+
+def infer_requests(requests: pd.DataFrame, generator: "Generator", params: "SamplingParams", *, ndocs: int,
+                   system_prompt: str, use_gold: bool = True, max_prompt_tokens: int | None = None,
+                   prompt: str = "question", instruction: str | None = None) -> StageResult:
+    """Answer every request (a record in a setting, `setting_requests`) with one batched generate call.
+
+    A request is rejected when its setting has no passage for the record, or when its prompt is
+    longer than `max_prompt_tokens` (checked for local HF models). Kept rows
+    (`REQUEST_PREDICTION_COLUMNS`) hold the raw generation and the answer text scored later
+    (`answer_text`). A prompt that cannot be asked in a setting at all raises.
     """
     from groundflow.generate.backends import ChatPrompt
 
+    if params.n != 1:
+        raise ValueError(f"evaluation decodes one answer per question, not n={params.n}")
+    for setting in dict.fromkeys(requests["setting"]):
+        check_prompt_setting(prompt, setting, instruction)
     rejected: list[tuple[str, str]] = []
     ready: list[tuple[dict, PromptParts]] = []
-    for record in records.to_dict("records"):
+    for request in requests.to_dict("records"):
         try:
-            parts = build_prompt(record, setting, ndocs=ndocs, use_gold=use_gold, system_prompt=system_prompt)
+            parts = build_prompt(request, request["setting"], ndocs=ndocs, use_gold=use_gold,
+                                 system_prompt=system_prompt, prompt=prompt, instruction=instruction)
         except ValueError as error:
-            rejected.append((str(record["id"]), str(error)))
+            rejected.append((str(request["id"]), str(error)))
             continue
-        ready.append((record, parts))
+        ready.append((request, parts))
     prompts = [ChatPrompt(messages=[dict(m) for m in parts.messages], assistant_prefix=parts.assistant_prefix)
                for _, parts in ready]
     if max_prompt_tokens is not None and prompts:
         counts = prompt_token_counts(generator, prompts)
         if counts is not None:
             fits = [n <= max_prompt_tokens for n in counts]
-            rejected += [(str(record["id"]), f"prompt has {n} tokens, over max_prompt_tokens={max_prompt_tokens}")
-                         for (record, _), n, ok in zip(ready, counts, fits) if not ok]
+            rejected += [(str(request["id"]), f"prompt has {n} tokens, over max_prompt_tokens={max_prompt_tokens}")
+                         for (request, _), n, ok in zip(ready, counts, fits) if not ok]
             ready = [item for item, ok in zip(ready, fits) if ok]
             prompts = [p for p, ok in zip(prompts, fits) if ok]
-    if params.n != 1:
-        raise ValueError(f"evaluation decodes one answer per question, not n={params.n}")
     outputs = generator.generate(prompts, params) if prompts else []
     rows = []
-    for (record, parts), texts in zip(ready, outputs):
+    for (request, parts), texts in zip(ready, outputs):
         generation = texts[0]
         rows.append({
-            "id": str(record["id"]),
-            "setting": setting,
-            "question": record["question"],
-            "answers": list(record["answers"]),
+            "id": str(request["id"]),
+            "record_id": str(request["record_id"]),
+            "setting": request["setting"],
+            "question": request["question"],
+            "answers": list(request["answers"]),
             "n_docs": len(parts.docs),
             "doc_titles": [d["title"] for d in parts.docs],
             "generation": generation,
             "prediction": answer_text(generation),
         })
-    kept = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    kept = pd.DataFrame(rows, columns=REQUEST_PREDICTION_COLUMNS)
     return StageResult(kept=kept, rejects=rejects_frame(INFER_STAGE, rejected))
+
+
+def prediction_frame(kept: pd.DataFrame) -> pd.DataFrame:
+    """A job's kept rows with exactly `REQUEST_PREDICTION_COLUMNS`: a job that rejected every
+    request gets an empty table of them (the stage machinery gives it the input's columns)."""
+    if kept.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in REQUEST_PREDICTION_COLUMNS}).astype({"n_docs": "int64"})
+    missing = [c for c in REQUEST_PREDICTION_COLUMNS if c not in kept.columns]
+    if missing:
+        raise ValueError(f"predictions lack columns {missing}")
+    return kept[REQUEST_PREDICTION_COLUMNS].reset_index(drop=True)
+
+
+def infer_setting(records: pd.DataFrame, generator: "Generator", params: "SamplingParams", setting: str, *,
+                  ndocs: int, system_prompt: str, use_gold: bool = True,
+                  max_prompt_tokens: int | None = None, prompt: str = "question",
+                  instruction: str | None = None) -> StageResult:
+    """Answer every record in one `setting` (`infer_requests` of that setting alone), with the
+    records' own ids: kept rows have `PREDICTION_COLUMNS`, rejects the record ids."""
+    result = infer_requests(setting_requests(records, [setting]), generator, params, ndocs=ndocs,
+                            system_prompt=system_prompt, use_gold=use_gold, max_prompt_tokens=max_prompt_tokens,
+                            prompt=prompt, instruction=instruction)
+    kept = result.kept.assign(id=result.kept["record_id"])[PREDICTION_COLUMNS].reset_index(drop=True)
+    rejects = result.rejects.assign(id=[split_request_id(i)[0] for i in result.rejects["id"]])
+    return StageResult(kept=kept, rejects=rejects.astype({"id": str}))
+
+
+def setting_counts(settings: Sequence[str], kept_ids: Iterable[str], rejected_ids: Iterable[str],
+                   n_requests: int) -> pd.DataFrame:
+    """One inference job's outcome per setting: (setting, n answered, rejected), in `settings`' order.
+
+    Raises unless every request id names one of `settings` and each setting accounts for the same
+    number of records (n_requests / len(settings)): the job answered every record in every setting.
+    """
+    settings = list(settings)
+    kept = pd.Series([split_request_id(i)[1] for i in kept_ids], dtype=object)
+    rejected = pd.Series([split_request_id(i)[1] for i in rejected_ids], dtype=object)
+    strange = sorted((set(kept) | set(rejected)) - set(settings))
+    if strange:
+        raise ValueError(f"requests of settings {strange}, not among the job's settings {settings}")
+    if n_requests % len(settings):
+        raise ValueError(f"{n_requests} requests cannot be {len(settings)} settings x the same records")
+    per_setting = n_requests // len(settings)
+    rows = []
+    for setting in settings:
+        n, n_rejected = int((kept == setting).sum()), int((rejected == setting).sum())
+        if n + n_rejected != per_setting:
+            raise ValueError(f"setting {setting}: {n} answered + {n_rejected} rejected != {per_setting} records")
+        rows.append({"setting": setting, "n": n, "rejected": n_rejected})
+    return pd.DataFrame(rows, columns=["setting", "n", "rejected"])
+
+
+def job_runs(dataset: EvalDataset, mode: str, predictions: pd.DataFrame, rejects: pd.DataFrame,
+             counts: Mapping) -> pd.DataFrame:
+    """One inference job's rows of the table's runs (dataset, mode, setting, n, rejected), checked
+    against its counts file: out = its predictions, rejected = its rejects, every setting of the
+    dataset accounting for every record."""
+    if len(predictions) != counts["out"] or len(rejects) != counts["rejected"]:
+        raise ValueError(f"{dataset.name}/{mode}: {len(predictions)} predictions and {len(rejects)} rejects, but "
+                         f"the job's counts say out={counts['out']}, rejected={counts['rejected']}")
+    per_setting = setting_counts(dataset.settings, predictions["id"], rejects["id"], int(counts["in"]))
+    return per_setting.assign(dataset=dataset.name, mode=mode)[["dataset", "mode", "setting", "n", "rejected"]]
 
 
 __all__ = [
     "ANSWER_MARKER",
     "CONTEXT_MARKER",
+    "EvalDataset",
     "EvalFileError",
     "EvalRecords",
+    "PROMPTS",
     "PROMPT_VERSION",
     "PromptParts",
     "RawEntry",
@@ -392,11 +655,24 @@ __all__ = [
     "answer_text",
     "assistant_prefill",
     "build_prompt",
+    "check_dataset",
+    "check_prompt_setting",
+    "infer_requests",
     "infer_setting",
+    "job_runs",
+    "load_instruction",
     "parse_eval_text",
     "passage_text",
+    "prediction_frame",
     "prompt_token_counts",
+    "read_eval_records",
+    "request_id",
+    "resolve_dataset",
     "select_docs",
+    "sentence_completion_prefill",
+    "setting_counts",
+    "setting_requests",
+    "split_request_id",
     "validate_record",
     "validate_records",
 ]
