@@ -195,3 +195,24 @@ def test_a_contriever_layout_model_is_mean_pooled_and_then_normalised(tmp_path):
     cls = hidden[:, 0].numpy()
     assert np.abs(ours - cls / np.linalg.norm(cls, axis=1, keepdims=True)).max() > 0.1  # not CLS pooling
     assert np.abs(norms - 1.0).min() > 0.1  # Contriever's raw vectors are not unit: its dot is not our cosine
+
+
+def test_build_eval_with_a_vectors_folder_reuses_it_and_writes_the_same_file(tmp_path):
+    fixture = make_retrieval_fixture(tmp_path / "fixture")
+    in_memory, out_memory = build_smk(tmp_path / "memory", fixture)
+    run_script("cings_build_eval.py", in_memory)
+    vectors_dir = tmp_path / "progress" / "vectors"
+    kept, out_kept = build_smk(tmp_path / "kept", fixture, vectors_dir=str(vectors_dir), keep_vectors=True)
+    run_script("cings_build_eval.py", kept)
+    n_passages = len(retrieval_corpus())
+    assert np.load(vectors_dir / "vectors.npy", mmap_mode="r").shape == (n_passages, 384)
+    assert json.loads((vectors_dir / "progress.json").read_text())["done"] == n_passages
+    # a second build over the same corpus and embedder embeds no passage; keep_vectors unset: removed after
+    again, out_again = build_smk(tmp_path / "again", fixture, vectors_dir=str(vectors_dir))
+    run_script("cings_build_eval.py", again)
+    log_text = (tmp_path / "again" / "logs" / "build.log").read_text()
+    assert f"resuming the passages' embedding at {n_passages}/{n_passages}" in log_text
+    assert not re.search(r"embedded \d+/\d+ passages", log_text)
+    for out in (out_kept, out_again):
+        assert (out / "eval.jsonl").read_bytes() == (out_memory / "eval.jsonl").read_bytes()
+    assert not vectors_dir.exists()

@@ -1,10 +1,12 @@
 """The dense retriever's pure core: blocked top-k by dot product with ties by lower corpus index,
 and batched embedding checks, on plain arrays (no model)."""
 
+import json
+
 import numpy as np
 import pytest
 
-from groundflow.embed.retrieval import DenseRetriever, embed_texts, top_k
+from groundflow.embed.retrieval import DenseRetriever, embed_texts, embed_to_file, top_k
 
 
 def brute_force(queries, corpus, k):
@@ -137,3 +139,62 @@ def test_an_empty_corpus_gives_every_query_an_empty_ranking():
     assert retriever.passage_vectors.shape == (0, 8)
     indices, scores = retriever.search(["a", "bb"], k=4)
     assert indices.shape == scores.shape == (2, 0)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class DyingEmbedder(HashEmbedder):
+    """Dies on its `die_at`-th encode call, as a pre-empted job would."""
+
+    def __init__(self, die_at):
+        super().__init__()
+        self.die_at = die_at
+
+    def encode(self, texts):
+        if len(self.calls) + 1 == self.die_at:
+            raise Killed("pre-empted")
+        return super().encode(texts)
+
+
+TEXTS = ["a" * n for n in range(11)]
+
+
+def test_embedding_to_a_file_resumes_after_the_last_checkpoint(tmp_path):
+    folder = tmp_path / "vectors"
+    expected = embed_texts(HashEmbedder(), TEXTS, batch_size=2)
+    with pytest.raises(Killed):
+        embed_to_file(DyingEmbedder(die_at=4), TEXTS, folder, batch_size=2, produced_by={"m": 1},
+                      checkpoint_every=2)
+    # batches 1-3 were embedded; the checkpoint after batch 2 vouches for 4 rows
+    assert json.loads((folder / "progress.json").read_text())["done"] == 4
+    resumed = HashEmbedder()
+    vectors = embed_to_file(resumed, TEXTS, folder, batch_size=2, produced_by={"m": 1}, checkpoint_every=2)
+    assert resumed.calls == [2, 2, 2, 1]  # rows 4..10 only
+    assert isinstance(vectors, np.memmap) and not vectors.flags.writeable
+    np.testing.assert_array_equal(vectors, expected)
+    finished = HashEmbedder()
+    np.testing.assert_array_equal(
+        embed_to_file(finished, TEXTS, folder, batch_size=2, produced_by={"m": 1}), expected)
+    assert finished.calls == []  # a finished file is reused whole
+
+
+@pytest.mark.parametrize("texts,produced_by", [(TEXTS[:-1] + ["changed"], {"m": 1}), (TEXTS, {"m": 2})])
+def test_embedding_to_a_file_starts_over_for_other_texts_or_another_embedder(tmp_path, texts, produced_by):
+    folder = tmp_path / "vectors"
+    embed_to_file(HashEmbedder(), TEXTS, folder, batch_size=4, produced_by={"m": 1})
+    again = HashEmbedder()
+    vectors = embed_to_file(again, texts, folder, batch_size=4, produced_by=produced_by)
+    assert again.calls == [4, 4, 3]
+    np.testing.assert_array_equal(vectors, embed_texts(HashEmbedder(), texts, batch_size=4))
+
+
+def test_a_retriever_over_a_vectors_file_ranks_as_one_in_memory(tmp_path):
+    in_memory = DenseRetriever.build(HashEmbedder(), TEXTS, batch_size=3)
+    on_disk = DenseRetriever.build(HashEmbedder(), TEXTS, batch_size=3, vectors_dir=tmp_path / "v")
+    queries = ["zz", "q", "abcdefg"]
+    for a, b in zip(in_memory.search(queries, 4, corpus_block=5), on_disk.search(queries, 4, corpus_block=5)):
+        np.testing.assert_array_equal(a, b)
+    empty = embed_to_file(HashEmbedder(), [], tmp_path / "empty", batch_size=3, produced_by={})
+    assert empty.shape == (0, 8)

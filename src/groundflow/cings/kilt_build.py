@@ -205,10 +205,13 @@ def kilt_jsonl(records: Sequence[dict]) -> str:
 
 def build_kilt_file(questions_path: str | Path, corpus_path: str | Path, embedder: "Embedder", *,
                     top_k: int, batch_size: int, out: str | Path, rejects: str | Path, counts: str | Path,
-                    **blocks) -> dict:
+                    vectors_dir: str | Path | None = None, **blocks) -> dict:
     """Read, check, embed, retrieve and write (all three outputs atomically); returns the counts.
 
-    `blocks` (`query_block`, `corpus_block`) bound the memory of the scoring (see `top_k`)."""
+    With `vectors_dir` the passage vectors go to a resumable file there instead of memory (see
+    `embed_to_file`); it is left in place for the caller to remove or reuse (a second build over
+    the same corpus with the same embedder embeds nothing). `blocks` (`query_block`,
+    `corpus_block`) bound the memory of the scoring (see `top_k`)."""
     from groundflow.embed.retrieval import DenseRetriever
 
     if top_k < 1:
@@ -220,7 +223,8 @@ def build_kilt_file(questions_path: str | Path, corpus_path: str | Path, embedde
     questions = read_questions(files["questions"].read_text(encoding="utf-8"), str(files["questions"]))
     corpus = read_corpus(files["corpus"].read_text(encoding="utf-8"), str(files["corpus"]))
     log.info("questions: %s; corpus: %s", questions.counts, corpus.counts)
-    retriever = DenseRetriever.build(embedder, [passage_text(p) for p in corpus.kept], batch_size=batch_size)
+    retriever = DenseRetriever.build(embedder, [passage_text(p) for p in corpus.kept], batch_size=batch_size,
+                                     vectors_dir=vectors_dir)
     wanted = candidates_needed(questions.kept, top_k)
     indices, scores = retriever.search([q["question"] for q in questions.kept], wanted, **blocks)
     records, unanswerable = assemble_records(questions.kept, corpus.kept, indices, scores, top_k)

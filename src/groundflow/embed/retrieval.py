@@ -9,15 +9,26 @@ with the passage vector's norm; through these embedders it ranks by cosine inste
 against one block of the corpus at a time and keeps a running top-k, so memory is bounded by the
 block sizes and k, not by queries x corpus. Equal scores are ordered by the lower corpus index,
 whatever order numpy's partial sort visits them in, so the same vectors give the same ranking.
+
+Passages are embedded in memory (`embed_texts`) or, for a corpus of millions, into a `.npy` file
+with a progress record (`embed_to_file`): a killed job resumes after its last checkpoint, and the
+finished file is searched as a memmap, one corpus block at a time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+from groundflow.io.artifacts import atomic_write_json
+from groundflow.io.stage import fingerprint
 
 if TYPE_CHECKING:
     from groundflow.embed.embedders import Embedder
@@ -99,38 +110,124 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, *, query_block: int =
     return indices, scores
 
 
+def _checked_batch(embedder: "Embedder", batch: list[str], start: int, what: str) -> np.ndarray:
+    vectors = np.asarray(embedder.encode(batch))
+    if vectors.shape[0] != len(batch) or vectors.ndim != 2:
+        raise ValueError(f"embedder returned shape {vectors.shape} for {len(batch)} {what}")
+    if vectors.dtype != np.float32:
+        raise TypeError(f"embedder returned {vectors.dtype}, not float32")
+    norms = np.linalg.norm(vectors, axis=1)
+    if not np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE):
+        bad = int(np.argmax(np.abs(norms - 1.0)))
+        raise ValueError(f"embedder row {start + bad} of the {what} has norm {norms[bad]:.4f}, not 1")
+    return vectors
+
+
+def _log_progress(done: int, total: int, batch_size: int, what: str) -> None:
+    # about a hundred lines for a corpus of millions, every batch for a small one
+    every = max(1, total // batch_size // 100) * batch_size
+    if done == total or done % every < batch_size:
+        log.info("embedded %d/%d %s", done, total, what)
+
+
 def embed_texts(embedder: "Embedder", texts: Sequence[str], *, batch_size: int,
                 out: np.ndarray | None = None, what: str = "texts") -> np.ndarray:
-    """The embedder's vectors of `texts`, `batch_size` texts per `encode` call (progress is logged
-    per batch, and a large corpus never sits in one call's buffers); written into `out` (e.g. a
-    memmap of shape (len(texts), d)) when given. Each batch is checked: float32 unit rows."""
+    """The embedder's vectors of `texts`, `batch_size` texts per `encode` call (progress is logged,
+    and a large corpus never sits in one call's buffers); written into `out` (e.g. a memmap of
+    shape (len(texts), d)) when given. Each batch is checked: float32 unit rows."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, not {batch_size}")
     texts = list(texts)
     parts: list[np.ndarray] = []
     for start in range(0, len(texts), batch_size):
-        batch = texts[start:start + batch_size]
-        vectors = np.asarray(embedder.encode(batch))
-        if vectors.shape[0] != len(batch) or vectors.ndim != 2:
-            raise ValueError(f"embedder returned shape {vectors.shape} for {len(batch)} {what}")
-        if vectors.dtype != np.float32:
-            raise TypeError(f"embedder returned {vectors.dtype}, not float32")
-        norms = np.linalg.norm(vectors, axis=1)
-        if not np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE):
-            bad = int(np.argmax(np.abs(norms - 1.0)))
-            raise ValueError(f"embedder row {start + bad} of the {what} has norm {norms[bad]:.4f}, not 1")
+        vectors = _checked_batch(embedder, texts[start:start + batch_size], start, what)
         if out is not None:
-            out[start:start + len(batch)] = vectors
+            out[start:start + len(vectors)] = vectors
         else:
             parts.append(vectors)
-        log.info("embedded %d/%d %s", min(start + batch_size, len(texts)), len(texts), what)
+        _log_progress(start + len(vectors), len(texts), batch_size, what)
     if out is not None:
         return out
     if parts:
         return np.concatenate(parts, axis=0)
-    # no texts: an empty call gives the (0, d) shape (every Embedder answers it)
+    return _empty_vectors(embedder)
+
+
+def _empty_vectors(embedder: "Embedder") -> np.ndarray:
+    # an empty call gives the (0, d) shape (every Embedder answers it)
     empty = np.asarray(embedder.encode([]), dtype=np.float32)
     return empty if empty.ndim == 2 else empty.reshape(0, 0)
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """A hash of the texts in order (a changed, added or moved passage changes it)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
+VECTORS_FILE = "vectors.npy"
+PROGRESS_FILE = "progress.json"
+
+
+def embed_to_file(embedder: "Embedder", texts: Sequence[str], folder: str | Path, *, batch_size: int,
+                  produced_by: dict, checkpoint_every: int = 64, what: str = "passages") -> np.ndarray:
+    """`embed_texts` into `folder/vectors.npy`, resumable; returns it as a read-only memmap.
+
+    A corpus of millions of passages is hours of embedding and tens of GB of vectors: they go to
+    disk as they come, and `progress.json` records how many rows are flushed (every
+    `checkpoint_every` batches). A restarted job whose texts and `produced_by` (the embedder's
+    description) are unchanged continues after the last recorded row, so it loses at most
+    `checkpoint_every` batches; anything else starts over.
+    """
+    if batch_size < 1 or checkpoint_every < 1:
+        raise ValueError(f"batch_size {batch_size} and checkpoint_every {checkpoint_every} must be positive")
+    texts = list(texts)
+    folder = Path(folder)
+    vectors_path, progress_path = folder / VECTORS_FILE, folder / PROGRESS_FILE
+    key = fingerprint({"produced_by": produced_by, "texts": texts_digest(texts), "n": len(texts)})
+    done, vectors = 0, None
+    if progress_path.is_file() and vectors_path.is_file():
+        progress = json.loads(progress_path.read_text())
+        if progress.get("fingerprint") == key:
+            done = int(progress["done"])
+            vectors = np.load(vectors_path, mmap_mode="r+")
+            log.info("resuming the %s' embedding at %d/%d from %s", what, done, len(texts), folder)
+        else:
+            log.info("embeddings in %s are of other texts or another embedder; starting over", folder)
+    if vectors is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        if not texts:
+            np.save(vectors_path, _empty_vectors(embedder))
+            atomic_write_json(progress_path, {"fingerprint": key, "done": 0, "n": 0})
+            return np.load(vectors_path, mmap_mode="r")
+        first = _checked_batch(embedder, texts[:batch_size], 0, what)
+        vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32,
+                                            shape=(len(texts), first.shape[1]))
+        vectors[:len(first)] = first
+        done = len(first)
+        _log_progress(done, len(texts), batch_size, what)
+    since_checkpoint = 0
+    while True:
+        since_checkpoint += 1
+        if done == len(texts) or since_checkpoint >= checkpoint_every:
+            # rows first, then the count that vouches for them
+            vectors.flush()
+            atomic_write_json(progress_path, {"fingerprint": key, "done": done, "n": len(texts),
+                                              "produced_by": produced_by})
+            since_checkpoint = 0
+        if done == len(texts):
+            break
+        batch = _checked_batch(embedder, texts[done:done + batch_size], done, what)
+        vectors[done:done + len(batch)] = batch
+        done += len(batch)
+        _log_progress(done, len(texts), batch_size, what)
+    del vectors
+    return np.load(vectors_path, mmap_mode="r")
 
 
 @dataclass
@@ -143,8 +240,14 @@ class DenseRetriever:
 
     @classmethod
     def build(cls, embedder: "Embedder", passages: Sequence[str], *, batch_size: int = 256,
-              out: np.ndarray | None = None) -> "DenseRetriever":
-        vectors = embed_texts(embedder, passages, batch_size=batch_size, out=out, what="passages")
+              vectors_dir: str | Path | None = None, checkpoint_every: int = 64) -> "DenseRetriever":
+        """Embed `passages`: in memory, or with `vectors_dir` to a resumable file read back as a
+        memmap (see `embed_to_file`), for a corpus larger than memory or hours to embed."""
+        if vectors_dir is None:
+            vectors = embed_texts(embedder, passages, batch_size=batch_size, what="passages")
+        else:
+            vectors = embed_to_file(embedder, passages, vectors_dir, batch_size=batch_size,
+                                    produced_by=embedder.describe(), checkpoint_every=checkpoint_every)
         return cls(embedder=embedder, passage_vectors=vectors, batch_size=batch_size)
 
     def search(self, queries: Sequence[str], k: int, **blocks) -> tuple[np.ndarray, np.ndarray]:
@@ -157,4 +260,4 @@ class DenseRetriever:
                 "batch_size": self.batch_size, "passages": int(len(self.passage_vectors))}
 
 
-__all__ = ["CORPUS_BLOCK", "DenseRetriever", "QUERY_BLOCK", "embed_texts", "top_k"]
+__all__ = ["CORPUS_BLOCK", "DenseRetriever", "QUERY_BLOCK", "embed_texts", "embed_to_file", "texts_digest", "top_k"]
