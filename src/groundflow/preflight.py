@@ -6,7 +6,12 @@ Hugging Face cache, or a copy bundled here for the hub ids the presets name:
 groundflow/models/known_configs), and groundflow.models.memory estimates its peak memory by
 component at the job's shapes. A job asking for GPUs is compared with
 `resources.<job class>.gpu_memory_gib`, a CPU job with its `mem_mb`. A job that cannot fit, or
-whose model cannot be sized, fails the check, naming the setting to change.
+whose model cannot be sized, fails the check, naming the setting to change. A training job's loss
+is sized by its `loss_chunk_tokens` (the logits of one chunk; null: of the whole batch).
+
+When a training job's accelerate config selects DeepSpeed, preflight also imports deepspeed and
+accelerate in this environment (the one the jobs run in) and fails naming the module, its
+installed version and the error, before any job starts (`import_check`).
 
 The trials stage runs the same check on its own batch before loading the model
 (`refuse_unfit_trial_batch`).
@@ -14,6 +19,8 @@ The trials stage runs the same check on its own batch before loading the model
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,18 +207,19 @@ def _served(config, job, job_class, model_label) -> JobCheck:
                     note=f"{SERVED}: the server's memory (vLLM --gpu-memory-utilization)")
 
 
-def generation_check(config, job, model_name, kind, *, n, prompt_tokens, max_new_tokens, base_dir) -> JobCheck:
+def generation_check(config, job, model_name, kind, *, n, prompt_tokens, max_new_tokens, base_dir,
+                     job_class: str = "model_job") -> JobCheck:
     spec = config["models"][model_name]
     generation = config["generation"][kind]
     if generation["backend"] != "hf":
-        return _served(config, job, "model_job", spec["path"])
+        return _served(config, job, job_class, spec["path"])
     try:
         arch, _ = model_config(spec["path"], base_dir=base_dir)
-        dtype = memory.dtype_bytes(spec.get("dtype"), on_gpu=_on_gpu(config, "model_job"))
+        dtype = memory.dtype_bytes(spec.get("dtype"), on_gpu=_on_gpu(config, job_class))
         memory.param_count(arch)
     except (CannotSize, memory.UnknownArchitecture) as e:
-        return _unsized(config, job, "model_job", spec["path"], e)
-    return _check(config, job, "model_job", spec["path"],
+        return _unsized(config, job, job_class, spec["path"], e)
+    return _check(config, job, job_class, spec["path"],
                   lambda b: memory.generation_memory(arch, dtype=dtype, batch=b, n=n, prompt_tokens=prompt_tokens,
                                                      max_new_tokens=max_new_tokens),
                   f"generation.{kind}.batch_size", generation["batch_size"])
@@ -324,9 +332,14 @@ def plan(config: dict, *, run_dir: Path = Path(), base_dir: Path | None = None) 
                 checks.append(_training(config, f"cings_vl_{stage}", lambda: _cings_llava(config, base_dir), lm, train,
                                         run_dir, f"cings.vl.{stage}.per_device_batch_size"))
         inference = cings["inference"]
-        prompt = inference["max_prompt_tokens"] or inference["ndocs"] * PASSAGE_TOKENS + QUESTION_TOKENS
+        ndocs = max([inference["ndocs"]] + [d["ndocs"] for d in inference["datasets"]
+                                            if isinstance(d, dict) and d.get("ndocs")])
+        prompt = inference["max_prompt_tokens"] or ndocs * PASSAGE_TOKENS + QUESTION_TOKENS
+        # cings_infer's own job class where the config has one (rules: resources.infer_job)
+        infer_class = "infer_job" if config["resources"].get("infer_job") else "model_job"
         checks.append(generation_check(config, "cings_infer", "cings_lm", "text", n=1, prompt_tokens=prompt,
-                                       max_new_tokens=inference["max_new_tokens"], base_dir=base_dir))
+                                       max_new_tokens=inference["max_new_tokens"], base_dir=base_dir,
+                                       job_class=infer_class))
     return checks
 
 
@@ -364,11 +377,15 @@ def _training(config, job, arch_for, spec, train, run_dir, batch_setting) -> Job
     except (CannotSize, memory.UnknownArchitecture, FileNotFoundError) as e:
         return _unsized(config, job, "train_job", spec["path"], e)
     gpus = max(config["resources"]["train_job"]["gpu"], 1)
+    chunk = train.get("loss_chunk_tokens")
+    loss = "full logits" if chunk is None else f"loss chunks of {chunk}"
     return _check(config, job, "train_job", label,
                   lambda b: memory.training_memory(arch, dtype=dtype, trainable=trainable, batch=b,
                                                    seq=train["max_length"], zero_stage=stage, gpus=gpus,
-                                                   gradient_checkpointing=train.get("gradient_checkpointing", False)),
-                  batch_setting, train["per_device_batch_size"], note=f"ZeRO {stage}" if stage else "DDP")
+                                                   gradient_checkpointing=train.get("gradient_checkpointing", False),
+                                                   loss_chunk_tokens=chunk),
+                  batch_setting, train["per_device_batch_size"],
+                  note=f"{f'ZeRO {stage}' if stage else 'DDP'}, {loss}")
 
 
 # ---------------------------------------------------------------- report
@@ -409,13 +426,95 @@ def load_config(path: str | Path) -> dict:
     return validate_config(config)
 
 
+# ---------------------------------------------------------------- DeepSpeed jobs: can this environment run them?
+
+# What a DeepSpeed job imports first: the engine, and the launcher that drives it
+DEEPSPEED_MODULES = ("deepspeed", "accelerate")
+
+
+def training_sections(config: dict) -> dict[str, dict]:
+    """{job: its train settings} of every training job the config plans (as `plan` names them)."""
+    sections = {}
+    if "cvc" in config["methods"]:
+        sections["cvc_train"] = config["cvc"]["train"]
+    if "cings" in config["methods"]:
+        sections["cings_train"] = config["cings"]["train"]
+        if config["cings"]["vl"]["modes"]:
+            for stage in ("stage1", "stage2"):
+                sections[f"cings_vl_{stage}"] = config["cings"]["vl"][stage]
+    return sections
+
+
+def uses_deepspeed(accelerate_config: str | None, *, run_dir: Path, workflow_dir: Path | None = WORKFLOW_ROOT) -> bool:
+    """Does this accelerate config launch DeepSpeed (distributed_type DEEPSPEED, or a DeepSpeed file)?"""
+    if not accelerate_config:
+        return False
+    from groundflow.train.launch import resolved_accelerate_settings
+
+    _, settings = resolved_accelerate_settings(accelerate_config, run_dir=run_dir, workflow_dir=workflow_dir)
+    deepspeed = settings.get("deepspeed_config")
+    return settings.get("distributed_type") == "DEEPSPEED" or bool(
+        isinstance(deepspeed, dict) and deepspeed.get("deepspeed_config_file"))
+
+
+def installed_version(module: str) -> str:
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def import_check(modules=DEEPSPEED_MODULES) -> list[str]:
+    """One line per module that cannot be imported here: its name, installed version and the
+    error; and accelerate's own verdict (`is_deepspeed_available`), which decides whether
+    `accelerate launch` will start DeepSpeed at all. Empty when all is well."""
+    problems = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - a broken install fails in many ways (ImportError, OSError for CUDA_HOME, ...)
+            problems.append(f"{module} (installed: {installed_version(module)}) cannot be imported: "
+                            f"{type(error).__name__}: {error}")
+    if not problems and "deepspeed" in modules and "accelerate" in modules:
+        from accelerate.utils import is_deepspeed_available
+
+        if not is_deepspeed_available():
+            problems.append(f"accelerate {installed_version('accelerate')} does not see deepspeed "
+                            f"{installed_version('deepspeed')} (accelerate.utils.is_deepspeed_available() is False)")
+    return problems
+
+
+def deepspeed_check(config: dict, *, run_dir: Path) -> tuple[list[str], list[str]]:
+    """(the DeepSpeed training jobs, one failure line per import problem naming those jobs)."""
+    jobs = []
+    for job, train in training_sections(config).items():
+        try:
+            if uses_deepspeed(train.get("accelerate_config"), run_dir=run_dir):
+                jobs.append(job)
+        except FileNotFoundError:
+            continue  # the memory check already fails this job, naming the missing file
+    if not jobs:
+        return [], []
+    names = ", ".join(jobs)
+    return jobs, [f"{names} (DeepSpeed): {problem}; install with `pip install -r requirements.txt`"
+                  for problem in import_check()]
+
+
 def preflight(config_path: str | Path, run_dir: str | Path = ".") -> tuple[str, list[str]]:
-    """(the table, one failure line per job that cannot fit or cannot be sized). Relative model
-    and launch-file paths are read from `run_dir`, as snakemake reads them there."""
+    """(the table, one failure line per job that cannot fit or cannot be sized, and per module a
+    DeepSpeed job cannot import). Relative model and launch-file paths are read from `run_dir`, as
+    snakemake reads them there."""
     config = load_config(config_path)
     run_dir = Path(run_dir)
     checks = plan(config, run_dir=run_dir, base_dir=run_dir)
-    return render(checks), [check.failure() for check in checks if check.failed]
+    failures = [check.failure() for check in checks if check.failed]
+    table = render(checks)
+    jobs, import_failures = deepspeed_check(config, run_dir=run_dir)
+    if jobs:
+        versions = ", ".join(f"{m} {installed_version(m)}" for m in DEEPSPEED_MODULES)
+        verdict = "imports fail" if import_failures else "import"
+        table += f"\nDeepSpeed jobs ({', '.join(jobs)}): {versions} {verdict}"
+    return table, failures + import_failures
 
 
 # ---------------------------------------------------------------- the trials stage's own check

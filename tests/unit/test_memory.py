@@ -111,7 +111,8 @@ def test_zero_stages_shard_optimizer_then_gradients_then_weights(stage, weights,
         "weights": weights, "gradients": grads, "optimizer": optimizer,
         # one hidden state per layer kept, plus a layer's working set recomputed and back-propagated
         "activations": 2 * tokens * 8 * 2 + 2 * tokens * (4 * 8 + 3 * 16) * 2,
-        "logits": tokens * 10 * 4,
+        # every position's logits: fp32 log-probabilities, their gradient and the logits' gradient
+        "logits": tokens * 10 * 3 * 4,
         "runtime": RUNTIME_BYTES,
     }
 
@@ -120,6 +121,32 @@ def test_without_checkpointing_every_layer_keeps_its_working_set():
     estimate = memory.training_memory(TINY, dtype=2, trainable=100, batch=2, seq=5, zero_stage=0, gpus=1,
                                       gradient_checkpointing=False)
     assert estimate.components["activations"] == 2 * 10 * (4 * 8 + 3 * 16) * 2
+
+
+def test_loss_logits_by_hand():
+    # full: 10 tokens x 10 vocabulary x 12 bytes; chunks of 4: 4 x 10 x 12, plus the 10 gathered
+    # hidden states of 8 (bf16) and their gradient
+    assert memory.loss_bytes(TINY, tokens=10, dtype=2, chunk_tokens=None) == 10 * 10 * 12
+    assert memory.loss_bytes(TINY, tokens=10, dtype=2, chunk_tokens=4) == 4 * 10 * 12 + 2 * 10 * 8 * 2
+    # a chunk larger than the batch holds the batch
+    assert memory.loss_bytes(TINY, tokens=3, dtype=2, chunk_tokens=4) == 3 * 10 * 12 + 2 * 3 * 8 * 2
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        memory.loss_bytes(TINY, tokens=3, dtype=2, chunk_tokens=0)
+
+
+LLAMA31_8B = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256}
+
+
+def test_the_paper_batch_logits_are_tens_of_gib_whole_and_a_few_in_chunks():
+    # 8 x 4096 tokens x 128256 x 12 bytes = 47 GiB; 4096-token chunks 5.9 GiB + 0.5 GiB of hidden states
+    full = memory.loss_bytes(LLAMA31_8B, tokens=8 * 4096, dtype=2, chunk_tokens=None)
+    assert full == 8 * 4096 * 128256 * 12 and 46 * GIB < full < 48 * GIB
+    chunked = memory.loss_bytes(LLAMA31_8B, tokens=8 * 4096, dtype=2, chunk_tokens=4096)
+    assert 6 * GIB < chunked < 7 * GIB
+    step = dict(dtype=2, trainable=100, batch=8, seq=4096, zero_stage=0, gpus=8, gradient_checkpointing=True)
+    assert memory.training_memory(LLAMA31_8B, **step).components["logits"] == full
+    assert memory.training_memory(LLAMA31_8B, **step, loss_chunk_tokens=4096).components["logits"] == chunked
 
 
 def test_lora_params_by_hand():

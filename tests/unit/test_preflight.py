@@ -174,9 +174,115 @@ def test_the_paper_trial_batch_is_the_largest_that_fits():
 
 
 def test_cings_inference_asks_for_a_gpu_in_its_preset():
-    checks = {c.job: c for c in preflight.plan(paper_config("cings-paper"))}
-    assert checks["cings_infer"].gpus == 1
-    assert checks["cings_vl_stage2"].note == "ZeRO 3" and checks["cings_train"].note == "DDP"
+    config = paper_config("cings-paper")
+    checks = {c.job: c for c in preflight.plan(config)}
+    assert checks["cings_infer"].gpus == 1 and checks["cings_infer"].job_class == "infer_job"
+    assert checks["cings_infer"].limit_setting == "resources.infer_job.gpu_memory_gib"
+    assert checks["cings_vl_stage2"].note == "ZeRO 3, loss chunks of 4096"
+    assert checks["cings_train"].note == "DDP, loss chunks of 4096"
+
+
+def test_cings_inference_falls_back_to_the_model_job_class():
+    config = paper_config("cings-paper")
+    del config["resources"]["infer_job"]
+    check = next(c for c in preflight.plan(config) if c.job == "cings_infer")
+    assert check.job_class == "model_job" and check.limit_setting == "resources.model_job.gpu_memory_gib"
+
+
+def test_cings_inference_prompt_is_sized_by_the_largest_ndocs_of_any_set():
+    config = paper_config("cings-paper")
+    before = next(c for c in preflight.plan(config) if c.job == "cings_infer").estimate.components["activations"]
+    config["cings"]["inference"]["datasets"][0] = {**config["cings"]["inference"]["datasets"][0], "ndocs": 20}
+    after = next(c for c in preflight.plan(config) if c.job == "cings_infer").estimate.components["activations"]
+    assert after > 2 * before
+
+
+@pytest.mark.parametrize("job, section, full_fits", [("cings_train", ("train",), False),
+                                                     ("cings_vl_stage1", ("vl", "stage1"), False),
+                                                     ("cings_vl_stage2", ("vl", "stage2"), True)])
+def test_the_paper_batch_fits_80_gib_only_with_the_chunked_loss(job, section, full_fits):
+    """8 x 4096 tokens (stage 1: 32 x 2048) of 128k-vocabulary logits: the full-logits loss does
+    not fit an 80 GiB GPU, the preset's chunks do. Stage 2 (16 x 2048 under ZeRO-3) fits either
+    way, 2 GiB short of the limit without chunks."""
+    config = paper_config("cings-paper")
+    train = config["cings"]
+    for key in section:
+        train = train[key]
+    assert train["loss_chunk_tokens"] == 4096
+    chunked = next(c for c in preflight.plan(config) if c.job == job)
+    train["loss_chunk_tokens"] = None
+    full = next(c for c in preflight.plan(config) if c.job == job)
+    assert chunked.fits and full.fits == full_fits, (chunked.estimate.gib(), full.estimate.gib())
+    tokens = train["per_device_batch_size"] * train["max_length"]
+    assert full.estimate.components["logits"] == tokens * 128256 * 12
+    assert full.estimate.total - chunked.estimate.total > 40 * GIB
+    assert "full logits" in full.note
+    if not full_fits:
+        assert f"lower {full.batch_setting}" in full.failure()
+
+
+# ---------------------------------------------------------------- DeepSpeed jobs: the import check
+
+def test_deepspeed_jobs_of_the_cings_preset_are_found(tmp_path):
+    jobs, failures = preflight.deepspeed_check(paper_config("cings-paper"), run_dir=tmp_path)
+    assert jobs == ["cings_vl_stage1", "cings_vl_stage2"] and failures == []
+    assert preflight.uses_deepspeed("configs/accelerate/zero2.yaml", run_dir=tmp_path)
+    assert not preflight.uses_deepspeed("configs/accelerate/multi_gpu_ddp.yaml", run_dir=tmp_path)
+    assert not preflight.uses_deepspeed(None, run_dir=tmp_path)
+
+
+def test_a_deepspeed_file_alone_selects_deepspeed(tmp_path):
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"deepspeed_config": {"deepspeed_config_file": "ds.json"}}))
+    assert preflight.uses_deepspeed("a.yaml", run_dir=tmp_path)
+
+
+def test_a_missing_deepspeed_fails_preflight_naming_module_version_and_error(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # what `import deepspeed` meets when it is absent
+    assert main(["preflight", str(ROOT / "configs" / "cings-paper.yaml")]) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if "DeepSpeed" in line]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("groundflow preflight: cings_vl_stage1, cings_vl_stage2 (DeepSpeed): deepspeed (installed: ")
+    assert "cannot be imported: ModuleNotFoundError" in lines[0] and "pip install -r requirements.txt" in lines[0]
+    assert "imports fail" in captured.out
+    assert "cings_train" not in lines[0]  # DDP needs no DeepSpeed
+
+
+def test_a_broken_deepspeed_install_is_reported_with_its_error(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def broken(name, *args, **kwargs):
+        if name == "deepspeed":
+            raise OSError("CUDA_HOME does not exist, unable to compile CUDA op(s)")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"deepspeed": "0.19.8"}.get(name, "1.0"))
+    assert preflight.import_check() == [
+        "deepspeed (installed: 0.19.8) cannot be imported: OSError: CUDA_HOME does not exist, unable to compile CUDA op(s)"]
+
+
+def test_accelerate_not_seeing_deepspeed_is_a_failure(monkeypatch):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_deepspeed_available", lambda: False)
+    (problem,) = preflight.import_check()
+    assert "is_deepspeed_available() is False" in problem
+
+
+def test_a_config_without_deepspeed_jobs_imports_nothing(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    config = paper_config("cings-paper")
+    for stage in ("stage1", "stage2"):
+        config["cings"]["vl"][stage]["accelerate_config"] = "configs/accelerate/multi_gpu_ddp.yaml"
+    assert preflight.deepspeed_check(config, run_dir=tmp_path) == ([], [])
 
 
 # ---------------------------------------------------------------- the trials stage's own check

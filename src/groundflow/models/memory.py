@@ -17,6 +17,10 @@ DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "fl
 # Sampling upcasts the last position's logits to fp32 before softmax / top-p; the training loss
 # is computed on fp32 logits too.
 LOGIT_BYTES = 4
+# The training cross-entropy's peak per logit, in backward: the fp32 log-probabilities kept for
+# it, their gradient and the logits' gradient (the forward's model-dtype logits, fp32 copy and
+# log-probabilities, at most 2 + 4 + 4 bytes, stay below it).
+LOSS_BYTES_PER_LOGIT = 3 * LOGIT_BYTES
 # Adam's fp32 master weights, m and v (4 + 4 + 4), and the bf16 gradient, per trainable parameter.
 OPTIMIZER_BYTES = 12
 GRADIENT_BYTES = 2
@@ -317,14 +321,30 @@ def lora_params(config: dict, *, rank: int, target_modules: list[str], modules_t
     return adapters + sum(full.get(m, 0) for m in modules_to_save)
 
 
+def loss_bytes(config: dict, *, tokens: int, dtype: int, chunk_tokens: int | None) -> int:
+    """The LM loss's logits working set for `tokens` tokens (train.trainer's two paths).
+
+    chunk_tokens None: the model's logits over every position, upcast to fp32 in the loss.
+    Otherwise the head and cross-entropy run on at most `chunk_tokens` labelled tokens at a time,
+    recomputed in backward; the labelled tokens' hidden states gathered for the head (at most all
+    of them) and their gradient are counted with it."""
+    text = language_config(config)
+    if chunk_tokens is None:
+        return tokens * text["vocab_size"] * LOSS_BYTES_PER_LOGIT
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, not {chunk_tokens}")
+    return min(chunk_tokens, tokens) * text["vocab_size"] * LOSS_BYTES_PER_LOGIT + 2 * tokens * text["hidden_size"] * dtype
+
+
 def training_memory(config: dict, *, dtype: int, trainable: int, batch: int, seq: int, zero_stage: int,
-                    gpus: int, gradient_checkpointing: bool) -> Estimate:
+                    gpus: int, gradient_checkpointing: bool, loss_chunk_tokens: int | None = None) -> Estimate:
     """One training step on one GPU of `gpus`, under DeepSpeed ZeRO `zero_stage` (0: plain DDP).
 
     Stage 1 shards the optimizer state over the GPUs, stage 2 also the gradients, stage 3 also
     the weights. With gradient checkpointing each layer keeps its input hidden state, and the
     layer being recomputed holds its full working set (twice: forward and its backward);
-    without, every layer holds its working set. Logits are fp32 over every position."""
+    without, every layer holds its working set. Logits: `loss_bytes` (every position's, or a
+    chunk's with `loss_chunk_tokens`)."""
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"ZeRO stage must be 0-3, got {zero_stage}")
     text = language_config(config)
@@ -340,7 +360,7 @@ def training_memory(config: dict, *, dtype: int, trainable: int, batch: int, seq
         "gradients": trainable * GRADIENT_BYTES // (gpus if zero_stage >= 2 else 1),
         "optimizer": trainable * OPTIMIZER_BYTES // (gpus if zero_stage >= 1 else 1),
         "activations": activations,
-        "logits": tokens * text["vocab_size"] * LOGIT_BYTES,
+        "logits": loss_bytes(config, tokens=tokens, dtype=dtype, chunk_tokens=loss_chunk_tokens),
         "runtime": RUNTIME_BYTES,
     })
 

@@ -16,6 +16,15 @@ from pathlib import Path
 EPOCH_STEP = "epoch_step"
 EPOCH_STEP_GAMMA = 0.85
 
+# How the loss of an accumulated batch is averaged. accumulated_tokens: summed over every
+# micro-batch, divided by the labelled-token count of the whole accumulated batch (each supervised
+# token weighs the same). micro_batch: the CINGS original's (llama-recipes): each micro-batch's
+# mean over its own labelled tokens, divided by gradient_accumulation_steps (a token of a short
+# micro-batch weighs more).
+ACCUMULATED_TOKENS = "accumulated_tokens"
+MICRO_BATCH = "micro_batch"
+LOSS_AVERAGING = (ACCUMULATED_TOKENS, MICRO_BATCH)
+
 
 def epoch_step_factor(steps_per_epoch: int, gamma: float, warmup_steps: int = 0):
     """The LR multiplier after `step` optimizer steps: a linear warmup (as transformers' schedules),
@@ -64,6 +73,12 @@ class SFTConfig:
     # model's own (CINGS: the Instruct tokenizer on the base model); "": the model's.
     tokenizer: str = ""
     report_to: str = "tensorboard"
+    # Labelled tokens whose LM-head logits and cross-entropy are computed at once, each chunk
+    # recomputed in backward (train.trainer.chunked_causal_lm_loss_sum); None: the model's logits
+    # over the whole batch (batch x length x vocabulary, upcast to fp32 in the loss).
+    loss_chunk_tokens: int | None = None
+    max_grad_norm: float | None = 1.0  # None: no clipping (the CINGS original never clips)
+    loss_averaging: str = ACCUMULATED_TOKENS
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "SFTConfig":
@@ -91,6 +106,14 @@ class SFTConfig:
             raise ValueError(f"bf16 must be true, false or 'auto', not {self.bf16!r}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError("set num_train_epochs > 0 or max_steps > 0")
+        if self.loss_chunk_tokens is not None and (
+                isinstance(self.loss_chunk_tokens, bool) or not isinstance(self.loss_chunk_tokens, int)
+                or self.loss_chunk_tokens < 1):
+            raise ValueError(f"loss_chunk_tokens must be an integer >= 1 or null, not {self.loss_chunk_tokens!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, or null for no clipping, not {self.max_grad_norm!r}")
+        if self.loss_averaging not in LOSS_AVERAGING:
+            raise ValueError(f"loss_averaging must be one of {list(LOSS_AVERAGING)}, not {self.loss_averaging!r}")
         if self.lr_scheduler_type == EPOCH_STEP:
             kwargs = dict(self.lr_scheduler_kwargs or {})
             unknown = sorted(set(kwargs) - {"gamma"})

@@ -1,5 +1,7 @@
 """The `transformers.Trainer` of the SFT trainer: its loss (summed token cross-entropy over the
-labelled tokens), the `epoch_step` schedule, the batch order (LLaVA's grouping by modality and
+labelled tokens, from the model's logits or in recomputed chunks of the LM head that never hold the
+whole batch's logits; averaged over the accumulated batch's tokens or per micro-batch), the
+`epoch_step` schedule, the batch order (LLaVA's grouping by modality and
 length, or by length from estimated lengths), its TrainingArguments and TensorBoard callback, and
 saving the final model from every process."""
 
@@ -15,12 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from transformers import Trainer, TrainerState, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import TrainOutput
 
 from groundflow.models.spec import ModelSpec, resolve_dtype
-from groundflow.train.config import EPOCH_STEP, EPOCH_STEP_GAMMA, SFTConfig, epoch_step_factor
+from groundflow.train.config import EPOCH_STEP, EPOCH_STEP_GAMMA, MICRO_BATCH, SFTConfig, epoch_step_factor
 from groundflow.train.conversations import IGNORE_INDEX, end_of_turn_token, text_tokenizer
 from groundflow.train.data import MASKED_KEY, ModalityLengthGroupedSampler
 from groundflow.train.checkpoints import TRAINER_STATE, checkpoint_step, last_complete_checkpoint
@@ -42,12 +45,77 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     return loss_sum, (shifted_labels != IGNORE_INDEX).sum()
 
 
+def _chunk_loss_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_causal_lm_loss_sum(
+    hidden_states: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, chunk_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`causal_lm_loss_sum` from the decoder's final hidden states: the LM head and the fp32
+    cross-entropy run on the labelled positions only, `chunk_tokens` of them at a time, each chunk
+    under non-reentrant activation checkpointing, so its logits are recomputed in backward rather
+    than kept. The largest logits tensor is chunk_tokens x vocabulary, whatever the batch.
+
+    Non-reentrant: a parameter used by every chunk (the LM head) then gets one gradient
+    accumulation per backward, which DDP's reducer requires."""
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, not {chunk_tokens}")
+    shifted_labels = labels[:, 1:].to(hidden_states.device)
+    labelled = shifted_labels != IGNORE_INDEX
+    hidden = hidden_states[:, :-1][labelled]
+    targets = shifted_labels[labelled]
+    count = labelled.sum()
+    # An all-masked batch still runs the head once on no rows: the loss (0) stays connected to every
+    # parameter, as the full-logits loss is, so backward and DDP see the same graph.
+    starts = range(0, max(len(targets), 1), chunk_tokens)
+    loss_sum = sum(
+        torch.utils.checkpoint.checkpoint(_chunk_loss_sum, head, hidden[start:start + chunk_tokens],
+                                          targets[start:start + chunk_tokens], use_reentrant=False)
+        for start in starts
+    )
+    return loss_sum, count
+
+
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the module whose output's last_hidden_state feeds the LM head, the LM head) of a causal LM
+    or LLaVA, through a peft wrapper. Both are the wrapped model's own submodules (LoRA layers and
+    modules_to_save copies included), so calling the head trains what the model's forward would."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    get_decoder, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    decoder = get_decoder() if get_decoder else None
+    head = get_head() if get_head else None
+    if decoder is None or decoder is base or head is None:
+        raise TypeError(f"{type(base).__name__} has no separate decoder and LM head: "
+                        "loss_chunk_tokens needs a causal LM or LLaVA (set it to null)")
+    return decoder, head
+
+
+@contextlib.contextmanager
+def final_hidden_states(decoder: torch.nn.Module):
+    """Captures the decoder's last_hidden_state during one forward (a list that holds it after)."""
+    captured: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = decoder.register_forward_hook(keep)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 class SFTTrainer(Trainer):
     """Trainer whose loss is the causal-LM cross-entropy on the collated labels.
 
     With gradient accumulation (or several devices) Trainer passes `num_items_in_batch`, the
     labelled-token count of the whole accumulated batch; the summed loss is divided by it so that
-    every supervised token weighs the same, whatever its micro-batch.
+    every supervised token weighs the same, whatever its micro-batch. loss_averaging micro_batch
+    (the CINGS original's) divides each micro-batch's summed loss by its own count and by
+    gradient_accumulation_steps instead (also in an epoch's last, shorter window, as the original).
+    With loss_chunk_tokens the model's forward computes the logits of the last position only and
+    the loss comes from the decoder's hidden states (`chunked_causal_lm_loss_sum`).
     """
 
     def __init__(self, *args, sft_config: SFTConfig | None = None, **kwargs):
@@ -95,9 +163,26 @@ class SFTTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         self.masked_examples.extend(inputs.pop(MASKED_KEY, []))
-        outputs = model(**inputs, use_cache=False)
-        loss_sum, count = causal_lm_loss_sum(outputs.logits, labels)
-        if num_items_in_batch is not None:
+        chunk_tokens = self.sft_config.loss_chunk_tokens if self.sft_config is not None else None
+        if chunk_tokens is None:
+            outputs = model(**inputs, use_cache=False)
+            loss_sum, count = causal_lm_loss_sum(outputs.logits, labels)
+        else:
+            # Through the (DDP / DeepSpeed) wrapper, whose forward sets up the gradient reduction; the
+            # head and the cross-entropy then run on the captured hidden states.
+            decoder, head = decoder_and_head(self.accelerator.unwrap_model(model))
+            with final_hidden_states(decoder) as captured:
+                outputs = model(**inputs, use_cache=False, logits_to_keep=1)
+            if len(captured) != 1:
+                raise RuntimeError(f"the decoder ran {len(captured)} times in one forward; expected once")
+            with self.accelerator.autocast():  # the head under the forward's mixed precision
+                loss_sum, count = chunked_causal_lm_loss_sum(captured[0], labels, head, chunk_tokens)
+        if self.sft_config is not None and self.sft_config.loss_averaging == MICRO_BATCH:
+            # The original's llama-recipes loop: HF's per-micro-batch token mean, divided by the
+            # configured accumulation steps; DDP's average over processes then matches FSDP's.
+            loss = loss_sum / count.clamp(min=1) / self.args.gradient_accumulation_steps
+            self.loss_is_scaled_for_ga = True
+        elif num_items_in_batch is not None:
             # an accumulated batch of fully masked items only has no labelled token: loss 0, not 0/0
             divisor = num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch) else max(num_items_in_batch, 1)
             loss = loss_sum / divisor
@@ -164,6 +249,8 @@ def training_arguments(config: SFTConfig, out_dir: Path, *, use_bf16: bool, use_
         lr_scheduler_type="constant" if config.lr_scheduler_type == EPOCH_STEP else config.lr_scheduler_type,
         lr_scheduler_kwargs={} if config.lr_scheduler_type == EPOCH_STEP else config.lr_scheduler_kwargs,
         warmup_steps=float(config.warmup_ratio),  # < 1: a ratio of the total steps
+        # 0 turns clipping off in Trainer and, through "gradient_clipping": "auto", in DeepSpeed
+        max_grad_norm=0.0 if config.max_grad_norm is None else float(config.max_grad_norm),
         weight_decay=config.weight_decay,
         seed=config.seed,
         data_seed=config.seed,
