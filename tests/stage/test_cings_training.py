@@ -259,9 +259,9 @@ def test_convert_tokenize_and_counts_scripts_write_declared_tables_and_account_f
 
 
 def test_a_killed_tokenisation_resumes_from_its_finished_chunks(tmp_path, base, records, monkeypatch):
-    write_table_path = tmp_path / "records.parquet"
-    records.to_parquet(write_table_path)
-    fresh = _tokenize(tmp_path / "fresh", write_table_path, base, modes=["context"])
+    records_path = tmp_path / "records.parquet"
+    records.to_parquet(records_path)
+    fresh = _tokenize(tmp_path / "fresh", records_path, base, modes=["context"])
     calls = {"n": 0}
     real_call = TokenizeStep.__call__
 
@@ -273,10 +273,10 @@ def test_a_killed_tokenisation_resumes_from_its_finished_chunks(tmp_path, base, 
 
     monkeypatch.setattr(TokenizeStep, "__call__", dies_on_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
-        _tokenize(tmp_path / "resumed", write_table_path, base, modes=["context"])
+        _tokenize(tmp_path / "resumed", records_path, base, modes=["context"])
     assert (tmp_path / "resumed" / ".progress-context" / "chunk-00000.kept.parquet").is_file()
     monkeypatch.setattr(TokenizeStep, "__call__", real_call)
-    resumed = _tokenize(tmp_path / "resumed", write_table_path, base, modes=["context"])
+    resumed = _tokenize(tmp_path / "resumed", records_path, base, modes=["context"])
     counts = json.loads(Path(resumed["counts"][0]).read_text())
     assert counts["chunks_reused"] == 1 and counts["items_recomputed"] == len(records) - 4
     assert Path(resumed["tables"][0]).read_bytes() == Path(fresh["tables"][0]).read_bytes()
