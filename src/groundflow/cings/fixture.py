@@ -4,8 +4,10 @@
 (`id, instruction, input, output, dataset_name`, the output with reflection tokens and
 `<paragraph>` passages): single- and multi-passage records, records with an `input`, text before
 the first passage, double spaces inside answers, and one record of each kind of bad input, whose
-expected reject reason the summary lists. `make_vl_fixture` draws a few images with captions in
-the LCS-558K format (stage 1) and questions in the LLaVA-665K format (stage 2).
+expected reject reason the summary lists. `make_vl_fixture` draws a few scenes of 1-3 shapes
+(kinds of differing popularity that tend to come in pairs) with captions in the LCS-558K format
+(stage 1), questions in the LLaVA-665K format (stage 2) and the scenes' objects as POPE
+annotations (`scenes.json`, read by groundflow.evaluate.pope).
 
 Same seed, same bytes.
 """
@@ -20,7 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from groundflow.evaluate.pope import QUESTION_FIELDS, QUESTION_PROMPT, article
 from groundflow.io.artifacts import atomic_write_bytes, atomic_write_text
+from groundflow.prompts import load_prompt
 
 # (title, passage, question, answer): short encyclopaedic facts, the shape of Self-RAG's
 # Wikipedia passages and the answers grounded in them.
@@ -154,63 +158,153 @@ def fixture_texts() -> list[str]:
         "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n",
         "You are a helpful language assistant. You are able to understand the external context that the user provides, and assist the user with a variety of tasks using natural language.",
         "Answer the question using the retrieved evidence. Here is what the sources say. It is well documented.",
-    ] + [caption for _, _, caption in SHAPES] + [q for q, _ in VL_QUESTIONS]
+    ] + vl_fixture_texts()
     return texts
 
 
 # ---------------------------------------------------------------- vision-language fixture
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
-SHAPES = [
-    ("circle", "ellipse", "A {colour} circle on a white background."),
-    ("square", "rectangle", "A {colour} square on a white background."),
-    ("triangle", "polygon", "A {colour} triangle on a white background."),
-]
-VL_QUESTIONS = [("What shape is in the image?", "It is a {colour} {shape}."), ("What colour is the shape?", "The shape is {colour}.")]
+# The demo's object kinds, with how often a scene starts from each (so some objects are popular)
+# and the companion each tends to come with (so objects co-occur): POPE's popular and adversarial
+# negatives then differ from its random ones (groundflow.evaluate.pope).
+SCENE_OBJECTS = {"circle": 6, "square": 5, "triangle": 3, "star": 2, "cross": 2, "diamond": 1}
+COMPANIONS = {"circle": "cross", "cross": "circle", "square": "diamond", "diamond": "square",
+              "triangle": "star", "star": "triangle"}
+COMPANION_PROBABILITY = 0.8
+MAX_SCENE_OBJECTS = 3
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+VL_QUESTIONS = ("What shapes are in the image?", "How many shapes are in the image?", "Is there a {object} in the image?")
 
 
-def _draw_shape(rng: np.random.Generator, kind: str, colour: tuple[int, int, int]) -> Image.Image:
-    width, height = int(rng.integers(56, 96)), int(rng.integers(56, 96))
+def _weighted_pick(rng: np.random.Generator, exclude: list[str]) -> str:
+    kinds = [k for k in SCENE_OBJECTS if k not in exclude]
+    weights = np.array([SCENE_OBJECTS[k] for k in kinds], dtype=float)
+    return kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+
+
+def scene_objects(rng: np.random.Generator) -> list[str]:
+    """1-3 distinct kinds: a first by popularity, then usually its companion, then any other."""
+    count = int(rng.integers(1, MAX_SCENE_OBJECTS + 1))
+    objects = [_weighted_pick(rng, [])]
+    while len(objects) < count:
+        companion = COMPANIONS[objects[0]]
+        if len(objects) == 1 and companion not in objects and rng.random() < COMPANION_PROBABILITY:
+            objects.append(companion)
+        else:
+            objects.append(_weighted_pick(rng, objects))
+    return objects
+
+
+def _star(cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
+    points = []
+    for i in range(10):
+        r = radius if i % 2 == 0 else radius * 0.45
+        angle = -np.pi / 2 + i * np.pi / 5
+        points.append((cx + r * np.cos(angle), cy + r * np.sin(angle)))
+    return points
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    cx, cy, size = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0
+    if kind == "circle":
+        draw.ellipse(box, fill=colour)
+    elif kind == "square":
+        draw.rectangle(box, fill=colour)
+    elif kind == "triangle":
+        draw.polygon([(x0, y1), (cx, y0), (x1, y1)], fill=colour)
+    elif kind == "star":
+        draw.polygon(_star(cx, cy, size / 2), fill=colour)
+    elif kind == "cross":
+        bar = max(size // 6, 2)
+        draw.rectangle((x0, cy - bar, x1, cy + bar), fill=colour)
+        draw.rectangle((cx - bar, y0, cx + bar, y1), fill=colour)
+    elif kind == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=colour)
+    else:
+        raise ValueError(f"no drawing for object kind {kind!r}")
+
+
+def _draw_scene(rng: np.random.Generator, objects: list[tuple[str, str]]) -> Image.Image:
+    """A white canvas with each (kind, colour) in its own quarter, so no object hides another."""
+    width, height = int(rng.integers(72, 112)), int(rng.integers(72, 112))
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    size = min(width, height) // 2
-    x0, y0 = int(rng.integers(2, width - size - 1)), int(rng.integers(2, height - size - 1))
-    box = (x0, y0, x0 + size, y0 + size)
-    if kind == "ellipse":
-        draw.ellipse(box, fill=colour)
-    elif kind == "rectangle":
-        draw.rectangle(box, fill=colour)
-    else:
-        draw.polygon([(x0, y0 + size), (x0 + size // 2, y0), (x0 + size, y0 + size)], fill=colour)
+    cell_w, cell_h = width // 2, height // 2
+    size = int(min(cell_w, cell_h) * 0.75)
+    for (kind, colour), cell in zip(objects, rng.permutation(4)[: len(objects)]):
+        left, top = (int(cell) % 2) * cell_w, (int(cell) // 2) * cell_h
+        x0 = left + int(rng.integers(1, cell_w - size))
+        y0 = top + int(rng.integers(1, cell_h - size))
+        _draw_object(draw, kind, (x0, y0, x0 + size, y0 + size), COLOURS[colour])
     return image
 
 
+def _listing(objects: list[tuple[str, str]]) -> str:
+    phrases = [f"a {colour} {kind}" for kind, colour in objects]
+    return phrases[0] if len(phrases) == 1 else f"{', '.join(phrases[:-1])} and {phrases[-1]}"
+
+
+def scene_caption(objects: list[tuple[str, str]]) -> str:
+    text = _listing(objects)
+    return f"{text[0].upper()}{text[1:]} on a white background."
+
+
+def scene_answer(question_index: int, objects: list[tuple[str, str]], asked: str) -> str:
+    if question_index == 0:
+        return f"The image shows {_listing(objects)}."
+    if question_index == 1:
+        count = len(objects)
+        return "There is one shape." if count == 1 else f"There are {NUMBER_WORDS[count]} shapes."
+    return "Yes." if asked in {kind for kind, _ in objects} else "No."
+
+
 def make_vl_fixture(out_dir: str | os.PathLike, seed: int = 0, n_images: int = 8) -> dict:
-    """Write out_dir/images/*.png, out_dir/pretrain.json (LCS-558K format) and
-    out_dir/instruct.json (LLaVA-665K format, one text-only record included)."""
+    """Write out_dir/images/*.png (scenes of 1-3 drawn shapes), out_dir/scenes.json (POPE's
+    annotations: [{image, objects}]), out_dir/pretrain.json (LCS-558K format: a caption naming
+    every shape) and out_dir/instruct.json (LLaVA-665K format: what shapes, how many, or whether a
+    kind is there, answered from the scene; one text-only record included)."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
-    pretrain, instruct = [], []
+    pretrain, instruct, scenes = [], [], []
     colour_names = sorted(COLOURS)
+    kinds = list(SCENE_OBJECTS)
     for index in range(n_images):
-        shape, kind, caption = SHAPES[index % len(SHAPES)]
-        colour = colour_names[int(rng.integers(0, len(colour_names)))]
+        objects = [(kind, colour_names[int(rng.integers(0, len(colour_names)))]) for kind in scene_objects(rng)]
         name = f"shape_{index:03d}.png"
         buffer = io.BytesIO()
-        _draw_shape(rng, kind, COLOURS[colour]).save(buffer, format="PNG")
+        _draw_scene(rng, objects).save(buffer, format="PNG")
         atomic_write_bytes(out / "images" / name, buffer.getvalue())
+        scenes.append({"image": name, "objects": [kind for kind, _ in objects]})
         pretrain.append({"id": f"pretrain-{index:03d}", "image": name, "conversations": [
             {"from": "human", "value": "Give a brief description of the image.\n<image>"},
-            {"from": "gpt", "value": caption.format(colour=colour)},
+            {"from": "gpt", "value": scene_caption(objects)},
         ]})
-        question, answer = VL_QUESTIONS[index % len(VL_QUESTIONS)]
+        question_index = index % len(VL_QUESTIONS)
+        # the yes/no question asks about a present and an absent kind in turn
+        present = [kind for kind, _ in objects]
+        pool = present if (index // len(VL_QUESTIONS)) % 2 == 0 else [k for k in kinds if k not in present]
+        asked = pool[int(rng.integers(0, len(pool)))]
         instruct.append({"id": f"instruct-{index:03d}", "image": name, "conversations": [
-            {"from": "human", "value": f"<image>\n{question}"},
-            {"from": "gpt", "value": answer.format(colour=colour, shape=shape)},
+            {"from": "human", "value": f"<image>\n{VL_QUESTIONS[question_index].format(object=asked)}"},
+            {"from": "gpt", "value": scene_answer(question_index, objects, asked)},
         ]})
     instruct.append({"id": "instruct-text", "conversations": [
         {"from": "human", "value": FACTS[0][2]}, {"from": "gpt", "value": FACTS[0][3]},
     ]})
+    atomic_write_text(out / "scenes.json", json.dumps(scenes, indent=1) + "\n")
     atomic_write_text(out / "pretrain.json", json.dumps(pretrain, indent=1) + "\n")
     atomic_write_text(out / "instruct.json", json.dumps(instruct, indent=1) + "\n")
-    return {"images": n_images, "pretrain": len(pretrain), "instruct": len(instruct)}
+    return {"images": n_images, "pretrain": len(pretrain), "instruct": len(instruct), "scenes": len(scenes)}
+
+
+def vl_fixture_texts() -> list[str]:
+    """The words of the VL fixture's captions, questions and answers, and POPE's questions about its kinds."""
+    texts = [f"A {colour} {kind} on a white background. The image shows a {colour} {kind}."
+             for kind in SCENE_OBJECTS for colour in COLOURS]
+    texts += [question.format(object=kind) for question in VL_QUESTIONS for kind in SCENE_OBJECTS]
+    texts += [f"There are {word} shapes." for word in NUMBER_WORDS.values()] + ["There is one shape.", "Yes.", "No."]
+    pope = load_prompt(None, QUESTION_PROMPT, fields=QUESTION_FIELDS)
+    texts += [pope.format(article=article(kind), object=kind) for kind in SCENE_OBJECTS]
+    return texts
