@@ -314,3 +314,13 @@ def test_stage_counts_check_the_steps_form_one_chain():
         stage_counts(convert, [{**tokenize[0], "in": 11, "rejected": 2}], {})
     with pytest.raises(AssertionError, match=r"convert: in 12 != out 10 \+ rejected 1"):
         stage_counts({**convert, "rejected": 1}, tokenize, {})
+
+
+def test_a_cache_counted_before_produced_by_held_the_fingerprint_is_refused_as_stale(tmp_path, records, base):
+    _cache(tmp_path, records, base, "no_context")
+    old = json.loads((tmp_path / "no_context.counts.json").read_text())
+    old["tokenizer"] = old.pop("produced_by")["tokenizer"]  # where the fingerprint used to be
+    (tmp_path / "no_context.counts.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="re-run tokenisation"):
+        train_mode(tokenized_path=str(tmp_path / "no_context.parquet"), tokenize_counts_path=str(tmp_path / "no_context.counts.json"),
+                   model={"path": str(base)}, train={"max_steps": 1, "report_to": "none"}, out_dir=str(tmp_path / "out"))
