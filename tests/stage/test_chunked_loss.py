@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import AutoTokenizer
 
 from groundflow.demo import build_demo_model
 from groundflow.models.llava import build_tiny_llava
