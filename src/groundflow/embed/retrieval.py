@@ -54,18 +54,24 @@ def _block_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     scores in column order, and those scores. k <= c."""
     q, c = scores.shape
     if k < c:
-        # The k-th best value of each row; every score above it is in, and the first
-        # (k - how many are above) of the scores equal to it, by column, fill the rest.
-        kth = np.partition(scores, c - k, axis=1)[:, c - k][:, None]
-        above = scores > kth
-        equal = scores == kth
-        room = k - above.sum(axis=1, keepdims=True)
-        chosen = above | (equal & (np.cumsum(equal, axis=1) <= room))
-        columns = np.nonzero(chosen)[1].reshape(q, k)  # row-major: ascending columns per row
+        columns = np.argpartition(scores, c - k, axis=1)[:, c - k:]
+        picked = np.take_along_axis(scores, columns, axis=1)
+        kth = picked.min(axis=1, keepdims=True)
+        # argpartition picks any of the scores equal to the k-th best; a row with more of them in
+        # the block than it picked is redone exactly: all scores above the k-th best, then the
+        # first (by column) of those equal to it. Rare with real-valued scores.
+        unfair = np.flatnonzero((scores == kth).sum(axis=1) > (picked == kth).sum(axis=1))
+        if len(unfair):
+            rows, row_kth = scores[unfair], kth[unfair]
+            above, equal = rows > row_kth, rows == row_kth
+            room = k - above.sum(axis=1, keepdims=True)
+            chosen = above | (equal & (np.cumsum(equal, axis=1) <= room))
+            columns[unfair] = np.nonzero(chosen)[1].reshape(len(unfair), k)
+        columns.sort(axis=1)  # ascending columns, so the stable sort below keeps ties in column order
     else:
         columns = np.broadcast_to(np.arange(c), (q, c))
     picked = np.take_along_axis(scores, columns, axis=1)
-    order = np.argsort(-picked, axis=1, kind="stable")  # stable: equal scores keep column order
+    order = np.argsort(-picked, axis=1, kind="stable")
     return np.take_along_axis(columns, order, axis=1), np.take_along_axis(picked, order, axis=1)
 
 
