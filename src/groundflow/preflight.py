@@ -512,7 +512,7 @@ def preflight(config_path: str | Path, run_dir: str | Path = ".") -> tuple[str, 
     jobs, import_failures = deepspeed_check(config, run_dir=run_dir)
     if jobs:
         versions = ", ".join(f"{m} {installed_version(m)}" for m in DEEPSPEED_MODULES)
-        verdict = "imports fail" if import_failures else "import"
+        verdict = "imports fail" if import_failures else "imported"
         table += f"\nDeepSpeed jobs ({', '.join(jobs)}): {versions} {verdict}"
     return table, failures + import_failures
 
