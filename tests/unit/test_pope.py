@@ -244,3 +244,13 @@ def test_demo_scenes_make_popular_and_adversarial_differ_from_random(tmp_path):
                  .groupby(level=0).apply(tuple) for split in SPLITS}
     assert (negatives["popular"] != negatives["adversarial"]).any()
     assert (negatives["random"] != negatives["popular"]).any()
+
+
+def test_question_prompt_carries_the_image_and_an_optional_system_turn():
+    from groundflow.evaluate.pope import question_prompt
+
+    plain = question_prompt("Is there a star in the image?", image="IMG")
+    assert plain.messages == [{"role": "user", "content": "Is there a star in the image?"}] and plain.image == "IMG"
+    with_system = question_prompt("Is there a star in the image?", image="IMG", system_prompt="Be brief.")
+    assert [m["role"] for m in with_system.messages] == ["system", "user"]
+    assert with_system.assistant_prefix == "" and with_system.choices is None
