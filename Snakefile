@@ -37,10 +37,11 @@ if "cings" in config:
 
     include: "rules/cings.smk"
     include: "rules/cings_eval.smk"
+    include: "rules/cings_report.smk"
 
     rule cings:
         input:
-            cings_targets() + cings_eval_targets(),
+            cings_targets() + cings_eval_targets() + cings_pope_targets() + cings_report_targets(),
 
 
 rule all:

@@ -52,6 +52,7 @@ rule cings_fixture:
         records=f"{CINGS_FIXTURE}/selfrag.jsonl",
         pretrain=f"{CINGS_FIXTURE}/vl/pretrain.json",
         instruct=f"{CINGS_FIXTURE}/vl/instruct.json",
+        scenes=f"{CINGS_FIXTURE}/vl/scenes.json",
         images=directory(f"{CINGS_FIXTURE}/vl/images"),
     params:
         opts=CINGS.get("fixture", {}),
@@ -105,8 +106,10 @@ rule cings_tokenize:
         system_prompt=CINGS.get("data", {}).get("system_prompt", ""),
         tokenize=CINGS.get("tokenize", {}),
         train=CINGS.get("train", {}),
+        # one resumable stage per mode: a killed job keeps each mode's finished chunks
+        progress_dirs=[cings(".progress", "tokenize", m) for m in CINGS_MODES],
     log:
-        "logs/cings/tokenize.log",
+        expand("logs/cings/tokenize/{mode}.log", mode=CINGS_MODES),
     benchmark:
         "benchmarks/cings/tokenize.tsv"
     threads: job_threads("cpu_job")

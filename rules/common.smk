@@ -118,5 +118,5 @@ def all_targets():
     if "cvc" in config["methods"]:
         targets += cvc_targets() + cvc_training_targets() + cvc_report_targets()
     if "cings" in config["methods"]:
-        targets += cings_targets() + cings_eval_targets()
+        targets += cings_targets() + cings_eval_targets() + cings_pope_targets() + cings_report_targets()
     return targets

@@ -46,6 +46,7 @@ SENTENCE_TOKENS = 64
 # A KILT passage (Contriever's 100-word chunks) with its title, and the question and template.
 PASSAGE_TOKENS = 200
 QUESTION_TOKENS = 256
+POPE_QUESTION_TOKENS = 64  # system prompt + one yes/no question about one object
 # Grounding DINO resizes to a shorter side of 800 (longer at most 1333); Swin's first stage
 # works on stride-4 patches in 12 x 12 windows. (SAM's encoder sees one image of
 # image_size / patch_size squared patches; its global blocks attend over all of them.)
@@ -208,18 +209,24 @@ def _served(config, job, job_class, model_label) -> JobCheck:
 
 
 def generation_check(config, job, model_name, kind, *, n, prompt_tokens, max_new_tokens, base_dir,
-                     job_class: str = "model_job") -> JobCheck:
+                     job_class: str = "model_job", arch_for=None) -> JobCheck:
+    """A generation job of `models.<model_name>`; `arch_for` () -> (label, config) where the job's
+    model is composed rather than configured (a CINGS VL checkpoint: cings_lm + vision_tower)."""
     spec = config["models"][model_name]
+    label = spec["path"]
     generation = config["generation"][kind]
     if generation["backend"] != "hf":
-        return _served(config, job, job_class, spec["path"])
+        return _served(config, job, job_class, label)
     try:
-        arch, _ = model_config(spec["path"], base_dir=base_dir)
+        if arch_for is None:
+            arch, _ = model_config(spec["path"], base_dir=base_dir)
+        else:
+            label, arch = arch_for()
         dtype = memory.dtype_bytes(spec.get("dtype"), on_gpu=_on_gpu(config, job_class))
         memory.param_count(arch)
     except (CannotSize, memory.UnknownArchitecture) as e:
-        return _unsized(config, job, job_class, spec["path"], e)
-    return _check(config, job, job_class, spec["path"],
+        return _unsized(config, job, job_class, label, e)
+    return _check(config, job, job_class, label,
                   lambda b: memory.generation_memory(arch, dtype=dtype, batch=b, n=n, prompt_tokens=prompt_tokens,
                                                      max_new_tokens=max_new_tokens),
                   f"generation.{kind}.batch_size", generation["batch_size"])
@@ -235,7 +242,7 @@ def trials_check(config: dict, *, base_dir: Path | None = None) -> JobCheck:
 def encoder_check(config, job, model_name, batch_setting, batch, shapes, base_dir) -> JobCheck:
     spec = config["models"][model_name]
     try:
-        path = _embedder_folder(spec["path"]) if model_name == "embedder" else spec["path"]
+        path = _embedder_folder(spec["path"]) if model_name in ("embedder", "retriever") else spec["path"]
         arch, _ = model_config(path, base_dir=base_dir)
         dtype = memory.dtype_bytes(spec.get("dtype"), on_gpu=_on_gpu(config, "model_job"))
         memory.param_count(arch)
@@ -340,6 +347,15 @@ def plan(config: dict, *, run_dir: Path = Path(), base_dir: Path | None = None) 
         checks.append(generation_check(config, "cings_infer", "cings_lm", "text", n=1, prompt_tokens=prompt,
                                        max_new_tokens=inference["max_new_tokens"], base_dir=base_dir,
                                        job_class=infer_class))
+        # the rule exists wherever a retriever is configured, used by a dataset or not
+        if "retriever" in config["models"]:
+            checks.append(encoder_check(config, "cings_build_eval", "retriever", "cings.retrieval.batch_size",
+                                        cings["retrieval"]["batch_size"], _text_dims(PASSAGE_TOKENS), base_dir))
+        if cings["vl"]["modes"]:
+            checks.append(generation_check(config, "cings_pope_answer", "cings_lm", "vision", n=1,
+                                           prompt_tokens=IMAGE_TOKENS + POPE_QUESTION_TOKENS,
+                                           max_new_tokens=cings["vl"]["pope"]["max_new_tokens"], base_dir=base_dir,
+                                           arch_for=lambda: _cings_llava(config, base_dir)))
     return checks
 
 

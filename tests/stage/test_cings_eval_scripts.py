@@ -44,7 +44,7 @@ def _records(tmp: Path, entry: dict, inference: dict = INFERENCE) -> dict:
     out = {"kept": str(tmp / entry["name"] / "records.parquet"), "rejects": str(tmp / entry["name"] / "records.rejects.parquet"),
            "counts": str(tmp / entry["name"] / "records.counts.json")}
     run_script("cings_eval_records.py", FakeSnakemake(
-        input={"eval_file": entry["path"]}, output=out, params={"dataset": entry, "inference": inference},
+        input={"eval_file": entry["path"]}, output=out, params={"dataset": entry, "inference": inference, "path": entry["path"]},
         log=[str(tmp / "logs" / entry["name"] / "records.log")]))
     return out
 

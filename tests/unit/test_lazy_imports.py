@@ -23,7 +23,8 @@ LIGHT_SCRIPTS = [
     "cvc_ingest", "cvc_images", "cvc_gather", "cvc_hybrid", "cvc_fixture",
     "cings_fixture", "cings_convert", "cings_counts", "cings_eval_records", "cings_eval_table",
     "plot_box_scores", "plot_causality", "plot_entities", "plot_occluded", "plot_stage_counts",
-    "plot_train_loss", "plot_trials",
+    "plot_train_loss", "plot_trials", "cings_retrieval_fixture", "cings_eval_fixture", "pope_questions", "pope_score",
+    "plot_cings_eval", "plot_cings_pope",
 ]
 
 

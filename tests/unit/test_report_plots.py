@@ -14,14 +14,17 @@ from groundflow.report.plots import (
     choose_examples,
     correct_of_n,
     entities_per_caption,
+    eval_panels,
     loss_history,
     plot_box_scores,
     plot_causality,
     plot_entities_per_caption,
+    plot_eval_table,
     plot_loss_curve,
     plot_occluded_grid,
     plot_stage_counts,
     plot_trial_success,
+    pope_long_table,
     save_figure,
 )
 
@@ -154,3 +157,54 @@ def test_save_figure_writes_the_format_of_the_suffix_atomically(tmp_path):
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["loss.png", "loss.svg"]  # no temp files left
     with pytest.raises(ValueError, match="suffix"):
         save_figure(fig, tmp_path / "plots" / "loss")
+
+
+def _eval_table():
+    rows = []
+    for dataset, metrics, settings in [("nq", ["exact_match", "accuracy"], ["prefilled_1doc", "closed_book"]),
+                                       ("eli5", ["rouge_l"], ["prefilled_1doc"])]:
+        for metric in metrics:
+            for setting in settings:
+                for mode, score in [("context", 0.5), ("no_context", 0.25)]:
+                    rows.append({"dataset": dataset, "metric": metric, "setting": setting, "mode": mode,
+                                 "score": score if setting != "closed_book" else score / 5})
+    return pd.DataFrame(rows)
+
+
+def test_eval_panels_pivot_each_dataset_metric_by_setting_and_mode():
+    table = _eval_table()
+    table.loc[(table["dataset"] == "eli5") & (table["mode"] == "no_context"), "score"] = float("nan")
+    panels = eval_panels(table)
+    assert [(d, m) for d, m, _ in panels] == [("nq", "exact_match"), ("nq", "accuracy"), ("eli5", "rouge_l")]
+    scores = panels[0][2]
+    assert list(scores.index) == ["prefilled_1doc", "closed_book"] and list(scores.columns) == ["context", "no_context"]
+    assert scores.loc["closed_book", "context"] == pytest.approx(0.1)
+    assert np.isnan(panels[2][2].loc["prefilled_1doc", "no_context"])
+
+
+def test_eval_panels_refuse_two_scores_for_one_cell():
+    table = _eval_table()
+    with pytest.raises(ValueError, match="several scores"):
+        eval_panels(pd.concat([table, table.iloc[:1]]))
+    with pytest.raises(ValueError, match="lacks columns"):
+        eval_panels(table.drop(columns="score"))
+
+
+def test_eval_plot_draws_one_bar_per_mode_and_setting_at_its_score():
+    fig = plot_eval_table(_eval_table(), title="CINGS")
+    axes = fig.get_axes()
+    assert len(axes) == 3
+    heights = sorted(round(p.get_height(), 4) for p in axes[0].patches if isinstance(p, Rectangle))
+    assert heights == [0.05, 0.1, 0.25, 0.5]
+    assert len([p for p in axes[2].patches if isinstance(p, Rectangle)]) == 2
+
+
+def test_pope_table_becomes_one_panel_per_metric_with_splits_as_settings():
+    metrics = pd.DataFrame({"model": ["context"] * 3, "split": ["random", "popular", "adversarial"],
+                            "accuracy": [0.9, 0.8, 0.7], "f1": [0.91, 0.81, 0.71], "yes_ratio": [0.5, 0.55, 0.6]})
+    long = pope_long_table(metrics)
+    panels = eval_panels(long)
+    assert [m for _, m, _ in panels] == ["accuracy", "f1", "yes_ratio"]
+    assert panels[2][2].loc["adversarial", "context"] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="lacks columns"):
+        pope_long_table(metrics.drop(columns="f1"))

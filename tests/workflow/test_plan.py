@@ -57,8 +57,10 @@ def test_a_run_folder_made_from_one_preset_plans_that_method_alone(tmp_path, pre
         config = yaml.safe_load((run / "config.yaml").read_text())
         datasets, modes = config["cings"]["inference"]["datasets"], config["cings"]["modes"]
         assert counts["cings_train"] == 3 and counts["cings_vl_stage2"] == 2
-        assert counts["cings_infer"] == len(datasets) * len(modes) == 24
+        # one job per evaluation set x mode, whatever settings each set takes
+        assert counts["cings_infer"] == len(datasets) * len(modes) == 39
         assert counts["cings_eval_table"] == 1
+        assert counts["cings_pope_answer"] == len(config["cings"]["vl"]["modes"]) == 2
 
 
 def test_a_user_entity_prompt_is_an_input_so_editing_it_reruns_the_stage(tmp_path):

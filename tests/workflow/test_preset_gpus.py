@@ -21,7 +21,7 @@ from snakemake_runner import ROOT, make_run_dir
 pytestmark = pytest.mark.workflow
 
 MODEL_INPUTS = {"model", "lm", "vision"}
-MODEL_PARAMS = {"model", "models", "generation", "lm", "vision"}
+MODEL_PARAMS = {"model", "models", "generation", "lm", "vision", "retriever"}
 
 LIST_RULES = """
 import json, sys

@@ -6,12 +6,13 @@ from groundflow.pipeline import log, setup_logging
 
 setup_logging(snakemake.log[0])
 dataset = resolve_dataset(snakemake.params.dataset, snakemake.params.inference)
-result = read_eval_records(snakemake.input.eval_file, dataset)
+source = snakemake.params.path
+result = read_eval_records(source, dataset)
 write_table(result.rejects, snakemake.output.rejects, schema=table_schema("rejects"))
 write_table(result.kept, snakemake.output.kept, schema=table_schema("cings_eval_records"))
 atomic_write_json(snakemake.output.counts, {**result.counts, "dataset": dataset.name,
-                                            "source": str(snakemake.input.eval_file)})
-log.info("%s (%s): in %d = out %d + rejected %d", dataset.name, snakemake.input.eval_file,
+                                            "source": str(source)})
+log.info("%s (%s): in %d = out %d + rejected %d", dataset.name, source,
          result.counts["in"], result.counts["out"], result.counts["rejected"])
 for record_id, reason in zip(result.rejects["id"], result.rejects["reason"]):
     log.info("rejected %s: %s", record_id, reason)

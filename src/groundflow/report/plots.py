@@ -259,6 +259,79 @@ def plot_stage_counts(counts: pd.DataFrame) -> Figure:
     return fig
 
 
+# ---------------------------------------------------------------- evaluation tables
+
+EVAL_KEYS = ["dataset", "metric", "setting", "mode"]
+
+
+def eval_panels(table: pd.DataFrame, *, group: str = "mode") -> list[tuple[str, str, pd.DataFrame]]:
+    """(dataset, metric, scores) per panel of an evaluation plot, in the table's first-seen order:
+    `scores` has one row per setting and one column per value of `group` (a checkpoint's mode),
+    NaN where a run kept no prediction. A long table row names dataset, metric, setting, `group`
+    and its score; two rows for one cell are an error, not averaged away."""
+    keys = ["dataset", "metric", "setting", group]
+    missing = [c for c in keys + ["score"] if c not in table.columns]
+    if missing:
+        raise ValueError(f"evaluation table lacks columns {missing}")
+    twice = table[table.duplicated(keys, keep=False)]
+    if len(twice):
+        raise ValueError(f"evaluation table has several scores for {twice[keys].drop_duplicates().values.tolist()[:3]}")
+    panels = []
+    for (dataset, metric), rows in table.groupby(["dataset", "metric"], sort=False):
+        scores = rows.pivot(index="setting", columns=group, values="score")
+        scores = scores.reindex(index=pd.unique(rows["setting"]), columns=pd.unique(rows[group]))
+        panels.append((str(dataset), str(metric), scores.astype(float)))
+    return panels
+
+
+def plot_eval_table(table: pd.DataFrame, *, group: str = "mode", title: str = "Evaluation",
+                    ncols: int = 3) -> Figure:
+    """One panel per dataset x metric: grouped bars, settings along x, one bar per `group` value
+    (the same colour for it in every panel), scores on a 0-1 axis with the value written above."""
+    panels = eval_panels(table, group=group)
+    if not panels:
+        fig = Figure(figsize=(5, 2), layout="constrained")
+        _empty_note(fig.add_subplot(), "evaluation scores")
+        return fig
+    members = list(pd.unique(table[group]))
+    colors = {m: c for m, c in zip(members, [KEPT_COLOR, REJECTED_COLOR, BAND_COLOR, "#9c6ade", "#e15759", "#76b7b2"] * 4)}
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows + 0.6), layout="constrained")
+    width = 0.8 / max(len(members), 1)
+    for index, (dataset, metric, scores) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, index + 1)
+        x = np.arange(len(scores.index))
+        for offset, member in enumerate(members):
+            values = scores[member].to_numpy() if member in scores.columns else np.full(len(x), np.nan)
+            bars = ax.bar(x + (offset - (len(members) - 1) / 2) * width, np.nan_to_num(values), width,
+                          color=colors[member], label=str(member) if index == 0 else None)
+            for bar, value in zip(bars, values):
+                label = "n/a" if np.isnan(value) else f"{value:.2f}"
+                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center",
+                        va="bottom", fontsize="x-small", rotation=90)
+        ax.set_xticks(x, [str(s).replace("_", "\n", 1) for s in scores.index], fontsize="x-small")
+        ax.set_ylim(0, 1.15)
+        ax.set_title(f"{dataset}: {metric}", fontsize="small")
+    fig.legend(loc="outside upper center", ncols=len(members), fontsize="small", title=group)
+    fig.suptitle(title)
+    return fig
+
+
+POPE_PLOT_METRICS = ["accuracy", "f1", "yes_ratio"]
+
+
+def pope_long_table(metrics: pd.DataFrame, *, metrics_shown: Sequence[str] = POPE_PLOT_METRICS) -> pd.DataFrame:
+    """POPE's table (one row per model x split) in the long form `plot_eval_table` draws: the
+    splits as settings, the checkpoints as modes, one panel per metric."""
+    missing = [c for c in ["model", "split", *metrics_shown] if c not in metrics.columns]
+    if missing:
+        raise ValueError(f"POPE table lacks columns {missing}")
+    long = metrics.melt(id_vars=["model", "split"], value_vars=list(metrics_shown), var_name="metric", value_name="score")
+    long = long.rename(columns={"model": "mode", "split": "setting"}).assign(dataset="POPE")
+    return long[["dataset", "metric", "setting", "mode", "score"]]
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> None:
     """Write the figure atomically; the format follows the file's suffix (png, svg, pdf)."""
     suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
