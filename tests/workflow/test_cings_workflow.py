@@ -136,3 +136,31 @@ def test_paper_preset_plans_three_trainings_and_two_llavas(tmp_path):
     assert counts["cings_convert"] == 1 and counts["cings_tokenize"] == 1 and counts["cings_train"] == 3
     assert counts["cings_vl_stage1"] == 2 and counts["cings_vl_stage2"] == 2
     assert "build_tiny_model" not in counts and "cings_fixture" not in counts  # hub ids, the user's data
+
+
+def test_the_demo_evaluates_every_set_in_its_settings_and_metrics_and_pope(run):
+    """The demo's table holds a row per set x mode x (the set's settings) x (its metrics), one set
+    built by retrieval; POPE scores the VL checkpoint on every split."""
+    from groundflow.cings.inference import resolve_dataset
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    inference = {"settings": config["cings"]["inference"]["settings"], "ndocs": config["cings"]["inference"]["ndocs"]}
+    table = pd.read_parquet(run / "results/cings/eval/table.parquet")
+    expected = []
+    for entry in config["cings"]["inference"]["datasets"]:
+        dataset = resolve_dataset(entry, inference)
+        expected += [(dataset.name, mode, setting, metric)
+                     for mode in MODES for setting in dataset.settings for metric in dataset.metrics]
+    assert sorted(map(tuple, table[["dataset", "mode", "setting", "metric"]].values.tolist())) == sorted(expected)
+    assert {"label_accuracy", "rouge_l", "exact_match", "accuracy"} <= set(table["metric"])
+    assert table["score"].between(0, 1).all() and (table["n"] > 0).all()
+    built = [e["name"] for e in config["cings"]["inference"]["datasets"] if e.get("questions")]
+    assert built, "the demo builds a set by retrieval"
+    for name in built:
+        counts = json.loads((run / f"results/cings/eval/{name}/built.counts.json").read_text())
+        assert counts["in"] == counts["out"] + counts["rejected"] and counts["rejected"] > 0
+        assert counts["produced_by"]["top_k"] == config["cings"]["retrieval"]["top_k"]
+    pope = pd.read_parquet(run / "results/cings/eval/pope/table.parquet")
+    assert sorted(zip(pope["model"], pope["split"])) == sorted(
+        (mode, split) for mode in config["cings"]["vl"]["modes"] for split in ["random", "popular", "adversarial"])
+    assert ((pope["tp"] + pope["fp"] + pope["tn"] + pope["fn"]) == pope["n"]).all()

@@ -59,6 +59,15 @@ def plots(config: dict) -> dict[str, tuple[str, str, str]]:
     }
 
 
+def cings_plots(config: dict) -> dict[str, tuple[str, str, str]]:
+    """The CINGS section: its evaluation table and the POPE scores of its VL checkpoints."""
+    assert config["cings"]["vl"]["modes"], "the demo builds a VL checkpoint"
+    return {
+        "eval.png": ("1 Evaluation", "CINGS's evaluation", "per dataset and metric"),
+        "pope.png": ("2 Hallucination", "Object hallucination of each CINGS VL checkpoint", "in the POPE form"),
+    }
+
+
 class DevToolsPipe:
     """Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe): the browser
     reads commands from its fd 3 and writes replies and events to its fd 4, each message JSON
@@ -203,30 +212,32 @@ def test_report_renders_every_plot_with_its_caption(demo, report, tmp_path):
     try:
         browser.open(report.resolve().as_uri())
         # landing page: the workflow description, rendered by the report's JavaScript
-        browser.wait_for(f"{PAGE_TEXT}.includes('groundflow runs CVC')", "the workflow description")
+        browser.wait_for(f"{PAGE_TEXT}.includes('groundflow runs each configured method')", "the workflow description")
         assert "Please enable Javascript" not in browser.evaluate(PAGE_TEXT)
-        assert "CVC" in browser.evaluate("Object.keys(categories)")
+        assert {"CVC", "CINGS"} <= set(browser.evaluate("Object.keys(categories)"))
 
-        for name, (subcategory, opening, phrase) in expected.items():
-            path = f"results/cvc/plots/{name}"
-            browser.wait_for(OPEN_SUBCATEGORY.format(wanted=json.dumps(subcategory), category='"CVC"'),
-                             f"subcategory {subcategory}", timeout=10)
-            listed = browser.wait_for(LISTED_RESULTS, f"the results of {subcategory}")
-            assert listed == sorted(f"results/cvc/plots/{n}" for n, (sub, *_) in expected.items() if sub == subcategory)
-            # the eye button shows the plot, the info button its caption
-            assert browser.evaluate(CLICK_ROW_BUTTON.format(path=json.dumps(path), index=0))
-            image = browser.wait_for(SHOWN_IMAGE.format(path=json.dumps(path)), f"the image of {path}")
-            with Image.open(demo / path) as original:
-                assert (image["width"], image["height"]) == original.size, (name, image)
-            shot = browser.screenshot()
-            shot.save(tmp_path / name)
-            left, top, right, bottom = image["box"]
-            shown = np.asarray(shot.crop((max(left, 0), max(top, 0), min(right, shot.width), min(bottom, shot.height))).convert("L"))
-            assert shown.size and shown.std() > 10 and len(np.unique(shown)) > 20, f"{name} renders blank"
-            assert browser.evaluate(CLICK_ROW_BUTTON.format(path=json.dumps(path), index=1))
-            caption = browser.wait_for(SHOWN_CAPTION, f"the caption of {name}")
-            assert caption.startswith(opening) and phrase in caption, (name, caption)
-            browser.screenshot().save(tmp_path / f"{Path(name).stem}.caption.png")
+        sections = [("CVC", "cvc", expected), ("CINGS", "cings", cings_plots(config))]
+        for category, method, section in sections:
+            for name, (subcategory, opening, phrase) in section.items():
+                path = f"results/{method}/plots/{name}"
+                browser.wait_for(OPEN_SUBCATEGORY.format(wanted=json.dumps(subcategory), category=json.dumps(category)),
+                                 f"subcategory {subcategory}", timeout=10)
+                listed = browser.wait_for(LISTED_RESULTS, f"the results of {subcategory}")
+                assert listed == sorted(f"results/{method}/plots/{n}" for n, (sub, *_) in section.items() if sub == subcategory)
+                # the eye button shows the plot, the info button its caption
+                assert browser.evaluate(CLICK_ROW_BUTTON.format(path=json.dumps(path), index=0))
+                image = browser.wait_for(SHOWN_IMAGE.format(path=json.dumps(path)), f"the image of {path}")
+                with Image.open(demo / path) as original:
+                    assert (image["width"], image["height"]) == original.size, (name, image)
+                shot = browser.screenshot()
+                shot.save(tmp_path / name)
+                left, top, right, bottom = image["box"]
+                shown = np.asarray(shot.crop((max(left, 0), max(top, 0), min(right, shot.width), min(bottom, shot.height))).convert("L"))
+                assert shown.size and shown.std() > 10 and len(np.unique(shown)) > 20, f"{name} renders blank"
+                assert browser.evaluate(CLICK_ROW_BUTTON.format(path=json.dumps(path), index=1))
+                caption = browser.wait_for(SHOWN_CAPTION, f"the caption of {name}")
+                assert caption.startswith(opening) and phrase in caption, (name, caption)
+                browser.screenshot().save(tmp_path / f"{Path(name).stem}.caption.png")
     finally:
         browser.close()
     print(f"screenshots: {tmp_path}")

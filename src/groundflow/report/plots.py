@@ -313,7 +313,7 @@ def plot_eval_table(table: pd.DataFrame, *, group: str = "mode", title: str = "E
         ax.set_xticks(x, [str(s).replace("_", "\n", 1) for s in scores.index], fontsize="x-small")
         ax.set_ylim(0, 1.15)
         ax.set_title(f"{dataset}: {metric}", fontsize="small")
-    fig.legend(loc="outside upper center", ncols=len(members), fontsize="small", title=group)
+    fig.legend(loc="outside lower center", ncols=len(members), fontsize="small", title=group)
     fig.suptitle(title)
     return fig
 
