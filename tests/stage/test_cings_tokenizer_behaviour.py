@@ -122,6 +122,10 @@ def test_a_configured_chat_template_reaches_the_cache_and_training_accepts_it(tm
     model_dir = train_mode(**cache, model={"path": str(base)}, train=train, out_dir=str(tmp_path / "train"))
     summary = json.loads((tmp_path / "train" / "train_summary.json").read_text())
     assert model_dir.is_dir() and summary["steps"] == 1 and summary["config"]["chat_template"] == LLAMA3_CHAT_TEMPLATE
+    # the checkpoint renders prompts as training did (inference and vLLM read its own template)
+    saved = AutoTokenizer.from_pretrained(model_dir)
+    messages = to_chat_messages(training_conversation(first, "no_context", SYSTEM))
+    assert saved.apply_chat_template(messages, tokenize=False) == expected
 
     _, own_cache = _cache(tmp_path / "own", records, base, TRAIN)  # rendered with the tokenizer's own
     with pytest.raises(ValueError, match="re-run tokenisation"):

@@ -25,6 +25,7 @@ from transformers.trainer_utils import TrainOutput
 from groundflow.models.spec import ModelSpec, resolve_dtype
 from groundflow.train.config import EPOCH_STEP, EPOCH_STEP_GAMMA, MICRO_BATCH, SFTConfig, epoch_step_factor
 from groundflow.train.conversations import IGNORE_INDEX, end_of_turn_token, text_tokenizer
+from groundflow.train.chat_formats import resolve_chat_template
 from groundflow.train.data import MASKED_KEY, ModalityLengthGroupedSampler
 from groundflow.train.checkpoints import TRAINER_STATE, checkpoint_step, last_complete_checkpoint
 from groundflow.train.model_prep import merge_lora_checkpoint
@@ -298,6 +299,18 @@ def stopping_generation_config(generation_config, processing, chat_template: str
     return updated
 
 
+def adopt_training_template(processing, chat_template: str | None) -> None:
+    """Make the configured training template the saved checkpoint's own (tokenizer and, for LLaVA,
+    processor), so inference, vLLM and later stages render prompts as training did; None keeps the
+    tokenizer's / processor's own template."""
+    template = resolve_chat_template(chat_template)
+    if template is None:
+        return
+    for holder in (processing, getattr(processing, "tokenizer", None)):
+        if holder is not None:
+            holder.chat_template = template
+
+
 def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *, is_llava: bool, out_dir: Path, use_bf16: bool) -> None:
     """Every process takes part in `save_model` (ZeRO-3 gathers the shards); the main process then
     completes the folder and moves it into place, so out_dir/model is whole or absent."""
@@ -312,6 +325,7 @@ def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *,
     if trainer.is_world_process_zero():
         model_dir = out_dir / "model"
         generation = stopping_generation_config(unwrapped.generation_config, processing, config.chat_template)
+        adopt_training_template(processing, config.chat_template)
         if config.lora is not None and config.merge_lora:
             dtype = torch.bfloat16 if use_bf16 else torch.float32
             if spec.dtype != "auto":
