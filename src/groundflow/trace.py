@@ -1,18 +1,26 @@
 """`groundflow trace <id>`: the path of one record through every stage of every method.
 
 Any id a run writes can be traced: a caption id, an image id, an entity (instance) id, a hybrid
-training record id (CVC); a Self-RAG record id or an evaluation question id (CINGS). At each stage
-the record is kept (with the key columns of the row it became), rejected (with the stage's reason),
-`missing` (the stage's tables exist but hold neither: a stale or broken run) or `not run` (the
-stage's tables are not there yet); stages that fan out list their children under them.
+training record id (CVC); a Self-RAG record id, an evaluation question id (or one of its request
+ids `{question id}|{setting}`), a rejected corpus line of a built evaluation set, a POPE question
+or scene id (CINGS). At each stage the record is kept (with the key columns of the row it
+became), rejected (with the stage's reason), `missing` (the stage's tables exist but hold neither:
+a stale or broken run) or `not run` (the stage's tables are not there yet); stages that fan out
+list their children under them. An evaluation question fans out to one child per trained mode x
+setting: its prediction (or why its request was rejected) and its scores; the settings a job
+asked are read from its counts file, so one in neither table shows as missing.
 
 The core (`trace`) is pure: it asks a `Tables` source for rows by id and builds a tree of `Node`s.
 `FrameTables` serves DataFrames held in memory (tests); `ParquetTables` finds the tables under a
 results folder and reads only the rows and columns asked for, so a trace stays fast on big runs.
 Table names are method-relative: `cvc/{stage}` and `cvc/{stage}.rejects` (all shards together),
 `cvc/selection.rejects`, `cvc/hybrid`; `cings/convert`, `cings/tokenize:{mode}`,
-`cings/train:{mode}` (one row: the run's summary), `cings/eval/{dataset}/records`,
-`cings/eval/{dataset}/{mode}/{setting}`, `cings/eval/scores`; each with its `.rejects`.
+`cings/train:{mode}` (one row: the run's summary); under results/cings/eval/,
+`cings/eval/{dataset}/built.rejects` (cings_build_eval's rejected questions and corpus lines),
+`cings/eval/{dataset}/records`, `cings/eval/{dataset}/{mode}/predictions` (one inference job:
+every setting, one row per request `{question id}|{setting}`, with its counts file),
+`cings/eval/scores` (keyed by request id), `cings/eval/pope/questions` and
+`cings/eval/pope/{mode}/answers`; each with its `.rejects`.
 """
 
 from __future__ import annotations
@@ -28,7 +36,12 @@ from typing import Iterable, Mapping, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from groundflow.cings.inference import INFER_STAGE, REQUEST_SEPARATOR, SETTINGS, request_id, split_request_id
+from groundflow.cings.kilt_build import CORPUS_STAGE as KILT_CORPUS_STAGE
+from groundflow.cings.kilt_build import QUESTIONS_STAGE as KILT_QUESTIONS_STAGE
 from groundflow.cvc.hybrid import SAMPLE_ID
+from groundflow.evaluate.pope import ANSWERS_STAGE as POPE_ANSWERS_STAGE
+from groundflow.evaluate.pope import QUESTIONS_STAGE as POPE_QUESTIONS_STAGE
 from groundflow.io.artifacts import REJECT_COLUMNS, read_table
 
 KEPT, REJECTED, MISSING, NOT_RUN = "kept", "rejected", "missing", "not run"
@@ -59,8 +72,10 @@ CINGS_CONVERT_FIELDS = ["dataset_name", "n_passages", "source_format", "input"]
 CINGS_TOKENIZE_FIELDS = ["n_tokens", "n_supervised", "n_assistant_tokens", "n_masked_in_assistant"]
 CINGS_TRAIN_FIELDS = ["steps", "final_loss", "examples"]
 EVAL_RECORD_FIELDS = ["question", "answers", "docs", "line"]
-EVAL_PREDICTION_FIELDS = ["n_docs", "doc_titles", "prediction"]
-EVAL_SCORE_FIELDS = ["exact_match", "accuracy", "rouge_l"]
+EVAL_PREDICTION_FIELDS = ["n_docs", "doc_titles", "generation", "prediction"]
+EVAL_SCORE_FIELDS = ["exact_match", "accuracy", "rouge_l", "label_accuracy"]
+POPE_QUESTION_FIELDS = ["image", "split", "object", "label", "question"]
+POPE_ANSWER_FIELDS = ["answer", "prediction"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,12 +144,19 @@ class Tables(Protocol):
     def values(self, name: str, column: str) -> pd.Series:
         """Every value of one column (for suggestions)."""
 
+    def counts(self, name: str) -> Mapping | None:
+        """The counts file written with table `name` (None when there is none)."""
+
 
 class FrameTables:
-    """Tables held in memory: `{name: DataFrame}`."""
+    """Tables held in memory: `{name: DataFrame}`, and counts files as `{name: dict}`."""
 
-    def __init__(self, frames: Mapping[str, pd.DataFrame]):
+    def __init__(self, frames: Mapping[str, pd.DataFrame], counts: Mapping[str, Mapping] | None = None):
         self.frames = dict(frames)
+        self.counts_files = dict(counts or {})
+
+    def counts(self, name):
+        return self.counts_files.get(name)
 
     def names(self) -> set[str]:
         return set(self.frames)
@@ -189,10 +211,23 @@ def trace(query: str, tables: Tables) -> Trace:
         tables.rows("cings/convert.rejects", "id", [query], ["id"])
     ):
         matches.append(_cings_record_node(query, tables, names))
+    request = _split_request(query)
     for dataset in _eval_datasets(names):
-        prefix = f"cings/eval/{dataset}/records"
-        if len(tables.rows(prefix, "id", [query], ["id"])) or len(tables.rows(f"{prefix}.rejects", "id", [query], ["id"])):
+        if _is_eval_question(query, dataset, tables):
             matches.append(_eval_question_node(query, dataset, tables, names))
+        elif request and _is_eval_question(request[0], dataset, tables):
+            # predictions, their rejects and the scores name a request `{question id}|{setting}`
+            node = _eval_question_node(request[0], dataset, tables, names)
+            node.notes.insert(0, f"request {query}: the question in setting {request[1]}")
+            matches.append(node)
+        if len(_built_rejects(query, dataset, KILT_CORPUS_STAGE, tables)):
+            matches.append(_eval_passage_node(query, dataset, tables))
+    pope = tables.rows("cings/eval/pope/questions", "id", [query], ["id", "scene", *POPE_QUESTION_FIELDS])
+    if len(pope):
+        matches.append(_pope_question_node(pope.iloc[0], tables, names))
+    scene = _pope_scene_node(query, tables, names)
+    if scene is not None:
+        matches.append(scene)
     if not matches:
         raise UnknownId(query, suggest(query, tables), sorted(n for n in names if not n.endswith(".rejects")))
     return Trace(query=query, matches=matches)
@@ -401,16 +436,17 @@ def _modes(names: set[str]) -> list[str]:
 
 
 def _eval_datasets(names: set[str]) -> list[str]:
-    return sorted({n.split("/")[2] for n in names if re.fullmatch(r"cings/eval/[^/]+/records(\.rejects)?", n)})
+    return sorted({n.split("/")[2] for n in names if re.fullmatch(r"cings/eval/[^/]+/(records|built)(\.rejects)?", n)})
 
 
-def _eval_runs(dataset: str, names: set[str]) -> list[tuple[str, str]]:
-    runs = set()
-    for n in names:
-        m = re.fullmatch(rf"cings/eval/{re.escape(dataset)}/([^/]+)/([^/]+?)(\.rejects)?", n)
-        if m:
-            runs.add((m[1], m[2]))
-    return sorted(runs)
+def _eval_modes(dataset: str, names: set[str]) -> list[str]:
+    """The modes with an inference job (predictions or rejects) for `dataset`."""
+    pattern = rf"cings/eval/{re.escape(dataset)}/([^/]+)/predictions(\.rejects)?"
+    return sorted({m[1] for m in (re.fullmatch(pattern, n) for n in names) if m})
+
+
+def _pope_modes(names: set[str]) -> list[str]:
+    return sorted({m[1] for m in (re.fullmatch(r"cings/eval/pope/([^/]+)/answers(\.rejects)?", n) for n in names) if m})
 
 
 def _cings_record_node(record_id: str, tables: Tables, names: set[str]) -> Node:
@@ -443,10 +479,40 @@ def _train_step(record_id: str, mode: str, tables: Tables, names: set[str]) -> S
     return Step(stage, KEPT, fields=_fields(run.iloc[0], CINGS_TRAIN_FIELDS) if len(run) else {})
 
 
+def _built_rejects(record_id: str, dataset: str, stage: str, tables: Tables) -> pd.DataFrame:
+    """Rejects of cings_build_eval naming `record_id` at `stage` (questions and corpus lines share
+    one file, and a `line:N` id can be in both)."""
+    rejects = tables.rows(f"cings/eval/{dataset}/built.rejects", "id", [record_id], REJECT_COLUMNS)
+    return rejects[rejects["stage"] == stage] if "stage" in rejects else rejects
+
+
+def _split_request(query: str) -> tuple[str, str] | None:
+    try:
+        return split_request_id(query)
+    except ValueError:
+        return None
+
+
+def _is_eval_question(question_id: str, dataset: str, tables: Tables) -> bool:
+    prefix = f"cings/eval/{dataset}"
+    return bool(len(tables.rows(f"{prefix}/records", "id", [question_id], ["id"]))
+                or len(tables.rows(f"{prefix}/records.rejects", "id", [question_id], ["id"]))
+                or len(_built_rejects(question_id, dataset, KILT_QUESTIONS_STAGE, tables)))
+
+
 def _eval_question_node(question_id: str, dataset: str, tables: Tables, names: set[str]) -> Node:
-    """An evaluation question: validated, then answered and scored per trained mode and setting."""
+    """An evaluation question: built (a set made from questions + corpus), validated, then per
+    trained mode answered and scored in each of the dataset's settings."""
     node = Node("eval question", question_id, "cings", notes=[f"dataset {dataset}"])
     prefix = f"cings/eval/{dataset}"
+    if f"{prefix}/built.rejects" in names:
+        built = _built_rejects(question_id, dataset, KILT_QUESTIONS_STAGE, tables)
+        # the question was found in the records or these rejects: not rejected means it was built
+        node.steps.append(Step(KILT_QUESTIONS_STAGE, REJECTED, reason=str(built["reason"].iloc[0])) if len(built)
+                          else Step(KILT_QUESTIONS_STAGE, KEPT))
+        _note_mentions(node, f"{prefix}/built.rejects", question_id, tables)
+        if len(built):
+            return node
     step, row = _outcome("eval_records", question_id, f"{prefix}/records", tables, names, EVAL_RECORD_FIELDS)
     if row is not None and "docs" in step.fields:
         step.fields["docs"] = len(_as_list(step.fields["docs"]))
@@ -458,24 +524,104 @@ def _eval_question_node(question_id: str, dataset: str, tables: Tables, names: s
     # above). Results written before that rejected it under the question's own id: shown here.
     repeats = tables.rows(f"{prefix}/records.rejects", "id", [question_id], REJECT_COLUMNS)
     node.notes += [f"also rejected at {r['stage']}: {r['reason']}" for _, r in repeats.iterrows()]
-    for mode, setting in _eval_runs(dataset, names):
-        child = Node("prediction", f"{mode}/{setting}", "cings")
-        step, prediction = _outcome("infer", question_id, f"{prefix}/{mode}/{setting}", tables, names, EVAL_PREDICTION_FIELDS)
-        child.steps.append(step)
-        if prediction is not None:
-            child.steps.append(_score_step(question_id, dataset, mode, setting, tables, names))
-        node.steps[0].children.append(child)
+    # every setting's request id is known in advance, so each table is read for those rows only
+    requests = {request_id(question_id, setting): setting for setting in SETTINGS}
+    scores = _question_scores(list(requests), dataset, tables, names)
+    for mode in _eval_modes(dataset, names):
+        step.children += _prediction_nodes(question_id, dataset, mode, requests, scores, tables)
     return node
 
 
-def _score_step(question_id, dataset, mode, setting, tables: Tables, names: set[str]) -> Step:
+def _prediction_nodes(question_id: str, dataset: str, mode: str, requests: Mapping[str, str],
+                      scores: pd.DataFrame | None, tables: Tables) -> list[Node]:
+    """One node per setting of one inference job (dataset x mode): answered or rejected, then scored."""
+    name = f"cings/eval/{dataset}/{mode}/predictions"
+    kept = tables.rows(name, "id", list(requests), ["id", *EVAL_PREDICTION_FIELDS])
+    rejected = tables.rows(f"{name}.rejects", "id", list(requests), REJECT_COLUMNS)
+    kept_rows = {requests[str(r["id"])]: r for _, r in kept.iterrows()}
+    reasons = {requests[str(i)]: str(reason) for i, reason in zip(rejected.get("id", []), rejected.get("reason", []))}
+    # the job's counts name the settings it asked: one absent from both tables is a broken run
+    job_settings = list((tables.counts(name) or {}).get("produced_by", {}).get("settings") or [])
+    found = [s for s in SETTINGS if s in kept_rows or s in reasons]
+    settings = job_settings + [s for s in found if s not in job_settings]
+    if not settings:
+        return [Node("prediction", mode, "cings", steps=[Step(INFER_STAGE, MISSING, reason=(
+            f"no request {question_id}{REQUEST_SEPARATOR}<setting> in the predictions or rejects of {dataset}/{mode}"))])]
+    nodes = []
+    for setting in settings:
+        child = Node("prediction", f"{mode}/{setting}", "cings")
+        if setting in kept_rows:
+            child.steps.append(Step(INFER_STAGE, KEPT, fields=_fields(kept_rows[setting], EVAL_PREDICTION_FIELDS)))
+            child.steps.append(_score_step(request_id(question_id, setting), dataset, mode, scores))
+        elif setting in reasons:
+            child.steps.append(Step(INFER_STAGE, REJECTED, reason=reasons[setting]))
+        else:
+            child.steps.append(Step(INFER_STAGE, MISSING, reason=(
+                f"asked in {setting} by {dataset}/{mode}, yet in neither its predictions nor its rejects")))
+        if setting not in job_settings and job_settings:
+            child.notes.append(f"{setting} is not among the job's settings {job_settings} (a stale row)")
+        nodes.append(child)
+    return nodes
+
+
+def _question_scores(requests: Sequence[str], dataset: str, tables: Tables, names: set[str]) -> pd.DataFrame | None:
+    """The score rows of a question's requests in `dataset` (None: the table is not made yet)."""
     if "cings/eval/scores" not in names:
+        return None
+    scores = tables.rows("cings/eval/scores", "id", requests, ["id", "dataset", "mode", *EVAL_SCORE_FIELDS])
+    return scores[scores["dataset"] == dataset] if "dataset" in scores else scores.iloc[0:0]
+
+
+def _score_step(request: str, dataset: str, mode: str, scores: pd.DataFrame | None) -> Step:
+    if scores is None:
         return Step("score", NOT_RUN)
-    scores = tables.rows("cings/eval/scores", "id", [question_id], ["dataset", "mode", "setting", *EVAL_SCORE_FIELDS])
-    mine = scores[(scores["dataset"] == dataset) & (scores["mode"] == mode) & (scores["setting"] == setting)] if len(scores) else scores
+    mine = scores[(scores["id"] == request) & (scores["mode"] == mode)] if len(scores) else scores
     if not len(mine):
-        return Step("score", MISSING, reason=f"no score for {question_id!r} in {dataset}/{mode}/{setting}")
-    return Step("score", KEPT, fields=_fields(mine.iloc[0], EVAL_SCORE_FIELDS))
+        return Step("score", MISSING, reason=f"no score for request {request!r} of {dataset}/{mode}")
+    # a metric the dataset does not ask for is NaN in the scores table: left out
+    fields = {k: v for k, v in _fields(mine.iloc[0], EVAL_SCORE_FIELDS).items() if v is not None}
+    return Step("score", KEPT, fields=fields)
+
+
+def _eval_passage_node(passage_id: str, dataset: str, tables: Tables) -> Node:
+    """A corpus line cings_build_eval rejected (kept passages are in no table: only in built.jsonl)."""
+    rejected = _built_rejects(passage_id, dataset, KILT_CORPUS_STAGE, tables)
+    return Node("eval passage", passage_id, "cings", notes=[f"dataset {dataset}, corpus"],
+                steps=[Step(KILT_CORPUS_STAGE, REJECTED, reason=str(rejected["reason"].iloc[0]))])
+
+
+# --- POPE (of the CINGS VL checkpoints) --------------------------------------------------------
+
+
+def _pope_question_node(row: pd.Series, tables: Tables, names: set[str], *, with_scene: bool = True) -> Node:
+    """A POPE question and, per VL checkpoint, its answer, the yes/no read from it and the truth."""
+    question_id = str(row["id"])
+    node = Node("pope question", question_id, "cings", fields={"scene": _plain(row.get("scene"))} if with_scene else {})
+    step = Step(POPE_QUESTIONS_STAGE, KEPT, fields=_fields(row, POPE_QUESTION_FIELDS))
+    for mode in _pope_modes(names):
+        child = Node("answer", mode, "cings")
+        answer_step, answer = _outcome(POPE_ANSWERS_STAGE, question_id, f"cings/eval/pope/{mode}/answers", tables,
+                                       names, POPE_ANSWER_FIELDS)
+        if answer is not None:
+            answer_step.fields["correct"] = bool(answer.get("prediction") == row.get("label"))
+        child.steps.append(answer_step)
+        step.children.append(child)
+    node.steps.append(step)
+    return node
+
+
+def _pope_scene_node(scene_id: str, tables: Tables, names: set[str]) -> Node | None:
+    """A POPE scene (an annotated image): rejected with why, or the questions asked of it."""
+    rejected = tables.rows("cings/eval/pope/questions.rejects", "id", [scene_id], REJECT_COLUMNS)
+    if len(rejected):
+        return Node("pope scene", scene_id, "cings",
+                    steps=[Step(POPE_QUESTIONS_STAGE, REJECTED, reason=str(rejected["reason"].iloc[0]))])
+    questions = tables.rows("cings/eval/pope/questions", "scene", [scene_id], ["id", "scene", *POPE_QUESTION_FIELDS])
+    if not len(questions):
+        return None
+    node = Node("pope scene", scene_id, "cings", fields={"questions": len(questions)})
+    node.children = [_pope_question_node(r, tables, names, with_scene=False) for _, r in questions.iterrows()]
+    return node
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,7 +634,8 @@ MAX_FUZZY_POOL = 50_000  # difflib over more ids than this takes seconds; keep s
 
 def suggest(query: str, tables: Tables, n: int = 5) -> list[str]:
     names = tables.names()
-    columns = ID_COLUMNS + [(f"cings/eval/{d}/records", "id") for d in _eval_datasets(names)]
+    columns = (ID_COLUMNS + [(f"cings/eval/{d}/records", "id") for d in _eval_datasets(names)]
+               + [("cings/eval/pope/questions", "id"), ("cings/eval/pope/questions", "scene")])
     pool = pd.unique(pd.concat([tables.values(name, col).astype(str) for name, col in columns if name in names]
                                or [pd.Series([], dtype=str)]))
     lowered = query.lower()
@@ -543,7 +690,8 @@ def render_text(result: Trace, *, width: int = 100) -> str:
 def _render_node(node: Node, depth: int, lines: list[str], width: int) -> None:
     pad = "  " * depth
     head = f"{pad}{node.kind} {node.id}"
-    if node.kind in ("caption", "image", "entity", "cings record", "eval question"):
+    if node.kind in ("caption", "image", "entity", "cings record", "eval question", "eval passage",
+                     "pope question", "pope scene"):
         head += f"  [{node.method}]"
     if node.fields:
         head += "  " + _format_fields(node.fields, width)
@@ -597,6 +745,7 @@ class ParquetTables:
         self.root = Path(results_dir)
         self.files: dict[str, list[Path]] = {}
         self.summaries: dict[str, Path] = {}
+        self.counts_files: dict[str, Path] = {}
         self._discover()
 
     def _add(self, name: str, paths: Iterable[Path]) -> None:
@@ -626,16 +775,31 @@ class ParquetTables:
         for summary in sorted((cings / "train").glob("*/train_summary.json")):
             self.summaries[f"cings/train:{summary.parent.name}"] = summary
         eval_dir = cings / "eval"
-        for path in sorted(eval_dir.glob("*/records*.parquet")):
-            dataset = path.parent.name
-            self._add(f"cings/eval/{dataset}/records{'.rejects' if 'rejects' in path.name else ''}", [path])
-        for path in sorted(eval_dir.glob("*/*/*.parquet")):
-            dataset, mode, name = path.parent.parent.name, path.parent.name, path.name.removesuffix(".parquet")
-            self._add(f"cings/eval/{dataset}/{mode}/{name}", [path])
+        # hidden folders hold a job's progress and retrieval vectors, not its tables
+        datasets = sorted(p for p in eval_dir.glob("*") if p.is_dir() and not p.name.startswith("."))
+        for folder in datasets:
+            for table in ("built.rejects", "records", "records.rejects"):
+                self._add(f"cings/eval/{folder.name}/{table}", [folder / f"{table}.parquet"])
+            for mode in sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.startswith(".")):
+                name = f"cings/eval/{folder.name}/{mode.name}/predictions"
+                self._add(name, [mode / "predictions.parquet"])
+                self._add(f"{name}.rejects", [mode / "predictions.rejects.parquet"])
+                if (mode / "predictions.counts.json").is_file():
+                    self.counts_files[name] = mode / "predictions.counts.json"
         self._add("cings/eval/scores", [eval_dir / "scores.parquet"])
+        pope = eval_dir / "pope"
+        self._add("cings/eval/pope/questions", [pope / "questions.parquet"])
+        self._add("cings/eval/pope/questions.rejects", [pope / "questions.rejects.parquet"])
+        for mode in sorted(p for p in pope.glob("*") if p.is_dir() and not p.name.startswith(".")):
+            self._add(f"cings/eval/pope/{mode.name}/answers", [mode / "answers.parquet"])
+            self._add(f"cings/eval/pope/{mode.name}/answers.rejects", [mode / "answers.rejects.parquet"])
 
     def names(self) -> set[str]:
         return set(self.files) | set(self.summaries) | {f"{n}.rejects" for n in self.summaries}
+
+    def counts(self, name):
+        path = self.counts_files.get(name)
+        return json.loads(path.read_text()) if path is not None else None
 
     def _summary_frame(self, name: str) -> pd.DataFrame:
         base = name.removesuffix(".rejects")

@@ -160,11 +160,32 @@ def test_a_stage_not_run_and_a_record_missing_from_a_stage_are_told_apart():
     assert "neither the output nor the rejects" in dog.steps[-1].reason
 
 
+def predictions_frame(rows):
+    """An inference job's kept rows: one per request `{question id}|{setting}`."""
+    return pd.DataFrame([{"id": f"{qid}|{setting}", "record_id": qid, "setting": setting, "question": "Capital of France?",
+                          "answers": ["Paris"], "n_docs": n_docs, "doc_titles": ["France"] * n_docs,
+                          "generation": generation, "prediction": prediction}
+                         for qid, setting, n_docs, generation, prediction in rows],
+                        columns=["id", "record_id", "setting", "question", "answers", "n_docs", "doc_titles",
+                                 "generation", "prediction"])
+
+
+def job_counts(settings):
+    return {"stage": "infer", "produced_by": {"settings": list(settings)}}
+
+
 def cings_tables():
+    """Self-RAG records sr-1, sr-2 (sr-bad rejected) trained in two modes. Eval set `demo` (a KILT
+    file): q-1 kept, line 5 repeats it; its `context` job asked three settings, answered
+    closed_book and prefilled_kdocs, rejected prefilled_1doc (no passage); its `no_mask` job answered
+    closed_book only. Scores exist for the context answers. Eval set `built` (questions + corpus):
+    b-1 kept (line 7 repeats it), b-bad rejected at build; p-empty and line:2 rejected corpus lines,
+    line:2 a rejected question line too."""
     records = pd.DataFrame({"id": ["sr-1", "sr-2"], "dataset_name": ["nq", "wow"], "n_passages": [1, 2]})
     tokenized = pd.DataFrame({"id": ["sr-1", "sr-2"], "n_tokens": [120, 150], "n_supervised": [40, 60]})
-    predictions = pd.DataFrame({"id": ["q-1"], "n_docs": [1], "prediction": ["Paris"]})
-    return {
+    question = {"id": ["q-1"], "question": ["Capital of France?"], "answers": [["Paris"]],
+                "docs": [[{"title": "France", "text": "Paris is...", "score": None, "gold": True}]], "line": [1]}
+    frames = {
         "cings/convert": records,
         "cings/convert.rejects": rejects_frame("convert", [("sr-bad", "record sr-bad: no retrieved passage")]),
         "cings/tokenize:context": tokenized, "cings/tokenize:context.rejects": rejects_frame("tokenize:context"),
@@ -172,21 +193,39 @@ def cings_tables():
         "cings/tokenize:no_mask.rejects": rejects_frame("tokenize:no_mask", [("sr-1", "longer than max_length 512")]),
         "cings/train:context": pd.DataFrame([{"mode": "context", "steps": 6, "final_loss": 7.0, "examples": 2}]),
         "cings/train:context.rejects": rejects_frame("train:context"),
-        "cings/eval/demo/records": pd.DataFrame({"id": ["q-1"], "question": ["Capital of France?"], "answers": [["Paris"]]}),
+        "cings/eval/demo/records": pd.DataFrame(question),
         "cings/eval/demo/records.rejects": rejects_frame("eval_records", [("line:4", "line 4 is not valid JSON"),
                                                                           ("line:5", "line 5: duplicate id 'q-1' (first at line 1)")]),
-        "cings/eval/demo/context/closed_book": predictions,
-        "cings/eval/demo/context/closed_book.rejects": rejects_frame("infer"),
-        "cings/eval/demo/context/prefilled_1doc": predictions.iloc[0:0],
-        "cings/eval/demo/context/prefilled_1doc.rejects": rejects_frame("infer", [("q-1", "no passage")]),
-        "cings/eval/scores": pd.DataFrame({"id": ["q-1"], "dataset": ["demo"], "mode": ["context"],
-                                           "setting": ["closed_book"], "exact_match": [1.0], "accuracy": [1.0],
-                                           "rouge_l": [1.0]}),
+        "cings/eval/demo/context/predictions": predictions_frame([
+            ("q-1", "closed_book", 0, "Paris", "Paris"),
+            ("q-1", "prefilled_kdocs", 1, "## Context x ## Answer Lyon", "Lyon")]),
+        "cings/eval/demo/context/predictions.rejects": rejects_frame("infer", [("q-1|prefilled_1doc", "no passage")]),
+        "cings/eval/demo/no_mask/predictions": predictions_frame([("q-1", "closed_book", 0, "Rome", "Rome")]),
+        "cings/eval/demo/no_mask/predictions.rejects": rejects_frame("infer"),
+        "cings/eval/scores": pd.DataFrame({
+            "dataset": ["demo", "demo"], "mode": ["context", "context"], "id": ["q-1|closed_book", "q-1|prefilled_kdocs"],
+            "record_id": ["q-1", "q-1"], "setting": ["closed_book", "prefilled_kdocs"],
+            "exact_match": [1.0, 0.0], "accuracy": [1.0, 0.0], "rouge_l": [1.0, 0.0],
+            "label_accuracy": [float("nan")] * 2}),
+        "cings/eval/built/built.rejects": pd.concat([
+            rejects_frame("kilt_questions", [("line:2", "line 2 is not valid JSON"), ("b-bad", "no 'answers' list"),
+                                             ("line:7", "line 7: duplicate id 'b-1' (first at line 1)")]),
+            rejects_frame("kilt_corpus", [("line:2", "line 2 is not valid JSON"), ("p-empty", "no text")])],
+            ignore_index=True),
+        "cings/eval/built/records": pd.DataFrame({**question, "id": ["b-1"]}),
+        "cings/eval/built/records.rejects": rejects_frame("eval_records"),
     }
+    counts = {"cings/eval/demo/context/predictions": job_counts(["prefilled_1doc", "prefilled_kdocs", "closed_book"]),
+              "cings/eval/demo/no_mask/predictions": job_counts(["closed_book"])}
+    return frames, counts
+
+
+def cings_frame_tables():
+    return FrameTables(*cings_tables())
 
 
 def test_a_cings_record_fans_out_to_one_path_per_label_mode():
-    [record] = trace("sr-1", FrameTables(cings_tables())).matches
+    [record] = trace("sr-1", cings_frame_tables()).matches
     [convert] = record.steps
     assert (record.kind, convert.status, convert.fields) == ("cings record", KEPT, {"dataset_name": "nq", "n_passages": 1})
     paths = {mode.id: [(s.stage, s.status) for s in mode.steps] for mode in convert.children}
@@ -194,46 +233,132 @@ def test_a_cings_record_fans_out_to_one_path_per_label_mode():
                      "no_mask": [("tokenize:no_mask", REJECTED)]}
     context = convert.children[0]
     assert context.steps[1].fields == {"steps": 6, "final_loss": 7.0, "examples": 2}
-    [rejected] = trace("sr-bad", FrameTables(cings_tables())).matches
+    [rejected] = trace("sr-bad", cings_frame_tables()).matches
     assert [(s.stage, s.status, s.reason) for s in rejected.steps] == [
         ("convert", REJECTED, "record sr-bad: no retrieved passage")]
 
 
-def test_an_eval_question_fans_out_to_every_mode_and_setting_with_its_scores():
-    [question] = trace("q-1", FrameTables(cings_tables())).matches
+def eval_runs(question):
+    return {run.id: [(s.stage, s.status) for s in run.steps] for run in steps_of(question)["eval_records"].children}
+
+
+def test_an_eval_question_fans_out_to_every_mode_and_setting_of_one_predictions_table_per_job():
+    [question] = trace("q-1", cings_frame_tables()).matches
     assert question.kind == "eval question"
     # the id's first line is the question; a later line with the same id was rejected as its line
     assert question.notes == [
         "dataset demo", "named by rejected line:5 (eval_records): line 5: duplicate id 'q-1' (first at line 1)"]
-    assert question.steps[0].status == KEPT
-    runs = {run.id: run for run in question.steps[0].children}
-    assert set(runs) == {"context/closed_book", "context/prefilled_1doc"}
-    closed = runs["context/closed_book"]
-    assert [(s.stage, s.status) for s in closed.steps] == [("infer", KEPT), ("score", KEPT)]
-    assert closed.steps[0].fields["prediction"] == "Paris"
-    assert closed.steps[1].fields == {"exact_match": 1.0, "accuracy": 1.0, "rouge_l": 1.0}
-    assert [(s.stage, s.status, s.reason) for s in runs["context/prefilled_1doc"].steps] == [
-        ("infer", REJECTED, "no passage")]
+    assert [(s.stage, s.status) for s in question.steps] == [("eval_records", KEPT)]
+    # settings in the order the job asked them (its counts file)
+    assert eval_runs(question) == {
+        "context/prefilled_1doc": [("infer", REJECTED)],
+        "context/prefilled_kdocs": [("infer", KEPT), ("score", KEPT)],
+        "context/closed_book": [("infer", KEPT), ("score", KEPT)],
+        "no_mask/closed_book": [("infer", KEPT), ("score", MISSING)],
+    }
+    runs = {run.id: run for run in steps_of(question)["eval_records"].children}
+    assert list(runs) == ["context/prefilled_1doc", "context/prefilled_kdocs", "context/closed_book", "no_mask/closed_book"]
+    assert runs["context/prefilled_1doc"].steps[0].reason == "no passage"
+    kdocs = runs["context/prefilled_kdocs"]
+    assert kdocs.steps[0].fields == {"n_docs": 1, "doc_titles": ["France"], "generation": "## Context x ## Answer Lyon",
+                                     "prediction": "Lyon"}
+    # each request's own score row; a metric the dataset does not ask for (NaN) is left out
+    assert kdocs.steps[1].fields == {"exact_match": 0.0, "accuracy": 0.0, "rouge_l": 0.0}
+    assert runs["context/closed_book"].steps[1].fields == {"exact_match": 1.0, "accuracy": 1.0, "rouge_l": 1.0}
+    assert "'q-1|closed_book' of demo/no_mask" in runs["no_mask/closed_book"].steps[1].reason
+
+
+def test_a_request_the_job_asked_but_lost_is_missing_and_scores_not_yet_made_are_not_run():
+    frames, counts = cings_tables()
+    frames["cings/eval/demo/context/predictions"] = frames["cings/eval/demo/context/predictions"].iloc[:1]
+    del frames["cings/eval/scores"]
+    [question] = trace("q-1", FrameTables(frames, counts)).matches
+    runs = {run.id: run for run in steps_of(question)["eval_records"].children}
+    lost = runs["context/prefilled_kdocs"].steps
+    assert [(s.stage, s.status) for s in lost] == [("infer", MISSING)]
+    assert "neither its predictions nor its rejects" in lost[0].reason
+    assert [(s.stage, s.status) for s in runs["context/closed_book"].steps] == [("infer", KEPT), ("score", NOT_RUN)]
+    # without counts files only the settings found are shown: nothing is invented
+    [question] = trace("q-1", FrameTables(frames)).matches
+    assert set(eval_runs(question)) == {"context/prefilled_1doc", "context/closed_book", "no_mask/closed_book"}
+
+
+def test_a_question_of_a_built_set_shows_the_build_and_a_question_rejected_there_stops_at_it():
+    tables = cings_frame_tables()
+    [kept] = trace("b-1", tables).matches
+    assert kept.notes == ["dataset built", "named by rejected line:7 (kilt_questions): line 7: duplicate id 'b-1' (first at line 1)"]
+    assert [(s.stage, s.status) for s in kept.steps] == [("kilt_questions", KEPT), ("eval_records", KEPT)]
+    [bad] = trace("b-bad", tables).matches
+    assert (bad.kind, [(s.stage, s.status, s.reason) for s in bad.steps]) == (
+        "eval question", [("kilt_questions", REJECTED, "no 'answers' list")])
+
+
+def test_a_rejected_corpus_line_is_traced_apart_from_a_question_line_of_the_same_id():
+    tables = cings_frame_tables()
+    [passage] = trace("p-empty", tables).matches
+    assert (passage.kind, [(s.stage, s.status, s.reason) for s in passage.steps]) == (
+        "eval passage", [("kilt_corpus", REJECTED, "no text")])
+    question, passage = trace("line:2", tables).matches
+    assert (question.kind, question.steps[0].stage) == ("eval question", "kilt_questions")
+    assert (passage.kind, passage.steps[0].stage) == ("eval passage", "kilt_corpus")
 
 
 def test_a_repeated_eval_question_line_ends_at_eval_records_under_its_line():
-    [line] = trace("line:5", FrameTables(cings_tables())).matches
+    [line] = trace("line:5", cings_frame_tables()).matches
     assert (line.kind, [(s.stage, s.status, s.reason) for s in line.steps]) == (
         "eval question", [("eval_records", REJECTED, "line 5: duplicate id 'q-1' (first at line 1)")])
 
 
 def test_results_that_rejected_a_repeat_under_the_kept_id_still_show_it():
     # eval records written before repeats were rejected as `line:N`
-    tables = cings_tables()
-    tables["cings/eval/demo/records.rejects"] = rejects_frame(
+    frames, counts = cings_tables()
+    frames["cings/eval/demo/records.rejects"] = rejects_frame(
         "eval_records", [("q-1", "duplicate id (first at line 1), line 5")])
-    [question] = trace("q-1", FrameTables(tables)).matches
+    [question] = trace("q-1", FrameTables(frames, counts)).matches
     assert question.steps[0].status == KEPT
     assert question.notes == ["dataset demo", "also rejected at eval_records: duplicate id (first at line 1), line 5"]
 
 
+def pope_tables():
+    """Scene a.png asked about a circle (yes) and a star (no), answered by two VL checkpoints;
+    scene:2 had no image name."""
+    questions = pd.DataFrame({"id": ["a.png|random|circle", "a.png|random|star"], "scene": ["a.png"] * 2,
+                              "image": ["a.png"] * 2, "split": ["random"] * 2, "object": ["circle", "star"],
+                              "label": ["yes", "no"], "question": ["Is there a circle?", "Is there a star?"]})
+    return {
+        "cings/eval/pope/questions": questions,
+        "cings/eval/pope/questions.rejects": rejects_frame("pope_questions", [("scene:2", "annotation 2 has no image name")]),
+        "cings/eval/pope/context/answers": questions.assign(answer=["Yes.", "Yes, a star."], prediction=["yes", "yes"]),
+        "cings/eval/pope/context/answers.rejects": rejects_frame("pope_answers"),
+        "cings/eval/pope/no_mask/answers": questions.iloc[1:].assign(answer=["No."], prediction=["no"]),
+        "cings/eval/pope/no_mask/answers.rejects": rejects_frame(
+            "pope_answers", [("a.png|random|circle", "question a.png|random|circle: image unreadable")]),
+    }
+
+
+def test_a_pope_question_shows_each_checkpoints_answer_against_the_truth():
+    [star] = trace("a.png|random|star", FrameTables(pope_tables())).matches
+    assert (star.kind, star.fields) == ("pope question", {"scene": "a.png"})
+    [asked] = star.steps
+    assert asked.fields == {"image": "a.png", "split": "random", "object": "star", "label": "no", "question": "Is there a star?"}
+    answers = {child.id: child.steps[0] for child in asked.children}
+    assert answers["context"].fields == {"answer": "Yes, a star.", "prediction": "yes", "correct": False}
+    assert answers["no_mask"].fields == {"answer": "No.", "prediction": "no", "correct": True}
+    [circle] = trace("a.png|random|circle", FrameTables(pope_tables())).matches
+    no_mask = {child.id: child.steps[0] for child in circle.steps[0].children}["no_mask"]
+    assert (no_mask.status, no_mask.reason) == (REJECTED, "question a.png|random|circle: image unreadable")
+
+
+def test_a_pope_scene_lists_its_questions_or_says_why_it_was_rejected():
+    [scene] = trace("a.png", FrameTables(pope_tables())).matches
+    assert (scene.kind, scene.fields, [c.id for c in scene.children]) == (
+        "pope scene", {"questions": 2}, ["a.png|random|circle", "a.png|random|star"])
+    [bad] = trace("scene:2", FrameTables(pope_tables())).matches
+    assert [(s.stage, s.status, s.reason) for s in bad.steps] == [("pope_questions", REJECTED, "annotation 2 has no image name")]
+
+
 def test_an_unknown_id_is_an_error_that_suggests_near_ids():
-    tables = FrameTables({**cvc_tables(), **cings_tables()})
+    tables = FrameTables({**cvc_tables(), **cings_tables()[0]})
     with pytest.raises(UnknownId) as error:
         trace("img-1-dgo", tables)
     assert "img-1-dog" in error.value.suggestions
@@ -294,3 +419,54 @@ def test_cli_trace_prints_text_or_json_and_fails_on_an_unknown_id(tmp_path, caps
     assert "no record with id 'img-1-dgo'" in err and "img-1-dog" in err
     assert main(["trace", "c1", str(tmp_path / "nowhere")]) == 1
     assert "no results folder" in capsys.readouterr().err
+
+
+def write_cings_eval_results(root):
+    """cings_tables()' and pope_tables()' evaluation tables as the workflow lays them out under
+    results/cings/eval/, with a job's progress chunks and retrieval vectors in hidden folders."""
+    frames, counts = cings_tables()
+    eval_dir = root / "cings" / "eval"
+    for name, frame in {**frames, **pope_tables()}.items():
+        if name.startswith("cings/eval/"):
+            write_table(frame, eval_dir / f"{name.removeprefix('cings/eval/')}.parquet")
+    for name, job in counts.items():
+        path = eval_dir / f"{name.removeprefix('cings/eval/')}.counts.json"
+        path.write_text(json.dumps(job))
+    # a half-done job's chunk and a retriever's vectors are not tables of results
+    write_table(frames["cings/eval/demo/no_mask/predictions"].assign(prediction="stale"),
+                eval_dir / ".progress" / "demo" / "no_mask" / "predictions.parquet")
+    (eval_dir / ".vectors" / "built").mkdir(parents=True)
+
+
+def test_the_reader_finds_the_evaluation_layout_one_predictions_table_per_dataset_and_mode(tmp_path):
+    write_cings_eval_results(tmp_path)
+    tables = ParquetTables(tmp_path)
+    assert {n for n in tables.names() if n.startswith("cings/eval/")} == {
+        "cings/eval/demo/records", "cings/eval/demo/records.rejects",
+        "cings/eval/demo/context/predictions", "cings/eval/demo/context/predictions.rejects",
+        "cings/eval/demo/no_mask/predictions", "cings/eval/demo/no_mask/predictions.rejects",
+        "cings/eval/built/built.rejects", "cings/eval/built/records", "cings/eval/built/records.rejects",
+        "cings/eval/scores", "cings/eval/pope/questions", "cings/eval/pope/questions.rejects",
+        "cings/eval/pope/context/answers", "cings/eval/pope/context/answers.rejects",
+        "cings/eval/pope/no_mask/answers", "cings/eval/pope/no_mask/answers.rejects"}
+    assert tables.counts("cings/eval/demo/no_mask/predictions") == job_counts(["closed_book"])
+    in_memory = FrameTables({**cings_tables()[0], **pope_tables()}, cings_tables()[1])
+    for query in ["q-1", "b-1", "line:2", "a.png", "scene:2"]:
+        assert trace(query, tables).to_dict() == trace(query, in_memory).to_dict(), query
+
+
+def test_cli_trace_of_an_eval_question_prints_each_mode_and_setting(tmp_path, capsys):
+    write_cings_eval_results(tmp_path)
+    assert main(["trace", "q-1", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^ +prediction context/prefilled_1doc\n +infer +rejected +no passage$", out, re.M)
+    assert re.search(r"^ +prediction no_mask/closed_book\n +infer +kept .*prediction=\"Rome\"$", out, re.M)
+    assert re.search(r"^ +score +kept +exact_match=1 accuracy=1 rouge_l=1$", out, re.M)
+
+
+def test_a_request_id_of_the_predictions_and_scores_traces_its_question():
+    [question] = trace("q-1|prefilled_1doc", cings_frame_tables()).matches
+    assert (question.kind, question.id) == ("eval question", "q-1")
+    assert question.notes[:2] == ["request q-1|prefilled_1doc: the question in setting prefilled_1doc", "dataset demo"]
+    with pytest.raises(UnknownId):
+        trace("q-1|no_such_setting", cings_frame_tables())
