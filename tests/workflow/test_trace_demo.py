@@ -61,25 +61,57 @@ def test_a_caption_traced_to_its_hybrid_records(demo):
 
 
 def every_reject(results: Path) -> pd.DataFrame:
+    """CVC's and CINGS's gathered rejects, and every evaluation table's: each set's build and
+    records, each inference job's requests, POPE's scenes and answers."""
+    evaluation = sorted((results / "cings/eval").glob("[!.]*/*rejects.parquet"))
+    evaluation += sorted((results / "cings/eval").glob("[!.]*/[!.]*/*rejects.parquet"))
     return pd.concat([pd.read_parquet(results / "cvc/rejects.parquet"),
                       pd.read_parquet(results / "cvc/trial_rejects.parquet"),
                       pd.read_parquet(results / "cings/rejects.parquet"),
-                      pd.read_parquet(results / "cings/eval/demo/records.rejects.parquet")], ignore_index=True)
+                      *(pd.read_parquet(p) for p in evaluation)], ignore_index=True)
+
+
+def every_step(node):
+    for step in node.steps:
+        yield step
+        for child in step.children:
+            yield from every_step(child)
+    for child in node.children:
+        yield from every_step(child)
 
 
 def test_every_rejected_record_ends_at_its_stage_with_its_reason(demo):
     results = demo / "results"
     tables = ParquetTables(results)
     rejects = every_reject(results)
-    assert {"ingest", "images", "grounding", "segmentation", "selection", "convert", "eval_records"} <= set(rejects["stage"])
+    assert {"ingest", "images", "grounding", "segmentation", "selection", "convert", "eval_records",
+            "kilt_questions", "kilt_corpus"} <= set(rejects["stage"])
     for reject in rejects.itertuples(index=False):
-        stages = {}
-        for node in trace(reject.id, tables).matches:
-            stages.update((step.stage, step) for step in node.steps)
-        step = stages.get(reject.stage)
-        assert step is not None, f"{reject.id}: the trace has no {reject.stage} step"
+        # a line:N id can be rejected by several sets (or by a set's questions and its corpus), and
+        # a request id by several modes: the trace shows each, one of them this reject
+        steps = [step for node in trace(reject.id, tables).matches for step in every_step(node)
+                 if step.stage == reject.stage]
+        assert steps, f"{reject.id}: the trace has no {reject.stage} step"
         # no id is both kept and rejected (a repeated eval question id is rejected as its line:N)
-        assert (step.status, step.reason) == (REJECTED, reject.reason), reject.id
+        assert (REJECTED, reject.reason) in {(step.status, step.reason) for step in steps}, reject.id
+        assert KEPT not in {step.status for step in steps if step.stage != "infer"}, reject.id
+
+
+def test_an_eval_question_shows_each_jobs_prediction_and_score(demo):
+    results = demo / "results"
+    scores = pd.read_parquet(results / "cings/eval/scores.parquet")
+    scored = scores.iloc[0]
+    [question] = [m for m in trace(scored["record_id"], ParquetTables(results)).matches
+                  if m.notes[0] == f"dataset {scored['dataset']}"]
+    runs = {run.id: run for run in question.steps[-1].children}
+    # every job of the set answered or rejected the question in every setting it asked
+    jobs = sorted((results / "cings/eval" / scored["dataset"]).glob("*/predictions.counts.json"))
+    assert set(runs) == {f"{job.parent.name}/{setting}" for job in jobs
+                         for setting in json.loads(job.read_text())["produced_by"]["settings"]}
+    infer, score = runs[f"{scored['mode']}/{scored['setting']}"].steps
+    assert (infer.status, infer.fields["prediction"]) == (KEPT, scored["prediction"])
+    assert score.fields == {m: float(scored[m]) for m in ["exact_match", "accuracy", "rouge_l", "label_accuracy"]
+                            if not pd.isna(scored[m])}
 
 
 def test_cli_trace_of_a_grounding_reject_in_text_and_json(demo, capsys):
