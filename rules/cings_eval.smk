@@ -6,7 +6,7 @@
 import re
 
 from groundflow.cings.eval_fixture import EVAL_KINDS
-from groundflow.cings.inference import check_dataset
+from groundflow.cings.inference import SENTENCE_COMPLETION, check_dataset, resolved_entry
 
 # Included only when the config has a `cings` section (Snakefile). It names what it needs from
 # the config itself, so it also works alone: an evaluation-only workflow of checkpoints already
@@ -48,6 +48,28 @@ def _alternatives(names):
 
 
 CINGS_EVAL_DATASETS = _alternatives(CINGS_EVAL_SETS)
+
+
+def cings_eval_entry(dataset):
+    """`dataset`'s entry with its settings and ndocs resolved: a job's params hold its own set only."""
+    return resolved_entry(CINGS_EVAL_SETS[dataset], CINGS_INFERENCE)
+
+
+def cings_eval_reading(dataset):
+    """What reading `dataset`'s file depends on (its records' labels are checked for label_accuracy)."""
+    entry = CINGS_EVAL_SETS[dataset]
+    return {key: entry.get(key) for key in ("name", "metrics", "labels")}
+
+
+# cings.inference without the per-set entries: what every cings_infer job reads
+CINGS_INFER_OPTS = {k: v for k, v in CINGS_INFERENCE.items() if k not in ("datasets", "fixture", "settings", "ndocs")}
+
+
+def cings_instruction_prompt(wildcards):
+    """A user's sentence-completion prompt file, for the sets that ask with it (null: ours, packaged)."""
+    if CINGS_EVAL_SETS[wildcards.dataset].get("prompt") not in SENTENCE_COMPLETION:
+        return []
+    return CINGS_INFERENCE["sentence_completion_prompt"] or []
 
 
 def cings_eval_targets():
@@ -142,10 +164,9 @@ rule cings_eval_records:
         rejects=cings_eval("{dataset}", "records.rejects.parquet"),
         counts=cings_eval("{dataset}", "records.counts.json"),
     params:
-        dataset=lambda wildcards: CINGS_EVAL_SETS[wildcards.dataset],
+        dataset=lambda wildcards: cings_eval_reading(wildcards.dataset),
         # the file to read even when a user's file is missing (then not an input: the job names it)
         path=lambda wildcards: CINGS_EVAL_SETS[wildcards.dataset].get("path") or cings_eval(wildcards.dataset, "built.jsonl"),
-        inference=CINGS_INFERENCE,
     wildcard_constraints:
         dataset=CINGS_EVAL_DATASETS,
     log:
@@ -165,14 +186,16 @@ rule cings_infer:
     input:
         records=cings_eval("{dataset}", "records.parquet"),
         model=results("cings", "train", "{mode}", "model"),
+        # a user's prompt file is an input, so editing it re-runs the sets that use it
+        prompt=cings_instruction_prompt,
     output:
         kept=cings_eval("{dataset}", "{mode}", "predictions.parquet"),
         rejects=cings_eval("{dataset}", "{mode}", "predictions.rejects.parquet"),
         counts=cings_eval("{dataset}", "{mode}", "predictions.counts.json"),
     params:
         generation=cings_eval_generation,
-        opts=CINGS_INFERENCE,
-        dataset=lambda wildcards: CINGS_EVAL_SETS[wildcards.dataset],
+        opts=CINGS_INFER_OPTS,
+        dataset=lambda wildcards: cings_eval_entry(wildcards.dataset),
         system_prompt=config["cings"]["data"]["system_prompt"],
         progress_dir=cings_eval(".progress", "{dataset}", "{mode}"),
         # a managed `vllm serve` (generation.text.serve) writes here
@@ -203,8 +226,7 @@ rule cings_eval_table:
         scores=cings_eval("scores.parquet"),
     params:
         runs=[list(run) for run in cings_eval_runs()],
-        datasets=list(CINGS_EVAL_SETS.values()),
-        inference=CINGS_INFERENCE,
+        datasets=[cings_eval_entry(d) for d in CINGS_EVAL_SETS],
         scoring=CINGS_SCORING,
     log:
         "logs/cings/eval/table.log",

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("results_dir", nargs="?", default="results")
     status.add_argument("--top", type=int, default=3)
     trace = sub.add_parser("trace", help="one caption, image or record through every stage: kept (its row) or rejected (why)")
-    trace.add_argument("id", help="any record id: caption, image, entity, hybrid record, CINGS record, eval question")
+    trace.add_argument("id", help="any record id: caption, image, entity, hybrid record, CINGS record, evaluation question or request ({question id}|{setting}), POPE question")
     trace.add_argument("results_dir", nargs="?", default="results")
     trace.add_argument("--json", action="store_true", help="the trace as JSON instead of a text tree")
     preflight = sub.add_parser("preflight", help="will every model job of a config fit its GPU? (estimates from config.json)")

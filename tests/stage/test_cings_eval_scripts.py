@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from groundflow.cings.eval_fixture import BAD_BY_KIND, EVAL_KINDS, eval_fixture_texts, fixture_datasets, kind_records
-from groundflow.cings.inference import SETTINGS, build_prompt, load_instruction, resolve_dataset
+from groundflow.cings.inference import SETTINGS, build_prompt, load_instruction, resolve_dataset, resolved_entry
 from groundflow.generate.backends import ChatPrompt, make_generator
 from groundflow.io import read_table
 from groundflow.io.schemas import table_schema
@@ -40,11 +40,11 @@ def fixture_dir(tmp_path_factory):
     return folder
 
 
-def _records(tmp: Path, entry: dict, inference: dict = INFERENCE) -> dict:
+def _records(tmp: Path, entry: dict) -> dict:
     out = {"kept": str(tmp / entry["name"] / "records.parquet"), "rejects": str(tmp / entry["name"] / "records.rejects.parquet"),
            "counts": str(tmp / entry["name"] / "records.counts.json")}
     run_script("cings_eval_records.py", FakeSnakemake(
-        input={"eval_file": entry["path"]}, output=out, params={"dataset": entry, "inference": inference, "path": entry["path"]},
+        input={"eval_file": entry["path"]}, output=out, params={"dataset": {k: entry.get(k) for k in ("name", "metrics", "labels")}, "path": entry["path"]},
         log=[str(tmp / "logs" / entry["name"] / "records.log")]))
     return out
 
@@ -56,7 +56,7 @@ def _infer(tmp: Path, entry: dict, records: str, model_dir: Path, mode: str, inf
     run_script("cings_infer.py", FakeSnakemake(
         input={"records": records, "model": str(model_dir)}, output=out,
         params={"generation": {"backend": "hf", "batch_size": 4, "model": {"path": str(model_dir), "device": "cpu"}},
-                "opts": inference, "dataset": entry, "system_prompt": SYSTEM,
+                "opts": inference, "dataset": resolved_entry(entry, inference), "system_prompt": SYSTEM,
                 "progress_dir": str(tmp / ".progress" / entry["name"] / mode),
                 "server_log": str(tmp / "logs" / entry["name"] / f"{mode}.server.log")},
         log=[str(tmp / "logs" / entry["name"] / f"{mode}.log")]))
@@ -150,7 +150,7 @@ def test_table_script_scores_each_dataset_with_its_metrics(tmp_path, fixture_dir
               "scores": str(tmp_path / "scores.parquet")}
     run_script("cings_eval_table.py", FakeSnakemake(
         input=inputs, output=output,
-        params={"runs": runs, "datasets": entries, "inference": INFERENCE, "scoring": {"rouge_stemmer": False}},
+        params={"runs": runs, "datasets": [resolved_entry(e, INFERENCE) for e in entries], "scoring": {"rouge_stemmer": False}},
         log=[str(tmp_path / "logs" / "table.log")]))
     table = pq.read_table(output["table"])
     assert table.schema.equals(table_schema("cings_eval_table"), check_metadata=False)

@@ -19,7 +19,9 @@ from groundflow.cings.inference import (
     load_instruction,
     parse_eval_text,
     read_eval_records,
+    record_labels,
     resolve_dataset,
+    resolved_entry,
     select_docs,
     setting_counts,
     setting_requests,
@@ -286,6 +288,25 @@ def test_resolve_dataset_fills_defaults_from_the_global_settings():
     assert set(fever.record_labels) == {"SUPPORTS", "REFUTES"} and fever.scoring.metrics == ("label_accuracy",)
 
 
+def test_a_resolved_entry_stands_alone_and_an_unresolved_one_needs_defaults():
+    entry = {"name": "kilt_nq", "path": "nq.jsonl", "settings": ["closed_book"]}
+    resolved = resolved_entry(entry, INFERENCE)
+    assert (resolved["settings"], resolved["ndocs"]) == (["closed_book"], 3)
+    # a job given its set's resolved entry needs no global defaults, and gets the same dataset
+    assert resolve_dataset(resolved) == resolve_dataset(entry, INFERENCE)
+    with pytest.raises(ValueError, match="dataset 'kilt_nq' names no \\['ndocs'\\]"):
+        resolve_dataset(entry)
+    with pytest.raises(ValueError, match="dataset 'bad'.*unknown settings"):
+        resolved_entry({"name": "bad", "settings": ["open_book"]}, INFERENCE)
+
+
+def test_record_labels_only_for_label_accuracy_sets():
+    assert record_labels({"name": "nq"}) is None
+    assert set(record_labels({"metrics": ["label_accuracy"]})) == {"SUPPORTS", "REFUTES"}
+    own = {"yes": ["true"], "no": ["false"]}
+    assert record_labels({"metrics": ["label_accuracy", "exact_match"], "labels": own}) == own
+
+
 def test_check_dataset_refuses_sentence_completion_beyond_one_prefilled_passage():
     entry = {"name": "based_squad", "path": "s.jsonl", "prompt": "sentence_completion"}
     # null settings take the global ones, which include settings a sentence cannot be finished in
@@ -442,7 +463,7 @@ def test_eval_fixture_writes_one_file_per_kind_with_its_bad_records(tmp_path):
     for entry in fixture_datasets(tmp_path):
         kind = entry["name"]
         dataset = resolve_dataset(entry, INFERENCE)  # every kind's config entry is a valid one
-        result = read_eval_records(dataset.path, dataset)
+        result = read_eval_records(dataset.path, name=dataset.name, labels=dataset.record_labels)
         assert result.counts["out"] == summary[kind]["valid"] == len(kind_records(kind))
         assert result.counts["rejected"] == summary[kind]["bad"] == len(BAD_BY_KIND[kind])
         reasons = list(result.rejects["reason"])

@@ -11,7 +11,7 @@ from groundflow.io.schemas import table_schema
 from groundflow.pipeline import log, setup_logging
 
 setup_logging(snakemake.log[0])
-datasets = {d.name: d for d in (resolve_dataset(entry, snakemake.params.inference)
+datasets = {d.name: d for d in (resolve_dataset(entry)
                                 for entry in snakemake.params.datasets)}
 jobs = list(zip(snakemake.params.runs, snakemake.input.predictions, snakemake.input.rejects, snakemake.input.counts,
                 strict=True))

@@ -14,7 +14,7 @@ from groundflow.pipeline import StageJob, log, setup_logging
 
 setup_logging(snakemake.log[0])
 opts = snakemake.params.opts
-dataset = resolve_dataset(snakemake.params.dataset, opts)
+dataset = resolve_dataset(snakemake.params.dataset)  # its settings and ndocs resolved by the rule
 instruction = load_instruction(dataset.prompt, opts.get("sentence_completion_prompt"))
 params = SamplingParams(max_new_tokens=opts["max_new_tokens"], n=1, do_sample=False)
 options = {

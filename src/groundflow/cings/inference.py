@@ -110,9 +110,15 @@ class EvalDataset:
     @property
     def record_labels(self) -> Mapping[str, Sequence[str]] | None:
         """The labels every record's gold answers must name (label_accuracy datasets), else None."""
-        if "label_accuracy" not in self.metrics:
-            return None
-        return FEVER_LABELS if self.labels is None else self.labels
+        return record_labels({"metrics": self.metrics, "labels": self.labels})
+
+
+def record_labels(entry: Mapping) -> Mapping[str, Sequence[str]] | None:
+    """The labels every record's gold answers must name, for a dataset entry scored by
+    label_accuracy (its own `labels`, else FEVER's); None for other datasets."""
+    if "label_accuracy" not in tuple(entry.get("metrics") or DEFAULT_METRICS):
+        return None
+    return FEVER_LABELS if entry.get("labels") is None else entry["labels"]
 
 
 def check_dataset(entry: Mapping, settings: Sequence[str]) -> list[str]:
@@ -149,9 +155,23 @@ def check_dataset(entry: Mapping, settings: Sequence[str]) -> list[str]:
     return chosen
 
 
-def resolve_dataset(entry: Mapping, inference: Mapping) -> EvalDataset:
-    """`entry` with its defaults from `inference` (config `cings.inference`: settings, ndocs), checked."""
-    settings = check_dataset(entry, inference["settings"])
+def resolved_entry(entry: Mapping, inference: Mapping) -> dict:
+    """`entry` (config `cings.inference.datasets`) with its settings and ndocs filled from `inference`'s
+    defaults, checked: what one set's jobs take, so that editing another set re-runs none of them."""
+    ndocs = entry.get("ndocs")
+    return {**entry, "settings": check_dataset(entry, inference["settings"]),
+            "ndocs": inference["ndocs"] if ndocs is None else ndocs}
+
+
+def resolve_dataset(entry: Mapping, inference: Mapping | None = None) -> EvalDataset:
+    """`entry` with its defaults from `inference` (config `cings.inference`: settings, ndocs), checked.
+    Without `inference` the entry must name its own settings and ndocs (the rules pass each job its
+    set's resolved entry, so a change to another set's entry re-runs none of its jobs)."""
+    defaults = inference if inference is not None else {}
+    missing = [key for key in ("settings", "ndocs") if entry.get(key) is None and key not in defaults]
+    if missing:
+        raise ValueError(f"dataset {entry.get('name', '<unnamed>')!r} names no {missing} and no defaults were given")
+    settings = check_dataset(entry, defaults.get("settings", ()))
     ndocs = entry.get("ndocs")
     return EvalDataset(
         name=str(entry["name"]),
@@ -159,7 +179,7 @@ def resolve_dataset(entry: Mapping, inference: Mapping) -> EvalDataset:
         prompt=entry.get("prompt") or "question",
         metrics=tuple(entry.get("metrics") or DEFAULT_METRICS),
         settings=tuple(settings),
-        ndocs=int(inference["ndocs"] if ndocs is None else ndocs),
+        ndocs=int(defaults["ndocs"] if ndocs is None else ndocs),
         labels=entry.get("labels"),
     )
 
@@ -347,14 +367,16 @@ def validate_records(entries: Iterable[RawEntry], *, labels: Mapping[str, Sequen
     return EvalRecords(kept=frame, rejects=rejects, counts=counts)
 
 
-def read_eval_records(path: str | Path, dataset: EvalDataset | None = None) -> EvalRecords:
-    """An evaluation file's validated records (with `dataset`, its labels checked too)."""
+def read_eval_records(path: str | Path, *, name: str | None = None,
+                      labels: Mapping[str, Sequence[str]] | None = None) -> EvalRecords:
+    """An evaluation file's validated records; with `labels` (`record_labels`), each record's gold
+    answers must name one of them. `name` (the dataset's) goes into a missing file's error."""
     path = Path(path)
     if not path.is_file():
-        name = f" of dataset {dataset.name!r}" if dataset is not None else ""
-        raise FileNotFoundError(f"evaluation file{name} not found: {path} (config cings.inference.datasets)")
+        of = f" of dataset {name!r}" if name is not None else ""
+        raise FileNotFoundError(f"evaluation file{of} not found: {path} (config cings.inference.datasets)")
     entries = parse_eval_text(path.read_text(encoding="utf-8"), source=str(path))
-    return validate_records(entries, labels=dataset.record_labels if dataset is not None else None)
+    return validate_records(entries, labels=labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,8 +688,10 @@ __all__ = [
     "prediction_frame",
     "prompt_token_counts",
     "read_eval_records",
+    "record_labels",
     "request_id",
     "resolve_dataset",
+    "resolved_entry",
     "select_docs",
     "sentence_completion_prefill",
     "setting_counts",
