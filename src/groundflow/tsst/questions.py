@@ -483,6 +483,8 @@ def questions_from_lines(entries: Sequence[RawLine], *, kind: str, image_root: s
         taken = sorted({i for i in accounted if accounted.count(i) > 1})
         raise QuestionFileError(f"ids {taken[:5]} are both a record's own id and the line id of another line")
     frame = pd.DataFrame(kept, columns=QUESTION_COLUMNS).astype({"answer_label": "int64"})
+    # pandas' string dtype would turn a text-only question's None into NaN
+    frame["image"] = pd.Series([row["image"] for row in kept], index=frame.index, dtype=object)
     rejects = rejects_frame(STAGE, rejected)
     counts = check_accounting(STAGE, accounted, StageResult(kept=frame, rejects=rejects))
     return QuestionSet(kept=frame, rejects=rejects, counts=counts)
