@@ -73,13 +73,15 @@ def check_launch_settings(train: dict, *, run_dir: str | os.PathLike, workflow_d
 
 
 def accelerate_command(*, config_file: str, spec: ModelSpec, records_path: str, out_dir: str,
-                       settings_file: str, image_root: str | None) -> list[str]:
+                       settings_file: str, image_root: str | None, module: str = "groundflow.train.sft",
+                       extra_args: tuple[str, ...] = ()) -> list[str]:
+    """The launch of a trainer module that takes train.sft's command line (plus `extra_args`)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file,
-           "-m", "groundflow.train.sft", "--records", records_path, "--model", spec.path,
+           "-m", module, "--records", records_path, "--model", spec.path,
            "--dtype", spec.dtype, "--device", spec.device, "--out", out_dir, "--config", settings_file]
     if image_root:
         cmd += ["--image-root", image_root]
-    return cmd
+    return cmd + list(extra_args)
 
 
 def run_sft(*, model: dict, records_path: str, image_root: str | None, out_dir: str, train: dict) -> Path:
@@ -97,6 +99,15 @@ def run_sft(*, model: dict, records_path: str, image_root: str | None, out_dir: 
         records = read_records(records_path)
         return train_sft(model_spec=ModelSpec.from_config(model), records=records,
                          image_root=image_root, out_dir=out_dir, config=config)
+    return launch_accelerate("groundflow.train.sft", accelerate_config=accelerate_config, workflow_dir=workflow_dir,
+                             model=model, records_path=records_path, image_root=image_root, out_dir=out_dir,
+                             settings=settings)
+
+
+def launch_accelerate(module: str, *, accelerate_config: str, workflow_dir: str | None, model: dict,
+                      records_path: str, image_root: str | None, out_dir: str, settings: dict,
+                      extra_args: tuple[str, ...] = ()) -> Path:
+    """Run trainer `module` under `accelerate launch` with the SFTConfig `settings`; returns out_dir/model."""
     spec = ModelSpec.from_config(model)
     source, accelerate_settings = resolved_accelerate_settings(accelerate_config, run_dir=Path.cwd(),
                                                                workflow_dir=workflow_dir)
@@ -110,7 +121,8 @@ def run_sft(*, model: dict, records_path: str, image_root: str | None, out_dir: 
     with atomic_path(settings_file) as tmp:
         Path(tmp).write_text(yaml.safe_dump(settings))
     cmd = accelerate_command(config_file=str(launch_file), spec=spec, records_path=records_path, out_dir=out_dir,
-                             settings_file=str(settings_file), image_root=image_root)
+                             settings_file=str(settings_file), image_root=image_root, module=module,
+                             extra_args=tuple(extra_args))
     log.info("launching (accelerate settings of %s): %s", source, shlex.join(cmd))
     try:
         subprocess.run(cmd, check=True)

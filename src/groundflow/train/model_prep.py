@@ -79,11 +79,14 @@ def load_for_training(spec: ModelSpec, *, use_bf16: bool, tokenizer: str = ""):
     return model, processing, is_llava
 
 
-def lora_target_names(model, target_modules: str | Sequence[str] | None, *, is_llava: bool) -> list[str]:
+def lora_target_names(model, target_modules: str | Sequence[str] | None, *, is_llava: bool,
+                      trained_in_full: Sequence[str] = ()) -> list[str]:
     """Full names of the linear layers LoRA adapts: those of the language model only (never the
     vision tower, projector or LM head), whose last name part is in `target_modules`
-    ("all-linear" or None: every linear layer of the language model)."""
+    ("all-linear" or None: every linear layer of the language model). Layers inside a module
+    named in `trained_in_full` (peft's modules_to_save, e.g. a value head) get no adapter."""
     wanted = None if target_modules in (None, "all-linear") else set([target_modules] if isinstance(target_modules, str) else target_modules)
+    full = set(trained_in_full)
     names = []
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
@@ -91,7 +94,7 @@ def lora_target_names(model, target_modules: str | Sequence[str] | None, *, is_l
         if is_llava and f".{LANGUAGE_MODEL}." not in f".{name}":
             continue
         leaf = name.rsplit(".", 1)[-1]
-        if leaf == "lm_head":
+        if leaf == "lm_head" or full.intersection(name.split(".")):
             continue
         if wanted is None or leaf in wanted:
             names.append(name)
@@ -100,8 +103,10 @@ def lora_target_names(model, target_modules: str | Sequence[str] | None, *, is_l
     return names
 
 
-def apply_lora(model, lora: dict, *, is_llava: bool, train_projector: bool):
-    """Wrap `model` with peft LoRA adapters; the projector is trained in full when asked."""
+def apply_lora(model, lora: dict, *, is_llava: bool, train_projector: bool, task_type: str | None = "CAUSAL_LM"):
+    """Wrap `model` with peft LoRA adapters; the projector is trained in full when asked.
+
+    task_type None: a plain PeftModel, for a model that is no causal LM (the value model)."""
     from peft import LoraConfig, get_peft_model
 
     modules_to_save = list(lora.get("modules_to_save") or [])
@@ -111,9 +116,10 @@ def apply_lora(model, lora: dict, *, is_llava: bool, train_projector: bool):
         r=int(lora.get("r", 8)),
         lora_alpha=int(lora.get("alpha", 16)),
         lora_dropout=float(lora.get("dropout", 0.0)),
-        target_modules=lora_target_names(model, lora.get("target_modules"), is_llava=is_llava),
+        target_modules=lora_target_names(model, lora.get("target_modules"), is_llava=is_llava,
+                                         trained_in_full=modules_to_save),
         modules_to_save=modules_to_save or None,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, peft_config)
 

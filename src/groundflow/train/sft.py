@@ -106,42 +106,53 @@ def train_sft(
     masked = first_per_id(gather_object(trainer.masked_examples))  # every process's, once per record
 
     if trainer.is_world_process_zero():
-        state = trainer.state
-        losses = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in state.log_history if "loss" in e]
-        learning_rates = [
-            {"step": int(e["step"]), "learning_rate": float(e["learning_rate"])}
-            for e in state.log_history
-            if "loss" in e and "learning_rate" in e
-        ]
-        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in trainer.model.parameters())
-        atomic_write_json(
-            out_dir / "train_summary.json",
-            {
-                "model": spec.describe(),
-                "is_llava": is_llava,
-                "model_dir": str(model_dir),
-                "steps": int(state.global_step),
-                "losses": losses,
-                "learning_rates": learning_rates,  # the LR each logged step was taken with
-                "final_loss": losses[-1]["loss"] if losses else None,
-                "tokens_seen": int(state.num_input_tokens_seen),
-                "seconds": round(time.perf_counter() - started, 3),
-                "train_seconds": round(float(result.metrics.get("train_runtime", 0.0)), 3),
-                "resumed_from": last_checkpoint,
-                "records": len(records),
-                "examples": len(dataset),
-                "skipped": skipped,
-                # examples that failed only when tokenised, trained fully masked (no loss; train.data)
-                "masked": masked,
-                "trainable_parameters": int(trainable),
-                "parameters": int(total),
-                "bf16": use_bf16,
-                "config": dataclasses.asdict(config),
-            },
-        )
+        write_train_summary(trainer, out_dir, spec=spec, is_llava=is_llava, model_dir=model_dir, started=started,
+                            result=result, resumed_from=last_checkpoint, records=records, dataset=dataset,
+                            skipped=skipped, masked=masked, use_bf16=use_bf16, config=config)
     trainer.accelerator.wait_for_everyone()
     return model_dir
+
+
+def write_train_summary(trainer, out_dir: Path, *, spec: ModelSpec, is_llava: bool, model_dir: Path, started: float,
+                        result, resumed_from: str | None, records: Sequence[dict], dataset, skipped: list[dict],
+                        masked: list[dict], use_bf16: bool, config: SFTConfig, extra: dict | None = None) -> None:
+    """out_dir/train_summary.json: losses and learning rates per logged step, counts, what was
+    skipped or masked, the settings (`extra`: a caller's own fields, e.g. the value trainer's)."""
+    state = trainer.state
+    losses = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in state.log_history if "loss" in e]
+    learning_rates = [
+        {"step": int(e["step"]), "learning_rate": float(e["learning_rate"])}
+        for e in state.log_history
+        if "loss" in e and "learning_rate" in e
+    ]
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    atomic_write_json(
+        out_dir / "train_summary.json",
+        {
+            "model": spec.describe(),
+            "is_llava": is_llava,
+            "model_dir": str(model_dir),
+            "steps": int(state.global_step),
+            "losses": losses,
+            "learning_rates": learning_rates,  # the LR each logged step was taken with
+            "final_loss": losses[-1]["loss"] if losses else None,
+            "tokens_seen": int(state.num_input_tokens_seen),
+            "seconds": round(time.perf_counter() - started, 3),
+            "train_seconds": round(float(result.metrics.get("train_runtime", 0.0)), 3),
+            "resumed_from": resumed_from,
+            "records": len(records),
+            "examples": len(dataset),
+            "skipped": skipped,
+            # examples that failed only when tokenised, trained fully masked (no loss; train.data)
+            "masked": masked,
+            "trainable_parameters": int(trainable),
+            "parameters": int(total),
+            "bf16": use_bf16,
+            "config": dataclasses.asdict(config),
+            **(extra or {}),
+        },
+    )
 
 
 def first_per_id(items: Sequence[dict]) -> list[dict]:
