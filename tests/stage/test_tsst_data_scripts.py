@@ -155,3 +155,22 @@ def test_warmup_script(fixture, tmp_path):
     assert all(0.0 <= t <= 1.0 for t in targets) and targets.count(1.0) == summary["correct_chains"]
     assert sum(1 for r in value if r["id"].endswith("-wrong:1")) == summary["incorrect_chains"]
     assert all(r["value"] == 0.0 for r in value if "-wrong:" in r["id"])
+
+
+def test_without_bad_lines_nothing_is_rejected(tmp_path):
+    from groundflow.tsst.fixture import fixture_texts, make_tsst_fixture
+    from groundflow.tsst.prompts import load_question_prompts
+    from groundflow.tsst.questions import load_questions
+    from groundflow.tsst.warmup import warmup_from_file
+
+    summary = make_tsst_fixture(tmp_path, seed=3, include_bad=False)
+    paths = summary["paths"]
+    assert summary["lines"] == summary["good"] and all(not cases for cases in summary["bad"].values())
+    for name, kind, images in [("train", "scienceqa", "images"), ("eval", "scienceqa", "images"), ("vcr", "vcr", "vcr_images")]:
+        result = load_questions(paths[name], kind=kind, image_root=paths[images])
+        assert result.counts["rejected"] == 0 and result.counts["out"] == summary["good"][name]
+    data = warmup_from_file(paths["cot"], image_root=paths["images"], prompts=load_question_prompts())
+    assert data.counts["rejected"] == 0 and len(data.policy) == summary["correct_chains"]
+    texts = fixture_texts(seed=3)  # what a tiny tokenizer for the demo learns from
+    assert data.policy[0]["conversations"][0]["value"] in texts
+    assert data.policy[0]["conversations"][1]["value"] in texts

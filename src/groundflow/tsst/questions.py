@@ -10,7 +10,8 @@ ScienceQA (spec §3.1): a non-blank `hint` is put before the question (`hint + "
 `answer_label` is 1-based; `img_path` is relative to the image folder, empty or null for a
 text-only question. VCR (the official `{train,val}.jsonl`): Q->A only; object tags (lists of
 object indices) become words, people named by where they stand (`person_names`); `answer_label` is
-0-based in the file and stored +1; image and metadata paths are relative to `vcr1images/`.
+0-based in the file and stored +1; image and metadata paths are relative to `vcr1images/`; the
+metadata (boxes, width) is read when the record refers to a person, the only use of it.
 
 Which part of a file is read (spec §3.1): an optional id list (`subset`, VCR's annot_id YAML), then
 the partition "start_end", an inclusive slice over the file's non-blank lines in file order. The
@@ -360,9 +361,9 @@ def _vcr_metadata(value: Mapping, image_root: str | Path | None, need: int) -> t
         metadata = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RecordError(f"metadata file {posix} is not JSON ({error})") from None
-    boxes, width = metadata.get("boxes") if isinstance(metadata, dict) else None, None
-    if isinstance(metadata, dict):
-        width = metadata.get("width")
+    if not isinstance(metadata, dict):
+        raise RecordError(f"metadata file {posix} is not a JSON object")
+    boxes, width = metadata.get("boxes"), metadata.get("width")
     if not isinstance(boxes, list) or len(boxes) < need:
         raise RecordError(f"metadata file {posix} has no box for object {need - 1}")
     for index in range(need):
@@ -402,13 +403,11 @@ def vcr_question(value: Any, image_root: str | Path | None) -> dict:
         raise RecordError(f"{len(answer_tokens)} choices; at most {len(LETTERS)} have option letters")
     label = check_label(integer_field(value, "answer_label"), len(answer_tokens), base=0)
     token_lists = [question_tokens, *answer_tokens]
-    highest = -1
     for tokens in token_lists:
         for token in tokens:
             for index in tag_indices(token) or ():
                 if not 0 <= index < len(objects):
                     raise RecordError(f"tag {token!r} names object {index}, but there are {len(objects)} objects")
-                highest = max(highest, index)
     image = image_path(text_field(value, "img_fn"), image_root, key="img_fn")
     people = referred_people(token_lists, objects)
     names = list(objects)
