@@ -168,10 +168,10 @@ def _scene_question(scene_number: int, rng: np.random.Generator) -> dict:
             "steps": [seen, step], "caption": f"{_listing(objects).capitalize()} on a white background."}
 
 
-def _text_question(index: int, rng: np.random.Generator) -> dict:
+def _text_question(text_number: int, rng: np.random.Generator) -> dict:
     a = float(rng.integers(1, 8)) + float(rng.choice([0.25, 0.5, 0.75]))
     b = float(rng.integers(1, 8)) + float(rng.choice([0.25, 0.5]))
-    if index % 2 == 0:
+    if text_number % 2 == 0:
         total = a + b
         pool = [_fmt(total + d) for d in (-1.0, -0.5, 0.5, 1.0)] + [_fmt(total)]
         choices, label = _choices(rng, _fmt(total), pool, int(rng.integers(3, 5)))
@@ -204,7 +204,8 @@ def build_questions(seed: int = 0) -> list[dict]:
     questions = []
     for index in range(N_TRAIN + N_EVAL):
         text_only = index % TEXT_ONLY_EVERY == TEXT_ONLY_EVERY - 1
-        item = _text_question(index, rng) if text_only else _scene_question(index - index // TEXT_ONLY_EVERY, rng)
+        item = (_text_question(index // TEXT_ONLY_EVERY, rng) if text_only
+                else _scene_question(index - index // TEXT_ONLY_EVERY, rng))
         item["id"] = f"tsst-{'train' if index < N_TRAIN else 'eval'}-{index:03d}"
         item["image"] = None if text_only else f"scene_{index:03d}.png"
         questions.append(item)
