@@ -248,9 +248,13 @@ class MultipleChoiceJudge:
         self.prompts = prompts or load_judge_prompts()
         self.params = SamplingParams(max_new_tokens=max_new_tokens, n=1, do_sample=False)
         self.max_consecutive_failures = max_consecutive_failures
+        # which model answered, not where it was reached: an endpoint's URL or a batch size may
+        # change between runs without changing a verdict
+        described = {} if generator is None else generator.describe()
+        identity = {key: described.get(key) for key in ("backend", "model", "dtype")}
         self.fingerprint = hashlib.sha256(json.dumps(
-            {"generator": None if generator is None else generator.describe(), "prompts": self.prompts.version,
-             "max_new_tokens": max_new_tokens}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            {"judge": identity, "prompts": self.prompts.version, "max_new_tokens": max_new_tokens},
+            sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.cache = None if cache is None else VerdictCache(cache, self.fingerprint)
         self.calls = 0  # prompts sent to the model
 
