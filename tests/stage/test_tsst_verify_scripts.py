@@ -262,3 +262,19 @@ def test_eval_table_over_rounds(tables):
     assert table.loc[(1, "search", "voting_acc"), "value"] == 0.5
     tsv = Path(out["tsv"]).read_text().splitlines()
     assert tsv[0].split("\t") == ["mode", "metric", "round_0", "round_1"]
+
+
+def test_verify_with_a_local_hf_judge(tables, tmp_path_factory):
+    from groundflow.models.causal_lm import build_tiny_causal_lm
+
+    judge_model = build_tiny_causal_lm(tmp_path_factory.mktemp("judge") / "tiny-judge", seed=0,
+                                       texts=["True False Unknown Question Options Correct Answer Provided Response"])
+    spec = {"backend": "hf", "batch_size": 4, "model": {"path": str(judge_model), "device": "cpu"}}
+    cache = tables / "hf_cache.jsonl"
+    out = verify(tables, spec, cache)
+    verified = read_table(out["verified"])
+    llm = verified[verified["judged_by"] == "judge"]
+    assert len(llm) == 3 and set(llm["verdict"]) <= {"true", "false", "unknown"}
+    assert len(cache.read_text().splitlines()) == 3  # a random model's verdicts are still verdicts
+    counts = json.loads(Path(out["counts"]).read_text())
+    assert counts["produced_by"]["generator"]["backend"] == "hf" and counts["judge_prompts_sent"] == 3
