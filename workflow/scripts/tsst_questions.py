@@ -11,7 +11,7 @@ subset_file = snakemake.input.get("subset")
 result = load_questions(
     snakemake.input.questions,
     kind=params.kind,
-    image_root=snakemake.input.images,
+    image_root=params.image_root,  # a user's folder is no input (read as it is)
     partition=params.get("partition"),
     subset=read_subset(subset_file) if subset_file else None,
     source=params.get("source"),
