@@ -263,6 +263,11 @@ def test_eval_table_over_rounds(tables):
     tsv = Path(out["tsv"]).read_text().splitlines()
     assert tsv[0].split("\t") == ["mode", "metric", "round_0", "round_1"]
 
+    plot = tables / "eval" / "accuracy.png"
+    run_script("plot_tsst_eval.py", FakeSnakemake(input={"table": out["table"]}, output={"plot": str(plot)},
+                                                  params={"title": "TSST"}, log=[str(tables / "logs" / "plot.log")]))
+    assert Image.open(plot).size[0] > 100
+
 
 def test_verify_with_a_local_hf_judge(tables, tmp_path_factory):
     from groundflow.models.causal_lm import build_tiny_causal_lm

@@ -111,3 +111,16 @@ def table_rows(round_index: int, mode: str, metrics: Sequence[tuple[str, float, 
         raise ValueError(f"mode must be 'search' or 'direct', not {mode!r}")
     return [{"round": int(round_index), "mode": mode, "metric": metric, "value": float(value), "n": int(n)}
             for metric, value, n in metrics]
+
+
+def plot_rows(table):
+    """The evaluation table (a DataFrame) in the long form groundflow.report.plots.plot_eval_table
+    draws: one panel per mode x metric, one bar per round (`group="round"`)."""
+    import pandas as pd
+
+    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"TSST evaluation table lacks columns {missing}")
+    return pd.DataFrame({"dataset": table["mode"].astype(str), "metric": table["metric"].astype(str),
+                         "setting": "all questions", "round": [f"round {r}" for r in table["round"]],
+                         "score": table["value"].astype(float)})

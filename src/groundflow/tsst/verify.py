@@ -10,7 +10,7 @@ an empty response included (it counts wrong, as the metrics say).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import pandas as pd
 
