@@ -4,10 +4,8 @@ one value forward per candidate (MLLM_evaluator.beam_sample), with our config an
 The batched `groundflow.tsst.search.search_questions` must return the same chains and scores for the
 same seed (tests/stage/test_tsst_search.py); bench/tsst_search.py times the two.
 
-Also here: value scorers obeying interface 3 (`score(prompts, prefixes, images, groups)`) for tests and
-the bench while groundflow.models.value_model is not in the tree: `TextScorer`, a deterministic
-function of the text, and `HiddenStateScorer`, a tiny LLaVA read at the closing EOS through a fixed
-random projection (the value model's shape, untrained).
+Also here: `TextScorer`, a value scorer obeying interface 3 (`score(prompts, prefixes, images, groups)`)
+whose value is a deterministic function of the prefix text, for tests without a value model.
 """
 
 from __future__ import annotations
@@ -15,13 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
-import torch
-
-from groundflow.models.llava import mean_fill, pad_to_square
-from groundflow.models.llava_embeds import embed_with_images, encode_images
-from groundflow.train.chat_formats import chat_template_for
-from groundflow.train.conversations import num_image_tokens
-from groundflow.tsst.prompts import CONVERSATION_FORMAT, IMAGE_PLACEHOLDER, load_question_prompts
+from groundflow.tsst.prompts import load_question_prompts
 from groundflow.tsst.search import (Chain, ExpansionRequest, SearchConfig, SearchQuestion, candidate_text,
                                     end_reason, question_rng, request_seed, select_indices)
 
@@ -89,58 +81,3 @@ class TextScorer:
         self.calls += 1
         self.rows += len(prefixes)
         return [self.value(p) for p in prefixes]
-
-
-class HiddenStateScorer:
-    """Interface 3 over a tiny LLaVA: vicuna_v1 user=prompt(+image), assistant=prefix + EOS, the last
-    layer's hidden state at that EOS through a fixed random LayerNorm-free projection and a sigmoid.
-    Rows of one group share one image encoding; rows run in right-padded batches of `batch_size`."""
-
-    def __init__(self, model, processor, *, batch_size: int = 32, seed: int = 0):
-        self.model, self.processor, self.batch_size = model, processor, batch_size
-        hidden = model.config.text_config.hidden_size
-        generator = torch.Generator().manual_seed(seed)
-        self.direction = torch.randn(hidden, generator=generator, dtype=torch.float64)
-        self.image_tokens = num_image_tokens(processor)
-        self.calls = self.rows = 0
-
-    def _ids(self, prompt: str, prefix: str, has_image: bool) -> list[int]:
-        user = f"{IMAGE_PLACEHOLDER}\n{prompt}" if has_image else prompt
-        text = self.processor.apply_chat_template(
-            [{"role": "user", "content": user}, {"role": "assistant", "content": prefix}], tokenize=False,
-            chat_template=chat_template_for(CONVERSATION_FORMAT))
-        if has_image:
-            text = text.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * self.image_tokens, 1)
-        return self.processor.tokenizer(text, add_special_tokens=True)["input_ids"]
-
-    @torch.inference_mode()
-    def score(self, prompts, prefixes, images, groups) -> list[float]:
-        self.calls += 1
-        self.rows += len(prefixes)
-        image_of_group: dict = {}
-        pictures = []
-        for image, group in zip(images, groups):
-            if image is not None and group not in image_of_group:
-                image_of_group[group] = len(pictures)
-                pictures.append(image)
-        features = None
-        if pictures:
-            fill = mean_fill(self.processor.image_processor.image_mean)
-            prepared = [pad_to_square(p.convert("RGB"), fill) for p in pictures]
-            features = encode_images(self.model, self.processor.image_processor(images=prepared, return_tensors="pt")["pixel_values"])
-        values: list[float] = []
-        pad = self.processor.tokenizer.pad_token_id
-        for start in range(0, len(prefixes), self.batch_size):
-            chunk = range(start, min(start + self.batch_size, len(prefixes)))
-            rows = [self._ids(prompts[i], prefixes[i], images[i] is not None) for i in chunk]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, row in enumerate(rows):
-                ids[r, :len(row)], mask[r, :len(row)] = torch.tensor(row), 1
-            embeds = embed_with_images(self.model, ids, features,
-                                       [image_of_group.get(groups[i]) if images[i] is not None else None for i in chunk])
-            hidden = self.model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-            last = hidden[torch.arange(len(rows)), mask.sum(-1) - 1].to(torch.float64)
-            values.extend(torch.sigmoid(last @ self.direction / last.shape[-1] ** 0.5).tolist())
-        return values
