@@ -199,3 +199,34 @@ def test_results_depend_on_the_seed_and_question_not_on_the_batch():
     other_seed = search_questions(questions, ScriptedPolicy(_seeded_script), TextScorer(), config, seed=8)
     assert other_seed != together
     assert question_rng(7, "q1").random() == question_rng(7, "q1").random() != question_rng(7, "q2").random()
+
+
+def test_a_question_failing_in_the_search_is_rejected_alone_and_a_broken_job_fails(tmp_path):
+    import pandas as pd
+
+    from groundflow.tsst.prompts import load_question_prompts
+    from groundflow.tsst.search_stage import search_frame
+
+    def script(qid, chain, seed):
+        if qid == "bad":
+            raise RuntimeError("prompt too long for the policy")
+        return expansion("Final Answer: A")
+
+    records = pd.DataFrame({"id": ["a", "bad", "c", "no-choices"], "question": ["Q?"] * 4,
+                            "choices": [["x", "y"], ["x", "y"], ["x", "y"], []], "image": [None] * 4})
+    result = search_frame(records, ScriptedPolicy(script), TextScorer(), SearchConfig(n_consistency=1), 0,
+                          image_root=tmp_path, prompts=load_question_prompts())
+    assert list(result.kept["id"]) == ["a", "c"]
+    reasons = dict(zip(result.rejects["id"], result.rejects["reason"]))
+    assert reasons == {"no-choices": "no answer choices",
+                       "bad": "search failed: RuntimeError: prompt too long for the policy"}
+    alone = search_frame(records.iloc[[0]], ScriptedPolicy(script), TextScorer(), SearchConfig(n_consistency=1), 0,
+                         image_root=tmp_path, prompts=load_question_prompts())
+    assert alone.kept.iloc[0]["chains"] == result.kept.iloc[0]["chains"]
+
+    def broken(qid, chain, seed):
+        raise RuntimeError("no such model")
+
+    with pytest.raises(RuntimeError, match="no such model"):
+        search_frame(records.iloc[:3], ScriptedPolicy(broken), TextScorer(), SearchConfig(), 0,
+                     image_root=tmp_path, prompts=load_question_prompts())
