@@ -4,14 +4,19 @@ one value forward per candidate (MLLM_evaluator.beam_sample), with our config an
 The batched `groundflow.tsst.search.search_questions` must return the same chains and scores for the
 same seed (tests/stage/test_tsst_search.py); bench/tsst_search.py times the two.
 
-Also here: `TextScorer`, a value scorer obeying interface 3 (`score(prompts, prefixes, images, groups)`)
+Also here: `sentence_prone_checkpoint`, which makes a tiny random LLaVA end sentences within a few
+tokens (tests and the bench need chains that grow and finish), and `TextScorer`, a value scorer obeying interface 3 (`score(prompts, prefixes, images, groups)`)
 whose value is a deterministic function of the prefix text, for tests without a value model.
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Sequence
+
+import torch
+from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
 from groundflow.tsst.prompts import load_question_prompts
 from groundflow.tsst.search import (Chain, ExpansionRequest, SearchConfig, SearchQuestion, candidate_text,
@@ -81,3 +86,30 @@ class TextScorer:
         self.calls += 1
         self.rows += len(prefixes)
         return [self.value(p) for p in prefixes]
+
+
+def sentence_prone_checkpoint(path: Path) -> None:
+    """Rewrite a tiny LLaVA so it ends sentences and answers within a few tokens, loadably: the last
+    MLP gets a large constant bias (so the final hidden state points one way whatever the input), and
+    the lm_head rows of '.', EOS and word starts point along it."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = LlavaConfig.from_pretrained(path)
+    config.text_config.mlp_bias = True
+    old = LlavaForConditionalGeneration.from_pretrained(path)
+    model = LlavaForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict(old.state_dict(), strict=False)
+    assert not unexpected and all(name.endswith("bias") for name in missing)
+    hidden = config.text_config.hidden_size
+    direction = torch.nn.functional.normalize(torch.randn(hidden, generator=torch.Generator().manual_seed(0)), dim=0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in missing:
+                parameter.zero_()
+        model.model.language_model.layers[-1].mlp.down_proj.bias.copy_(direction * 50)
+        head = model.lm_head.weight
+        for token, scale in ((".", 0.5), (tokenizer.eos_token, 0.45)):
+            head[tokenizer.convert_tokens_to_ids(token)] = direction * scale
+        for token, index in tokenizer.get_vocab().items():
+            if token.startswith("Ġ"):
+                head[index] = head[index] + direction * 0.25
+    model.save_pretrained(path)

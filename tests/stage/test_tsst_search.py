@@ -90,7 +90,7 @@ def test_batched_search_equals_the_serial_reference_under_seeded_sampling(llava,
     batched_policy = LlavaPolicy(model, processor, config)
     batched = search_questions(questions(), batched_policy, scorer, config, seed=3)
     batched_value_calls = scorer.calls
-    serial_policy = LlavaPolicy(model, processor, config)
+    serial_policy = LlavaPolicy(model, processor, config, share_prefill=False)  # G prompt copies, as the original
     serial = [reference_search(q, serial_policy, scorer, config, seed=3) for q in questions()]
     same_results(batched, serial)
     # the search did something worth comparing: chains of several sentences, some finished at EOS

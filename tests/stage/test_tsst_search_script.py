@@ -2,7 +2,7 @@
 
 Tiny random LLaVAs as policy and value model (the value folder is a plain LLaVA, so it gets a fresh
 head), a question table with images, a text-only question, a missing and a corrupt image. The policy is
-saved "sentence-prone" (see `sentence_prone_checkpoint`) so that chains grow and finish.
+saved "sentence-prone" (tests/reference/tsst_search.sentence_prone_checkpoint) so that chains grow and finish.
 """
 import json
 from pathlib import Path
@@ -15,38 +15,10 @@ from PIL import Image
 from groundflow.io.artifacts import read_table, write_table
 from groundflow.io.schemas import table_schema
 from groundflow.models.llava import build_tiny_llava
-from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
-import torch
+from reference.tsst_search import sentence_prone_checkpoint
 from script_harness import FakeSnakemake, run_script
 
 SEARCH = {"branch": 2, "n_consistency": 2, "num_beams": 1, "max_step_tokens": 6, "max_rounds": 3}
-
-
-def sentence_prone_checkpoint(path: Path) -> None:
-    """Rewrite a tiny LLaVA so it ends sentences and answers within a few tokens, loadably: the last
-    MLP gets a large constant bias (so the final hidden state points one way whatever the input), and
-    the lm_head rows of '.', EOS and word starts point along it."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    config = LlavaConfig.from_pretrained(path)
-    config.text_config.mlp_bias = True
-    old = LlavaForConditionalGeneration.from_pretrained(path)
-    model = LlavaForConditionalGeneration(config)
-    missing, unexpected = model.load_state_dict(old.state_dict(), strict=False)
-    assert not unexpected and all(name.endswith("bias") for name in missing)
-    hidden = config.text_config.hidden_size
-    direction = torch.nn.functional.normalize(torch.randn(hidden, generator=torch.Generator().manual_seed(0)), dim=0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name in missing:
-                parameter.zero_()
-        model.model.language_model.layers[-1].mlp.down_proj.bias.copy_(direction * 50)
-        head = model.lm_head.weight
-        for token, scale in ((".", 0.5), (tokenizer.eos_token, 0.45)):
-            head[tokenizer.convert_tokens_to_ids(token)] = direction * scale
-        for token, index in tokenizer.get_vocab().items():
-            if token.startswith("Ġ"):
-                head[index] = head[index] + direction * 0.25
-    model.save_pretrained(path)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,9 @@
 
 `LlavaPolicy.propose` takes expansion requests of several questions (groundflow.tsst.search) and
 returns, per request, the distinct first sentences of its G continuations. Every question's image is
-encoded once per call (groundflow.models.llava_embeds) however many rows show it, and all rows run
-in left-padded batches through one KV-cached decoding loop; a row stops at its first complete
+encoded once per call (groundflow.models.llava_embeds) however many rows show it, each request's
+prompt is prefilled once and its KV cache copied to its G rows, and all rows run in left-padded
+batches through one KV-cached decoding loop; a row stops at its first complete
 sentence (tsst.sentences.first_sentence on its newly generated text only), at EOS, or at
 `max_step_tokens`, and finished rows leave the batch.
 
@@ -58,12 +59,15 @@ class LlavaPolicy:
     """The search's policy over a LlavaForConditionalGeneration (plain or under peft)."""
 
     def __init__(self, model, processor, config: SearchConfig, *, batch_rows: int = 64, pad_square: bool = True,
-                 top_k: int = 50):
+                 top_k: int = 50, share_prefill: bool = True):
         self.model, self.processor, self.config = model, processor, config
         self.tokenizer = processor.tokenizer
         self.batch_rows = batch_rows
         self.pad_square = pad_square
         self.top_k = top_k  # transformers' default top_k, which the original's generate applied
+        # a request's G rows share its prompt: prefill it once and copy its KV cache G times
+        # (False: prefill every row, as the original's generate with G beams did)
+        self.share_prefill = share_prefill
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, (list, tuple)) else [eos]
         self.eos_ids = {int(e) for e in eos if e is not None} | {int(self.tokenizer.eos_token_id)}
@@ -112,8 +116,9 @@ class LlavaPolicy:
                 rows.append((index, row, ids, image_index.get(request.question_id)))
         self.rows_decoded += len(rows)
         outcomes: list[tuple[str | None, bool, bool]] = []
-        for start in range(0, len(rows), self.batch_rows):
-            outcomes.extend(self._decode(rows[start:start + self.batch_rows], requests, features))
+        step = max(1, self.batch_rows // copies) * copies  # a request's rows stay in one batch
+        for start in range(0, len(rows), step):
+            outcomes.extend(self._decode(rows[start:start + step], requests, features, copies))
         return self._collect(len(requests), rows, outcomes)
 
     def _collect(self, n_requests: int, rows, outcomes) -> list[Expansion]:
@@ -128,21 +133,26 @@ class LlavaPolicy:
         return [Expansion(tuple(Proposal(s, e) for s, e in found.items()), empty)
                 for found, empty in zip(sentences, empty_eos)]
 
-    def _decode(self, rows, requests, features) -> list[tuple[str | None, bool, bool]]:
-        """Per row: (first sentence or None, ended at EOS right after it, ended at EOS with nothing)."""
+    def _decode(self, rows, requests, features, copies: int) -> list[tuple[str | None, bool, bool]]:
+        """Per row: (first sentence or None, ended at EOS right after it, ended at EOS with nothing).
+        `rows` come in runs of `copies` rows of one request, whose prompt is prefilled once."""
         config = self.config
         device = self.model.device
-        width = max(len(ids) for _, _, ids, _ in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (_, _, ids, _) in enumerate(rows):
+        prompts = rows[::copies] if self.share_prefill else rows
+        width = max(len(ids) for _, _, ids, _ in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, (_, _, ids, _) in enumerate(prompts):
             input_ids[r, width - len(ids):] = torch.tensor(ids)
             mask[r, width - len(ids):] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
-        embeds = embed_with_images(self.model, input_ids, features, [image for _, _, _, image in rows])
+        embeds = embed_with_images(self.model, input_ids, features, [image for _, _, _, image in prompts])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1, :]
+        if self.share_prefill and copies > 1:
+            cache.batch_repeat_interleave(copies)
+            logits, mask, positions = (t.repeat_interleave(copies, dim=0) for t in (logits, mask, positions))
         generators = [_row_generator(requests[index].seed, row) for index, row, _, _ in rows]
         live = list(range(len(rows)))  # batch position -> row
         generated: list[list[int]] = [[] for _ in rows]
