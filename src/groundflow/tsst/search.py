@@ -71,6 +71,7 @@ class SearchConfig:
     num_beams: int = 5
     expansions: int | None = None  # G; None: 2 * num_beams, the original's
     temperature: float = 0.7  # 0: greedy (G copies of one continuation collapse into one)
+    top_k: int = 50  # transformers' default, which the original's generate applied; 0: off
     max_step_tokens: int = 256
     max_chars: int = 1000  # the original: 1000 (evaluation), 1200 (self_train/eval.py)
     max_rounds: int = 30
@@ -92,6 +93,8 @@ class SearchConfig:
         if self.expansions is not None and (isinstance(self.expansions, bool) or not isinstance(self.expansions, int)
                                             or self.expansions < 1):
             raise ValueError(f"search expansions must be a positive integer or null, not {self.expansions!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"search top_k must be an integer >= 0, not {self.top_k!r}")
         if self.temperature < 0:
             raise ValueError(f"search temperature must be >= 0, not {self.temperature!r}")
         if self.cut not in CUTS:

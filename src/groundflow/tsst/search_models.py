@@ -59,12 +59,11 @@ class LlavaPolicy:
     """The search's policy over a LlavaForConditionalGeneration (plain or under peft)."""
 
     def __init__(self, model, processor, config: SearchConfig, *, batch_rows: int = 64, pad_square: bool = True,
-                 top_k: int = 50, share_prefill: bool = True):
+                 share_prefill: bool = True):
         self.model, self.processor, self.config = model, processor, config
         self.tokenizer = processor.tokenizer
         self.batch_rows = batch_rows
         self.pad_square = pad_square
-        self.top_k = top_k  # transformers' default top_k, which the original's generate applied
         # a request's G rows share its prompt: prefill it once and copy its KV cache G times
         # (False: prefill every row, as the original's generate with G beams did)
         self.share_prefill = share_prefill
@@ -77,7 +76,7 @@ class LlavaPolicy:
 
     def describe(self) -> dict:
         return {"decoding": "greedy" if self.config.temperature == 0 else "sample, per-row seeded",
-                "temperature": self.config.temperature, "top_k": self.top_k, "G": self.config.width,
+                "temperature": self.config.temperature, "top_k": self.config.top_k, "G": self.config.width,
                 "max_step_tokens": self.config.max_step_tokens, "cut": self.config.cut,
                 "closes_turn": self.config.policy_closes_turn, "pad_square": self.pad_square}
 
@@ -203,8 +202,8 @@ class LlavaPolicy:
             return logits.argmax(-1)
         dtype = torch.float64 if logits.device.type != "mps" else torch.float32
         scaled = logits.to(dtype) / temperature
-        if self.top_k and self.top_k < scaled.shape[-1]:
-            kth = torch.topk(scaled, self.top_k, dim=-1).values[:, -1:]
+        if self.config.top_k and self.config.top_k < scaled.shape[-1]:
+            kth = torch.topk(scaled, self.config.top_k, dim=-1).values[:, -1:]
             scaled = scaled.masked_fill(scaled < kth, float("-inf"))
         cdf = torch.softmax(scaled, dim=-1).cumsum(-1)
         # one uniform per row from the row's own generator: the draw does not depend on the batch
