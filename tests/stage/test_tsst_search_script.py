@@ -47,10 +47,9 @@ def _run(root: Path, policy: Path, value: Path, images: Path, name: str, chunk_s
     out = {"kept": str(root / name / "search.parquet"), "rejects": str(root / name / "search.rejects.parquet"),
            "counts": str(root / name / "search.counts.json")}
     run_script("tsst_search.py", FakeSnakemake(
-        input={"records": str(root / "questions.parquet"), "policy": str(policy), "value": str(value),
-               "images": str(images)},
+        input={"records": str(root / "questions.parquet"), "policy": str(policy), "value": str(value)},
         output=out,
-        params={"search": SEARCH, "seed": 5, "chunk_size": chunk_size, "progress_dir": str(root / ".progress" / name),
+        params={"image_root": str(images), "search": SEARCH, "seed": 5, "chunk_size": chunk_size, "progress_dir": str(root / ".progress" / name),
                 "models": {"policy": {"device": "cpu"}, "value": {"device": "cpu"}}, "prompts": None,
                 "batch_rows": 8, "value_batch_size": 4, "pad_square": True},
         log=[str(root / "logs" / f"{name}.log")]))

@@ -1,9 +1,11 @@
 """TSST's value-guided search of one question table with one policy and one value checkpoint.
 
 input:  records (tsst_questions Parquet), policy (a LLaVA checkpoint folder), value (a value-model
-        folder, groundflow.models.value_model), images (optional: the set's image folder)
+        folder, groundflow.models.value_model), images (optional: the set's image folder when a rule
+        makes it, e.g. the fixture's)
 output: kept (tsst_search Parquet, one row per question), rejects, counts
-params: search (tsst.search settings, groundflow.tsst.search.SearchConfig), seed, chunk_size,
+params: image_root (the set's image folder, read as it is: a user's folder is no rule input; else
+        input.images), search (tsst.search settings, groundflow.tsst.search.SearchConfig), seed, chunk_size,
         progress_dir, models ({policy: {device, dtype}, value: {device, dtype}}), prompts
         ({with_image, text_only} prompt files or null), batch_rows, value_batch_size, pad_square
 log:    the job's log
@@ -28,7 +30,7 @@ seed = int(params.seed)
 models = params.get("models") or {}
 prompt_files = params.get("prompts") or {}
 prompts = load_question_prompts(prompt_files.get("with_image"), prompt_files.get("text_only"))
-image_root = snakemake.input.get("images") or None
+image_root = params.get("image_root") or snakemake.input.get("images") or None
 pad_square = bool(params.get("pad_square", True))
 
 policy_spec = ModelSpec.from_config({**models.get("policy", {}), "path": snakemake.input.policy})
