@@ -86,3 +86,17 @@ def _rows(frame: pd.DataFrame) -> list:
     """Rows without the values, which padded batches of other sizes change in the last float bits."""
     return sorted((r["id"], [(c["text"], c["end"]) for c in r["chains"]], r["rounds"], r["restarts"], r["policy_calls"],
                    r["value_calls"]) for r in frame.to_dict("records"))
+
+
+def test_a_job_whose_questions_are_all_rejected_writes_an_empty_table_in_the_declared_schema(setup):
+    root, policy, value, images = setup
+    questions = read_table(root / "questions.parquet")
+    write_table(questions[questions["id"].isin(["q-missing", "q-broken"])], root / "questions.parquet",
+                schema=table_schema("tsst_questions"))
+    try:
+        out = _run(root, policy, value, images, "all-rejected", chunk_size=1)
+    finally:
+        write_table(questions, root / "questions.parquet", schema=table_schema("tsst_questions"))
+    assert len(read_table(out["kept"])) == 0
+    assert pq.read_schema(out["kept"]).remove_metadata() == table_schema("tsst_search")
+    assert sorted(read_table(out["rejects"])["id"]) == ["q-broken", "q-missing"]

@@ -21,7 +21,7 @@ from groundflow.pipeline import StageJob, log, setup_logging
 from groundflow.tsst.prompts import load_question_prompts
 from groundflow.tsst.search import SearchConfig, log_fixes
 from groundflow.tsst.search_models import LlavaPolicy
-from groundflow.tsst.search_stage import SEARCH_COLUMNS, STAGE, search_frame
+from groundflow.tsst.search_stage import STAGE, declared_frame, search_frame
 
 setup_logging(snakemake.log[0])
 params = snakemake.params
@@ -53,5 +53,4 @@ job.run(
     chunk_size=int(params.get("chunk_size", 8)),
 )
 # StageJob writes without a schema: rewritten in the declared one (an all-rejected job's empty table included)
-kept = read_table(snakemake.output.kept)
-write_table(kept.reindex(columns=SEARCH_COLUMNS), snakemake.output.kept, schema=table_schema(STAGE))
+write_table(declared_frame(read_table(snakemake.output.kept)), snakemake.output.kept, schema=table_schema(STAGE))

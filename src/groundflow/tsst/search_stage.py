@@ -84,3 +84,11 @@ def search_frame(records: pd.DataFrame, policy, scorer, config: SearchConfig, se
         rejected.extend(failures)
     kept = pd.DataFrame(results, columns=SEARCH_COLUMNS)
     return StageResult(kept=kept, rejects=rejects_frame(STAGE, rejected))
+
+
+def declared_frame(kept: pd.DataFrame) -> pd.DataFrame:
+    """The kept table in interface 4's columns; an empty one with object columns, since a table read
+    back without rows has lost its list types (Arrow cannot cast that to list<struct>)."""
+    if kept.empty:
+        return pd.DataFrame({column: pd.Series([], dtype=object) for column in SEARCH_COLUMNS})
+    return kept.reindex(columns=SEARCH_COLUMNS)
