@@ -35,6 +35,8 @@ original (and logged once per job by `log_fixes`):
     original's (which ends a chain at "username" or "humanity").
 G: `expansions` (default 2 * num_beams, as the original, whose "double only at the root" check ran
 once before its loop so G was always doubled).
+Candidates are distinct over the whole round, not only per expansion as the original's set: a chain
+drawn twice into the beam proposes the same texts twice, which get one value and one weight.
 """
 
 from __future__ import annotations
