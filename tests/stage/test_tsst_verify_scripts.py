@@ -167,10 +167,12 @@ def _verified_table(tmp):
     return tmp / "verified.parquet"
 
 
-def round_data(tmp, name, opts, previous=None):
+def round_data(tmp, name, opts, previous=None, questions=None, image_roots=("sets/demo",)):
     out = {k: str(tmp / name / f"{k}.json") for k in ("policy", "value", "counts")}
-    inputs = {"verified": str(_verified_table(tmp)), "questions": str(tmp / "questions.parquet"), **(previous or {})}
-    run_script("tsst_round_data.py", FakeSnakemake(input=inputs, output=out, params={"round": 1, "opts": opts, "prompts": None},
+    inputs = {"verified": str(_verified_table(tmp)), "questions": questions or str(tmp / "questions.parquet"), **(previous or {})}
+    run_script("tsst_round_data.py", FakeSnakemake(input=inputs, output=out,
+                                                   params={"round": 1, "opts": opts, "prompts": None,
+                                                           "image_roots": list(image_roots)},
                                                    log=[str(tmp / "logs" / f"{name}.log")]))
     return {k: json.loads(Path(v).read_text()) for k, v in out.items()}
 
@@ -187,7 +189,7 @@ def test_round_data_writes_llava_json_with_counts_and_accumulates(tables):
     assert [r["id"] for r in policy] == ["warm-1", "tsst-r1-q1", "tsst-r1-q3"]
     q1 = policy[1]
     prompts = load_question_prompts()
-    assert q1["image"] == "scene1.png"
+    assert q1["image"] == "sets/demo/scene1.png"  # named from the run folder, under its set's images
     assert q1["conversations"] == [
         {"from": "human", "value": prompts.human_turn("What shape is red?", ["circle", "square", "star"], has_image=True)},
         {"from": "gpt", "value": "Red and round. Final Answer: A."}]
@@ -203,6 +205,12 @@ def test_round_data_writes_llava_json_with_counts_and_accumulates(tables):
                        {"previous_policy": str(previous / "policy.json")})
     assert [r["id"] for r in alone["policy"]] == ["tsst-r1-q1", "tsst-r1-q3"]
     assert any(r["id"].startswith("tsst-r1-q2-") for r in alone["value"])  # per-chain keeps negatives
+
+
+def test_round_data_refuses_a_question_id_in_two_train_sets(tables):
+    both = [str(tables / "questions.parquet")] * 2
+    with pytest.raises(ValueError, match="appear in more than one train set"):
+        round_data(tables, "clash", {"accumulate": False}, questions=both, image_roots=("a", "b"))
 
 
 @pytest.fixture(scope="module")

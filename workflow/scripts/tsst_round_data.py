@@ -5,19 +5,21 @@ counts.json says how many questions, correct questions, records and dropped ques
 import json
 import logging
 
+import pandas as pd
+
 from groundflow.io.artifacts import atomic_write_json, read_table
 from groundflow.pipeline import setup_logging
 from groundflow.tsst.labels import accumulate, round_records
 from groundflow.tsst.prompts import load_question_prompts
-from groundflow.tsst.verify import chains_for_labels, questions_for_labels
+from groundflow.tsst.verify import as_list, chains_for_labels, questions_for_labels, train_questions
 
 setup_logging(snakemake.log[0] if snakemake.log else None)
 log = logging.getLogger("groundflow")
 opts = snakemake.params.opts
 prompt_files = snakemake.params.get("prompts") or {}
 prompts = load_question_prompts(prompt_files.get("with_image"), prompt_files.get("text_only"))
-questions = read_table(snakemake.input.questions)
-verified = read_table(snakemake.input.verified)
+questions = train_questions(snakemake.input.questions, snakemake.params.image_roots)
+verified = pd.concat([read_table(p) for p in as_list(snakemake.input.verified)], ignore_index=True)
 policy, value, counts = round_records(
     questions_for_labels(questions), chains_for_labels(verified), prompts, round_index=int(snakemake.params.round),
     value_labels=opts.get("value_labels", "tree"), leaf_rule=opts.get("leaf_rule", "any"),

@@ -15,6 +15,7 @@ from typing import Mapping
 import pandas as pd
 
 from groundflow.generate.backends import ChatPrompt, Generator, SamplingParams, check_result_shape
+from groundflow.io.artifacts import read_table
 from groundflow.io.stage import StageResult, rejects_frame
 from groundflow.judge.llm_judge import JudgeItem, MultipleChoiceJudge, Verdict
 from groundflow.tsst.labels import Chain, Question
@@ -114,6 +115,30 @@ def questions_for_labels(questions: pd.DataFrame) -> list[Question]:
                      r["image"] if isinstance(r["image"], str) else None) for r in questions.to_dict("records")]
 
 
+def as_list(paths) -> list:
+    """Snakemake gives a named input of one file as a string, of several as a list."""
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
+def train_questions(paths, image_roots) -> pd.DataFrame:
+    """The question tables of every train set as one, each image path joined to its set's folder
+    (training files name images from the run folder); an id in two sets is an error, since D+ and
+    D_v records are keyed by it."""
+    paths, image_roots = as_list(paths), as_list(image_roots)
+    if len(paths) != len(image_roots):
+        raise ValueError(f"{len(paths)} question tables but {len(image_roots)} image folders")
+    frames = []
+    for path, root in zip(paths, image_roots):
+        frame = read_table(path)
+        frame["image"] = [str(Path(root) / image) if isinstance(image, str) else None for image in frame["image"]]
+        frames.append(frame)
+    questions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "image"])
+    clashes = questions.loc[questions["id"].duplicated(), "id"].tolist()
+    if clashes:
+        raise ValueError(f"question ids {clashes[:5]} appear in more than one train set; give the sets distinct ids")
+    return questions
+
+
 def chains_for_labels(verified: pd.DataFrame) -> dict[str, list[Chain]]:
     chains: dict[str, list[Chain]] = {}
     for r in verified.sort_values(["id", "rank"], kind="stable").to_dict("records"):
@@ -153,6 +178,8 @@ def pivot(table: pd.DataFrame) -> pd.DataFrame:
 
 __all__ = [
     "DIRECT_COLUMNS",
+    "as_list",
+    "train_questions",
     "DIRECT_STAGE",
     "VERIFIED_COLUMNS",
     "VERIFY_STAGE",
