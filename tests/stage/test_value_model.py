@@ -112,10 +112,15 @@ def test_batched_scores_equal_one_row_at_a_time_on_either_padding_side(tiny_llav
     prompts, prefixes, images, groups = _rows(value_records(), image_root)
     batched = ValueScorer(model, processor, batch_size=16)
     together = batched.score(prompts, prefixes, images, groups)
-    assert batched.forwards == math.ceil(len(prompts) / 16)
+    # one pass per question over its shared prompt, then the rows 16 at a time (12 per pair of questions)
+    assert batched.forwards == len(set(groups)) + math.ceil(len(prompts) / 16)
     one_by_one = [ValueScorer(model, processor, batch_size=1).score([p], [x], [i], [g])[0]
                   for p, x, i, g in zip(prompts, prefixes, images, groups)]
     left = ValueScorer(model, processor, batch_size=7, padding_side="left").score(prompts, prefixes, images, groups)
+    # the fast tokenisation (one render per question, image block collapsed) is training's, row for row
+    has_image = [i is not None for i in images]
+    assert batched.encode_rows(prompts, prefixes, has_image, groups) == [
+        batched.encode_row(p, x, has_image=h) for p, x, h in zip(prompts, prefixes, has_image)]
     torch.testing.assert_close(torch.tensor(together), torch.tensor(one_by_one), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(left), torch.tensor(one_by_one), rtol=1e-4, atol=1e-5)
     # the scores depend on the rows: a random head over different prefixes gives different values
@@ -252,3 +257,16 @@ def test_value_training_lowers_the_mse_on_the_labels_below_untrained_and_mean(ti
     print(f"MSE untrained {untrained:.4f}, mean predictor {mean_mse:.4f}, trained {trained:.4f}")
     assert trained < 0.5 * untrained
     assert trained < 0.5 * mean_mse
+
+
+def test_the_one_forward_per_candidate_reference_gives_the_batched_values(tiny_llava, image_root):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from reference.value_scoring import score_one_at_a_time
+
+    model, processor = load_value_model({"path": str(tiny_llava), "device": "cpu"})
+    rows = _rows(value_records(), image_root)
+    reference = score_one_at_a_time(model, processor, *rows)
+    batched = ValueScorer(model, processor, batch_size=32).score(*rows)
+    torch.testing.assert_close(torch.tensor(batched), torch.tensor(reference), rtol=1e-4, atol=1e-5)

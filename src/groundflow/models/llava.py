@@ -63,11 +63,11 @@ TINY_IMAGE_SIZE = 64
 TINY_PATCH_SIZE = 16
 
 
-def tiny_clip_vision_config() -> CLIPVisionConfig:
+def tiny_clip_vision_config(image_size: int = TINY_IMAGE_SIZE, patch_size: int = TINY_PATCH_SIZE) -> CLIPVisionConfig:
     """The vision tower of every tiny LLaVA, alone or inside one."""
     return CLIPVisionConfig(
-        image_size=TINY_IMAGE_SIZE,
-        patch_size=TINY_PATCH_SIZE,
+        image_size=image_size,
+        patch_size=patch_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -76,8 +76,12 @@ def tiny_clip_vision_config() -> CLIPVisionConfig:
     )
 
 
-def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[str] = ()) -> Path:
-    """Save a randomly initialised LlavaForConditionalGeneration and its processor to `out_dir`."""
+def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[str] = (), *,
+                     image_size: int = TINY_IMAGE_SIZE, patch_size: int = TINY_PATCH_SIZE) -> Path:
+    """Save a randomly initialised LlavaForConditionalGeneration and its processor to `out_dir`.
+
+    image_size / patch_size: 336 / 14 gives LLaVA-1.5's 576 image tokens per image (benchmarks that
+    need the real sequence layout); the default 64 / 16 gives 16."""
     out_dir = Path(out_dir)
     build_tokenizer("llama", out_dir, texts=texts)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
@@ -85,7 +89,7 @@ def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[
     if image_token_id is None or image_token_id == tokenizer.unk_token_id:
         raise AssertionError(f"tokenizer lacks the {IMAGE_TOKEN} token")
 
-    vision_config = tiny_clip_vision_config()
+    vision_config = tiny_clip_vision_config(image_size, patch_size)
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -98,7 +102,7 @@ def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    num_patches = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2
+    num_patches = (image_size // patch_size) ** 2
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -116,8 +120,8 @@ def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[
     model.save_pretrained(out_dir)
 
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": TINY_IMAGE_SIZE},
-        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         do_center_crop=True,
         image_mean=list(CLIP_IMAGE_MEAN),
         image_std=list(CLIP_IMAGE_STD),
@@ -125,7 +129,7 @@ def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, texts: Iterable[
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=TINY_PATCH_SIZE,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         chat_template=LLAVA_15_CHAT_TEMPLATE,
         image_token=IMAGE_TOKEN,

@@ -18,8 +18,9 @@ A folder without the head file is a plain backbone: `load_value_model` gives it 
 initialised from `head_seed` as the reference's post_init (Linear weight ~ N(0, 0.02), bias 0,
 LayerNorm 1 / 0).
 
-`ValueScorer` scores many (prompt, prefix, image) rows with padded batched forwards, each distinct
-image encoded once (`models.llava_embeds`); one-row-at-a-time scoring gives the same values.
+`ValueScorer` scores many (prompt, prefix, image) rows: each distinct image encoded once
+(`models.llava_embeds`), each question's shared prompt run once into a KV cache, then the rows'
+own tokens in padded batches over those caches; one-row-at-a-time scoring gives the same values.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from groundflow.train.conversations import (
     IMAGE_PLACEHOLDER,
     ConversationError,
     assistant_only_labels,
+    num_image_tokens,
     text_tokenizer,
 )
 
@@ -81,7 +83,7 @@ class ValueConfig:
 
 @dataclass
 class ValueOutput:
-    values: torch.Tensor  # [batch], fp32
+    values: torch.Tensor  # [batch] (or one per readout position), fp32
 
 
 def text_hidden_size(backbone) -> int:
@@ -150,15 +152,22 @@ class ValueModel(nn.Module):
         return getattr(self.backbone, self.backbone.base_model_prefix)
 
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, inputs_embeds=None,
-                position_ids=None, **unused) -> ValueOutput:
+                position_ids=None, past_key_values=None, **unused) -> ValueOutput:
+        """Values [batch] at each row's last attended new token, whichever side the padding is on.
+        With `past_key_values` (a shared prompt's cache), the 2-D mask covers the cached positions
+        and the new ones, as in generation."""
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None:
             raise ValueError("give input_ids or inputs_embeds")
+        new_tokens = reference.shape[1]
         if attention_mask is None:
-            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+            cached = past_key_values.get_seq_length() if past_key_values is not None else 0
+            attention_mask = torch.ones((reference.shape[0], cached + new_tokens), dtype=torch.long, device=reference.device)
         if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        kwargs = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -new_tokens:]
+        kwargs = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": past_key_values is not None}
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
         if pixel_values is not None:
             kwargs["pixel_values"] = pixel_values
         if inputs_embeds is not None:
@@ -167,13 +176,17 @@ class ValueModel(nn.Module):
             kwargs["input_ids"] = input_ids
         hidden = self._base()(**kwargs).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, last_real_positions(attention_mask).to(hidden.device)]
-        device_type = last.device.type
-        with torch.autocast(device_type=device_type, enabled=False):  # the head stays fp32 under bf16 training
+        last = hidden[rows, last_real_positions(attention_mask[:, -new_tokens:]).to(hidden.device)]
+        with torch.autocast(device_type=last.device.type, enabled=False):  # the head stays fp32 under bf16 training
             values = self.score_head(last.float()).squeeze(-1)
         if self.value_config.bounded:
             values = torch.sigmoid(values)
         return ValueOutput(values=values)
+
+    def prefill(self, input_ids=None, inputs_embeds=None):
+        """The decoder's KV cache of one unpadded sequence (batch 1), for rows that continue it."""
+        output = self._base()(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=True)
+        return output.past_key_values
 
 
 def head_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -263,6 +276,8 @@ def value_conversation(prompt: str, prefix: str, *, has_image: bool) -> list[dic
     row has an image), the chain prefix as the assistant's turn."""
     if IMAGE_PLACEHOLDER in prompt:
         raise ValueError(f"a value prompt is given without {IMAGE_PLACEHOLDER}; the row's image adds it")
+    if IMAGE_PLACEHOLDER in prefix:
+        raise ValueError(f"a chain prefix holds {IMAGE_PLACEHOLDER}")
     return [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{prompt}" if has_image else prompt},
             {"from": "gpt", "value": prefix}]
 
@@ -285,14 +300,24 @@ def value_example(conversation: Sequence[dict], processing, *, chat_template: st
 
 
 class ValueScorer:
-    """Values of (prompt, prefix, image) rows, in padded batches, each group's image encoded once.
+    """Values of (prompt, prefix, image) rows, scored in batches that share each question's prompt.
 
     `score(prompts, prefixes, images, groups)`: prompts[i] is the user text without the image
     placeholder, prefixes[i] the chain prefix, images[i] a PIL image or None, groups[i] any hashable;
     rows of one group show one image (the group's first row's), encoded once for all of them.
-    Rows of several questions go through the same batches, sorted by length so that little padding
-    is computed. Returns one float per row, in the given order.
+    Returns one float per row, in the given order.
+
+    Every row is tokenised exactly as training tokenises it (`value_example`). The rows of a group
+    share their leading tokens (system, question, image, "ASSISTANT:"): those run once per group,
+    unpadded, into a KV cache that the group's rows share; the rows then run only their own tokens,
+    up to `batch_size` rows of several groups per padded forward (memory: each row holds a copy of
+    its group's cache during that forward). Causal attention makes this the same computation as one
+    full forward per row (tests check it against tests/reference/value_scoring.py); it is what makes
+    scoring a search round cheap.
     """
+
+    # Stands in for the prefix while a group's conversation is rendered once; rows substitute theirs.
+    SLOT = "\x00groundflow-value-prefix\x00"
 
     def __init__(self, model, processor, *, batch_size: int = 16, pad_square: bool = True,
                  conversation_format: str | None = None, padding_side: str = "right"):
@@ -309,15 +334,71 @@ class ValueScorer:
         stored = getattr(inner, "value_config", None)
         self.conversation_format = conversation_format or (
             stored.conversation_format if stored is not None else DEFAULT_CONVERSATION_FORMAT)
-        tok = text_tokenizer(processor)
-        self.pad_token_id = next(t for t in (tok.pad_token_id, tok.eos_token_id, 0) if t is not None)
+        self.tokenizer = text_tokenizer(processor)
+        self.pad_token_id = next(t for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if t is not None)
         image_processor = getattr(processor, "image_processor", None)
         self.fill = mean_fill(getattr(image_processor, "image_mean", None) or CLIP_IMAGE_MEAN)
-        self.forwards = 0  # padded forwards run, for benchmarks and tests
+        self.image_token_id = (self.tokenizer.convert_tokens_to_ids(processor.image_token)
+                               if getattr(processor, "image_token", None) else None)
+        self.tokens_per_image = num_image_tokens(processor) if self.image_token_id is not None else 0
+        self.forwards = 0  # forwards run (shared-prompt passes and row passes), for benchmarks and tests
 
     def encode_row(self, prompt: str, prefix: str, *, has_image: bool) -> list[int]:
+        """One row's ids through the training tokenisation (`value_example`)."""
         conversation = value_conversation(prompt, prefix, has_image=has_image)
         return value_example(conversation, self.processor, chat_template=self.conversation_format)[0]
+
+    def encode_rows(self, prompts: Sequence[str], prefixes: Sequence[str], has_image: Sequence[bool],
+                    groups: Sequence[Hashable]) -> list[list[int]]:
+        """`encode_row` for many rows: each group's conversation is rendered once with a slot for
+        the prefix and the texts are tokenised in one call. The first row with an image and the first
+        without are checked against `encode_row`, so a template that rewrites the prefix is caught."""
+        from groundflow.train.conversations import render_conversation
+
+        rendered_of: dict = {}
+        texts, special = [], []
+        for row, (prompt, prefix, image, group) in enumerate(zip(prompts, prefixes, has_image, groups)):
+            key = (group, prompt, image)
+            if key not in rendered_of:
+                try:
+                    conversation = value_conversation(prompt, self.SLOT, has_image=image)
+                except ValueError as error:
+                    raise ValueError(f"row {row} (group {group!r}): {error}") from None
+                rendered = render_conversation(conversation, self.processor, chat_template=self.conversation_format)
+                if rendered.text.count(self.SLOT) != 1:
+                    raise ValueError(f"row {row}: the {self.conversation_format} template does not render the prefix verbatim")
+                rendered_of[key] = rendered
+            rendered = rendered_of[key]
+            if IMAGE_PLACEHOLDER in prefix:
+                raise ValueError(f"row {row}: a chain prefix holds {IMAGE_PLACEHOLDER}")
+            text = rendered.text.replace(self.SLOT, prefix)
+            if rendered.num_images:
+                # The image token is a special token, split off before the text is tokenised: one copy
+                # tokenises as one id, so the block is collapsed here and expanded after (it is long).
+                text = text.replace(rendered.image_token * self.tokens_per_image, rendered.image_token)
+            texts.append(text)
+            special.append(rendered.add_special_tokens)
+        ids: list[list[int] | None] = [None] * len(texts)
+        for flag in set(special):
+            rows = [r for r in range(len(texts)) if special[r] == flag]
+            encoded = self.tokenizer([texts[r] for r in rows], add_special_tokens=flag)["input_ids"]
+            for r, row_ids in zip(rows, encoded):
+                if has_image[r]:
+                    expanded = []
+                    for token in row_ids:
+                        expanded.extend([token] * self.tokens_per_image if token == self.image_token_id else [token])
+                    row_ids = expanded
+                ids[r] = list(row_ids)
+        checked = set()
+        eos = self.tokenizer.eos_token_id
+        for row, group in enumerate(groups):
+            if not ids[row] or ids[row][-1] != eos:
+                raise ValueError(f"row {row} (group {group!r}): the rendered row does not end with the closing EOS")
+            if has_image[row] not in checked:
+                checked.add(has_image[row])
+                if ids[row] != self.encode_row(prompts[row], prefixes[row], has_image=has_image[row]):
+                    raise ValueError(f"row {row} (group {group!r}): batched tokenisation differs from training's")
+        return ids  # type: ignore[return-value]
 
     def _image_features(self, pictures: list[Image.Image]) -> torch.Tensor | None:
         if not pictures:
@@ -334,6 +415,17 @@ class ValueScorer:
             chunks.append(encode_images(self.model, pixel_values))
         return torch.cat(chunks)
 
+    def _padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for slot, sequence in enumerate(sequences):
+            span = slice(0, len(sequence)) if self.padding_side == "right" else slice(width - len(sequence), width)
+            input_ids[slot, span] = torch.as_tensor(list(sequence), dtype=torch.long)
+            attention_mask[slot, span] = 1
+        device = self.model.device
+        return input_ids.to(device), attention_mask.to(device)
+
     @torch.inference_mode()
     def score(self, prompts: Sequence[str], prefixes: Sequence[str], images: Sequence[Image.Image | None],
               groups: Sequence[Hashable]) -> list[float]:
@@ -344,7 +436,9 @@ class ValueScorer:
             return []
         image_of_group: dict[Hashable, int | None] = {}
         pictures: list[Image.Image] = []
+        rows_of_group: dict[Hashable, list[int]] = {}
         for row, (image, group) in enumerate(zip(images, groups)):
+            rows_of_group.setdefault(group, []).append(row)
             if group in image_of_group:
                 if (image is None) != (image_of_group[group] is None):
                     raise ValueError(f"row {row}: group {group!r} mixes rows with and without an image")
@@ -352,35 +446,94 @@ class ValueScorer:
             image_of_group[group] = None if image is None else len(pictures)
             if image is not None:
                 pictures.append(image)
-        image_of_row = [image_of_group[g] for g in groups]
-        ids = []
-        for row in range(n):
-            try:
-                ids.append(self.encode_row(prompts[row], prefixes[row], has_image=image_of_row[row] is not None))
-            except (ConversationError, ValueError) as error:
-                raise ValueError(f"row {row} (group {groups[row]!r}): {error}") from None
+        has_image = [image_of_group[g] is not None for g in groups]
+        try:
+            ids = self.encode_rows(prompts, prefixes, has_image, groups)
+        except (ConversationError, ValueError) as error:
+            raise ValueError(str(error)) from None
         features = self._image_features(pictures)
-        device = self.model.device
-        values = [0.0] * n
-        order = sorted(range(n), key=lambda r: len(ids[r]), reverse=True)
-        for start in range(0, n, self.batch_size):
-            batch = order[start:start + self.batch_size]
-            width = max(len(ids[r]) for r in batch)
-            input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for slot, row in enumerate(batch):
-                length = len(ids[row])
-                span = slice(0, length) if self.padding_side == "right" else slice(width - length, width)
-                input_ids[slot, span] = torch.as_tensor(ids[row])
-                attention_mask[slot, span] = 1
-            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            batch_images = [image_of_row[r] for r in batch]
-            if features is not None or any(i is not None for i in batch_images):
-                embeds = embed_with_images(self.model, input_ids, features, batch_images)
-                output = self.model(inputs_embeds=embeds, attention_mask=attention_mask)
+
+        # Units: rows of one group with the same prompt (normally the whole group), at most
+        # batch_size rows each, and the length of the leading tokens all of them share.
+        units: list[tuple[Hashable, list[int], int]] = []
+        for group, rows in rows_of_group.items():
+            by_prompt: dict[str, list[int]] = {}
+            for row in rows:
+                by_prompt.setdefault(prompts[row], []).append(row)
+            for same_prompt in by_prompt.values():
+                for piece in range(0, len(same_prompt), self.batch_size):
+                    unit_rows = same_prompt[piece:piece + self.batch_size]
+                    shared = min(len(ids[r]) for r in unit_rows) - 1  # every row keeps >= 1 token of its own
+                    first = ids[unit_rows[0]]
+                    for r in unit_rows[1:]:
+                        shared = next((k for k in range(shared) if ids[r][k] != first[k]), shared)
+                    if self.image_token_id is not None and any(self.image_token_id in ids[r][shared:] for r in unit_rows):
+                        raise ValueError(f"group {group!r}: the rows differ before the image ends")
+                    units.append((group, unit_rows, shared))
+        # Forwards of whole units, at most batch_size rows each (a unit never splits across two).
+        forwards: list[list[int]] = []
+        for index, (_, unit_rows, _) in enumerate(units):
+            if forwards and sum(len(units[u][1]) for u in forwards[-1]) + len(unit_rows) <= self.batch_size:
+                forwards[-1].append(index)
             else:
-                output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+                forwards.append([index])
+        values = [0.0] * n
+        for members in forwards:
+            for row, value in self._score_units([units[u] for u in members], ids, image_of_group, features).items():
+                values[row] = value
+        return values
+
+    def _score_units(self, units, ids, image_of_group, features) -> dict[int, float]:
+        """Each unit's shared tokens run once, unpadded (the causal fast path), into a KV cache;
+        then all the units' rows run their own tokens in one padded forward over those caches, each
+        row's positions continuing from its shared ones. Causal attention makes every row's value
+        the one a full forward of the row alone gives."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        device = self.model.device
+        caches = []
+        for group, unit_rows, shared in units:
+            prompt = torch.tensor([ids[unit_rows[0]][:shared]], device=device)
+            image = image_of_group[group]
+            if image is None:
+                caches.append(inner.prefill(input_ids=prompt))
+            else:
+                caches.append(inner.prefill(inputs_embeds=embed_with_images(self.model, prompt, features, [image])))
             self.forwards += 1
-            for slot, row in enumerate(batch):
+        width = max(shared for _, _, shared in units)
+        prompt_mask = torch.zeros((len(units), width), dtype=torch.long, device=device)
+        for u, (_, _, shared) in enumerate(units):
+            prompt_mask[u, :shared] = 1
+        stacked = []  # per layer: (keys, values) [units, heads, width, head_dim], right-padded
+        for layer in range(len(caches[0].layers)):
+            pair = []
+            for which in ("keys", "values"):
+                tensors = [getattr(cache.layers[layer], which) for cache in caches]
+                padded = tensors[0].new_zeros((len(units), *tensors[0].shape[1:2], width, tensors[0].shape[-1]))
+                for u, tensor in enumerate(tensors):
+                    padded[u, :, :tensor.shape[-2]] = tensor[0]
+                pair.append(padded)
+            stacked.append(pair)
+        members = [(u, row) for u, (_, unit_rows, _) in enumerate(units) for row in unit_rows]
+        members.sort(key=lambda m: len(ids[m[1]]) - units[m[0]][2], reverse=True)
+        values: dict[int, float] = {}
+        for start in range(0, len(members), self.batch_size):
+            batch = members[start:start + self.batch_size]
+            unit_index = torch.tensor([u for u, _ in batch], device=device)
+            suffix_ids, suffix_mask = self._padded([ids[row][units[u][2]:] for u, row in batch])
+            cache = DynamicCache()
+            for keys, values_ in stacked:
+                # Set directly rather than through update(), which would copy the rows once more.
+                layer = DynamicLayer()
+                selected_keys, selected_values = keys[unit_index], values_[unit_index]
+                layer.lazy_initialization(selected_keys, selected_values)
+                layer.keys, layer.values = selected_keys, selected_values
+                cache.layers.append(layer)
+            mask = torch.cat([prompt_mask[unit_index], suffix_mask], dim=1)
+            output = self.model(input_ids=suffix_ids, attention_mask=mask, past_key_values=cache)
+            self.forwards += 1
+            for slot, (_, row) in enumerate(batch):
                 values[row] = float(output.values[slot])
         return values
