@@ -270,3 +270,23 @@ def test_the_one_forward_per_candidate_reference_gives_the_batched_values(tiny_l
     reference = score_one_at_a_time(model, processor, *rows)
     batched = ValueScorer(model, processor, batch_size=32).score(*rows)
     torch.testing.assert_close(torch.tensor(batched), torch.tensor(reference), rtol=1e-4, atol=1e-5)
+
+
+def test_a_value_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_model(tiny_llava, image_root, tmp_path):
+    import shutil
+
+    config = dict(max_steps=3, save_steps=1, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    spec = {"path": str(tiny_llava), "device": "cpu"}
+    records = value_records()[:12]
+    whole = train_value(model_spec=spec, records=records, image_root=image_root, out_dir=tmp_path / "whole",
+                        config=_config(**config))
+    killed = tmp_path / "killed"
+    train_value(model_spec=spec, records=records, image_root=image_root, out_dir=killed, config=_config(**config))
+    shutil.rmtree(killed / "model")  # what a kill during step 3 leaves
+    shutil.rmtree(killed / "checkpoints" / "checkpoint-3")
+    resumed = train_value(model_spec=spec, records=records, image_root=image_root, out_dir=killed, config=_config(**config))
+    summary = json.loads((killed / "train_summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps"] == 3
+    for name in (VALUE_HEAD_FILE, "model.safetensors"):
+        expected, got = load_file(whole / name), load_file(resumed / name)
+        assert all(torch.allclose(expected[k], got[k], atol=1e-6) for k in expected)
