@@ -32,6 +32,9 @@ def warmup(tmp_path_factory):
     paths = FixturePaths.under(root / "fixture")
     make_tsst_fixture(paths, seed=0)
     data = warmup_from_file(paths.cot, image_root=paths.images, prompts=load_question_prompts())
+    for record in data.policy + data.value:  # as tsst_warmup_data writes them: opened from the run folder
+        if record.get("image"):
+            record["image"] = str(Path(paths.images) / record["image"])
     atomic_write_json(root / "policy.json", data.policy)
     atomic_write_json(root / "value.json", data.value)
     base = build_tiny_llava(root / "base", seed=0, texts=fixture_texts(0))
@@ -40,7 +43,7 @@ def warmup(tmp_path_factory):
 
 
 def _smk(records, images, out_dir, *, start=None, value=None):
-    inputs = {"records": str(records), "images": str(images)}
+    inputs = {"records": str(records)}  # images: paths in the records (absolute here)
     if start:
         inputs["start"] = str(start)
     params = {"model": {"path": "unused-when-start-is-given" if start else None, "device": "cpu"}, "train": dict(TRAIN),

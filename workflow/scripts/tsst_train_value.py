@@ -6,6 +6,9 @@ from groundflow.train.value import run_value
 from groundflow.tsst.training import tsst_train_settings
 
 setup_logging(snakemake.log[0])
+# TSST training files name images as this job opens them, from the run folder (tsst_warmup_data,
+# tsst_round_data), so that records from several image folders train together.
+image_root = snakemake.params.get("image_root") or "."
 model = dict(snakemake.params.model)
 start = snakemake.input.get("start")
 if start:  # an earlier round's value checkpoint (or a policy/base LLaVA), tracked as an input
@@ -13,7 +16,7 @@ if start:  # an earlier round's value checkpoint (or a policy/base LLaVA), track
 run_value(
     model=model,
     records_path=snakemake.input.records,
-    image_root=snakemake.input.images,
+    image_root=image_root,
     out_dir=snakemake.params.out_dir,
     train=tsst_train_settings(train_settings(snakemake)),
     value=snakemake.params.get("value"),
