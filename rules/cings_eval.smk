@@ -324,7 +324,7 @@ rule cings_pope_table:
         table=cings_pope("table.parquet"),
         tsv=cings_pope("table.tsv"),
     params:
-        models=CINGS_POPE_MODES,
+        checkpoints=CINGS_POPE_MODES,  # names of the VL checkpoints (cings.vl.modes), in input order
     log:
         "logs/cings/eval/pope/table.log",
     benchmark:

@@ -133,7 +133,7 @@ def test_answers_and_scores_end_to_end_with_a_tiny_llava(tmp_path, scenes, llava
     score_out = {"table": str(tmp_path / "pope.parquet"), "tsv": str(tmp_path / "pope.tsv")}
     run_script("pope_score.py", FakeSnakemake(
         input={"answers": [out["kept"]], "counts": [out["counts"]]}, output=score_out,
-        params={"models": ["tiny"]}, log=[str(tmp_path / "score.log")]))
+        params={"checkpoints": ["tiny"]}, log=[str(tmp_path / "score.log")]))
     table = read_table(score_out["table"])
     assert list(table["split"]) == list(SPLITS) and (table["model"] == "tiny").all()
     for row in table.itertuples():

@@ -79,11 +79,12 @@ def test_cings_infer_script_serves_every_setting_from_one_server_then_stops_it(t
     settings = ["closed_book", "prefilled_1doc"]
     outputs = stage_outputs(tmp_path / "demo" / "context", "predictions")
     server_log = tmp_path / "logs" / "demo" / "context.server.log"
-    opts = {"settings": settings, "ndocs": 2, "use_gold_docs": True, "max_prompt_tokens": None, "max_new_tokens": 8,
-            "chunk_size": 2, "sentence_completion_prompt": None}
+    opts = {"use_gold_docs": True, "max_prompt_tokens": None, "max_new_tokens": 8, "chunk_size": 2,
+            "sentence_completion_prompt": None}
+    dataset = {"name": "demo", "settings": settings, "ndocs": 2}  # as the rule passes it: resolved
     smk = FakeSnakemake(
         input={"records": str(tmp_path / "records.parquet")}, output=outputs,
-        params={"generation": served_spec(), "opts": opts, "dataset": {"name": "demo"}, "system_prompt": "Answer.",
+        params={"generation": served_spec(), "opts": opts, "dataset": dataset, "system_prompt": "Answer.",
                 "progress_dir": str(tmp_path / ".progress" / "demo" / "context"), "server_log": str(server_log)},
         log=[str(tmp_path / "logs" / "demo" / "context.log")],
     )

@@ -10,7 +10,7 @@ from groundflow.io.schemas import table_schema
 from groundflow.pipeline import log, setup_logging
 
 setup_logging(snakemake.log[0])
-names = list(snakemake.params.models)
+names = list(snakemake.params.checkpoints)
 answers, counts = list(snakemake.input.answers), list(snakemake.input.counts)
 if not (len(names) == len(answers) == len(counts)):
     raise ValueError(f"{len(names)} model names, {len(answers)} answer tables and {len(counts)} counts files")
