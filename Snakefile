@@ -44,6 +44,16 @@ if "cings" in config:
             cings_targets() + cings_eval_targets() + cings_pope_targets() + cings_report_targets(),
 
 
+if "tsst" in config:
+
+    include: "rules/tsst.smk"
+    include: "rules/tsst_eval.smk"
+
+    rule tsst:
+        input:
+            tsst_targets() + tsst_eval_targets() + tsst_report_targets(),
+
+
 rule all:
     input:
         all_targets(),

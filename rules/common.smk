@@ -101,6 +101,7 @@ METHOD_MODELS = {
     "cvc": {"text_llm", "masked_lm", "detector", "sam", "llava", "llava_base", "llava_base_lm", "llava_base_vision",
             "llava_base_projector", "embedder"},
     "cings": {"cings_lm", "vision_tower"},
+    "tsst": {"tsst_policy", "tsst_judge"},
 }
 
 
@@ -119,4 +120,6 @@ def all_targets():
         targets += cvc_targets() + cvc_training_targets() + cvc_report_targets()
     if "cings" in config["methods"]:
         targets += cings_targets() + cings_eval_targets() + cings_pope_targets() + cings_report_targets()
+    if "tsst" in config["methods"]:
+        targets += tsst_targets() + tsst_eval_targets() + tsst_report_targets()
     return targets

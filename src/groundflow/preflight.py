@@ -47,6 +47,7 @@ SENTENCE_TOKENS = 64
 PASSAGE_TOKENS = 200
 QUESTION_TOKENS = 256
 POPE_QUESTION_TOKENS = 64  # system prompt + one yes/no question about one object
+TSST_QUESTION_TOKENS = 320  # system sentence + the step-by-step instructions + question + options
 # Grounding DINO resizes to a shorter side of 800 (longer at most 1333); Swin's first stage
 # works on stride-4 patches in 12 x 12 windows. (SAM's encoder sees one image of
 # image_size / patch_size squared patches; its global blocks attend over all of them.)
@@ -356,7 +357,69 @@ def plan(config: dict, *, run_dir: Path = Path(), base_dir: Path | None = None) 
                                            prompt_tokens=IMAGE_TOKENS + POPE_QUESTION_TOKENS,
                                            max_new_tokens=cings["vl"]["pope"]["max_new_tokens"], base_dir=base_dir,
                                            arch_for=lambda: _cings_llava(config, base_dir)))
+    if "tsst" in config["methods"]:
+        checks += tsst_checks(config, run_dir=run_dir, base_dir=base_dir)
     return checks
+
+
+def tsst_checks(config: dict, *, run_dir: Path, base_dir: Path | None) -> list[JobCheck]:
+    """TSST's model jobs: both trainings, the search (policy and value model in one job) and direct
+    evaluation; the judge is an endpoint (or a local model) of its own."""
+    tsst = config["tsst"]
+    base = config["models"]["tsst_policy"]
+    arch_for = lambda: _model_arch(config, "tsst_policy", base_dir)  # noqa: E731
+    checks = [_training(config, "tsst_train_policy", arch_for, base, tsst["policy_train"], run_dir,
+                        "tsst.policy_train.per_device_batch_size")]
+    # the value model reads the last hidden state: no LM logits, whatever loss_chunk_tokens says
+    checks.append(_training(config, "tsst_train_value", arch_for, base, {**tsst["value_train"], "loss_chunk_tokens": 1},
+                            run_dir, "tsst.value_train.per_device_batch_size", loss_note="no LM logits (value head)"))
+    job = tsst["search_job"]
+    widths = [{**tsst["search"], **(d.get("search") or {})} for d in tsst["datasets"]]
+    longest = max(w.get("max_chars", 1000) for w in widths) // 3  # ~3 characters a token
+    step = max(w.get("max_step_tokens", 256) for w in widths)
+    prompt = IMAGE_TOKENS + TSST_QUESTION_TOKENS + longest
+    for name, job_class in (("tsst_search", "model_job"), ("tsst_eval_search", "infer_job")):
+        job_class = job_class if config["resources"].get(job_class) else "model_job"
+        checks.append(_search_check(config, name, job_class, base, arch_for, job, prompt, step))
+    checks.append(generation_check(config, "tsst_eval_direct", "tsst_policy", "vision", n=1,
+                                   prompt_tokens=IMAGE_TOKENS + TSST_QUESTION_TOKENS,
+                                   max_new_tokens=tsst["direct"]["max_new_tokens"], base_dir=base_dir,
+                                   job_class="infer_job" if config["resources"].get("infer_job") else "model_job"))
+    if "tsst_judge" in config["models"]:
+        generation = tsst["judge"]["generation"]
+        if generation["backend"] != "hf":  # the rules then place the judging jobs on CPU nodes
+            checks += [_served(config, name, "cpu_job", config["models"]["tsst_judge"]["path"])
+                       for name in ("tsst_verify", "tsst_eval_verify")]
+        else:
+            for name in ("tsst_verify", "tsst_eval_verify"):
+                checks.append(generation_check({**config, "generation": {**config["generation"], "judge": generation}},
+                                               name, "tsst_judge", "judge", n=1, prompt_tokens=TSST_QUESTION_TOKENS + 128,
+                                               max_new_tokens=tsst["judge"]["max_new_tokens"], base_dir=base_dir))
+    return checks
+
+
+def _search_check(config, name, job_class, spec, arch_for, job, prompt_tokens, step_tokens) -> JobCheck:
+    """The policy generating `batch_rows` continuations at once plus the value model scoring
+    `value_batch_size` prefixes, both loaded in the one job."""
+    try:
+        label, arch = arch_for()
+        dtype = memory.dtype_bytes(spec.get("dtype"), on_gpu=_on_gpu(config, job_class))
+        memory.param_count(arch)
+    except (CannotSize, memory.UnknownArchitecture) as e:
+        return _unsized(config, name, job_class, spec["path"], e)
+
+    def estimate(rows: int) -> memory.Estimate:
+        policy = memory.generation_memory(arch, dtype=dtype, batch=rows, n=1, prompt_tokens=prompt_tokens,
+                                          max_new_tokens=step_tokens)
+        value = memory.generation_memory(arch, dtype=dtype, batch=job["value_batch_size"], n=1,
+                                         prompt_tokens=prompt_tokens + step_tokens, max_new_tokens=1)
+        both = dict(policy.components)
+        for key, size in value.components.items():
+            both[key] = both.get(key, 0) + (0 if key in ("runtime", "logits") else size)
+        return memory.Estimate(both)
+
+    return _check(config, name, job_class, f"{label} x2 (policy + value)", estimate,
+                  "tsst.search_job.batch_rows", job["batch_rows"])
 
 
 def _model_arch(config, name, base_dir) -> tuple[str, dict]:
@@ -384,7 +447,7 @@ def _cings_llava(config, base_dir) -> tuple[str, dict]:
     return f"{lm_path} + {vision_path}", compose_llava(lm, vision)
 
 
-def _training(config, job, arch_for, spec, train, run_dir, batch_setting) -> JobCheck:
+def _training(config, job, arch_for, spec, train, run_dir, batch_setting, loss_note: str | None = None) -> JobCheck:
     try:
         dtype = memory.dtype_bytes(spec.get("dtype"), on_gpu=_on_gpu(config, "train_job"))
         label, arch = arch_for()
@@ -394,7 +457,7 @@ def _training(config, job, arch_for, spec, train, run_dir, batch_setting) -> Job
         return _unsized(config, job, "train_job", spec["path"], e)
     gpus = max(config["resources"]["train_job"]["gpu"], 1)
     chunk = train.get("loss_chunk_tokens")
-    loss = "full logits" if chunk is None else f"loss chunks of {chunk}"
+    loss = loss_note or ("full logits" if chunk is None else f"loss chunks of {chunk}")
     return _check(config, job, "train_job", label,
                   lambda b: memory.training_memory(arch, dtype=dtype, trainable=trainable, batch=b,
                                                    seq=train["max_length"], zero_stage=stage, gpus=gpus,
@@ -458,6 +521,9 @@ def training_sections(config: dict) -> dict[str, dict]:
         if config["cings"]["vl"]["modes"]:
             for stage in ("stage1", "stage2"):
                 sections[f"cings_vl_{stage}"] = config["cings"]["vl"][stage]
+    if "tsst" in config["methods"]:
+        sections["tsst_train_policy"] = config["tsst"]["policy_train"]
+        sections["tsst_train_value"] = config["tsst"]["value_train"]
     return sections
 
 

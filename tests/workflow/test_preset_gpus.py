@@ -21,7 +21,7 @@ from snakemake_runner import ROOT, make_run_dir
 pytestmark = pytest.mark.workflow
 
 MODEL_INPUTS = {"model", "lm", "vision"}
-MODEL_PARAMS = {"model", "models", "generation", "lm", "vision", "retriever"}
+MODEL_PARAMS = {"model", "models", "generation", "lm", "vision", "retriever", "judge"}
 
 LIST_RULES = """
 import json, sys
@@ -55,7 +55,7 @@ def handed_a_model(rule: dict) -> bool:
     return bool(MODEL_INPUTS & set(rule["input"]) or MODEL_PARAMS & set(rule["params"]))
 
 
-@pytest.mark.parametrize("preset", ["cvc-paper", "cings-paper"])
+@pytest.mark.parametrize("preset", ["cvc-paper", "cings-paper", "tsst-paper"])
 def test_every_model_rule_of_a_paper_preset_requests_a_gpu(tmp_path, preset):
     run = tmp_path / "run"
     run.mkdir()
@@ -67,7 +67,9 @@ def test_every_model_rule_of_a_paper_preset_requests_a_gpu(tmp_path, preset):
     model_rules = {name for name, rule in rules.items() if handed_a_model(rule)}
     assert model_rules - set(preflight.CPU_MODEL_RULES) == set(planned), (
         "a rule handed a model is neither sized by preflight.plan nor listed in preflight.CPU_MODEL_RULES")
-    no_gpu = {name: rules[name]["gpu"] for name in planned if not rules[name]["gpu"]}
+    # a job whose model is served over HTTP (TSST's judge) needs no GPU of its own
+    no_gpu = {name: rules[name]["gpu"] for name, check in planned.items()
+              if not rules[name]["gpu"] and not check.note.startswith(preflight.SERVED)}
     assert not no_gpu, f"{preset}: model rules without a GPU: {no_gpu}"
     for name, check in planned.items():
         assert check.gpus == rules[name]["gpu"], name

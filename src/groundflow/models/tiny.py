@@ -26,6 +26,12 @@ def _builders():
             raise ValueError("a tiny llama3 needs `vocabulary`: the texts its tokenizer is fitted to")
         return build_tiny_causal_lm(out_dir, seed=seed, texts=list(vocabulary), flavor="llama3")
 
+    def build_fitted_llava(out_dir, seed: int = 0, vocabulary: Sequence[str] | None = None):
+        """A tiny LLaVA whose byte-level BPE is fitted to `vocabulary` (TSST's chains and questions)."""
+        if not vocabulary:
+            raise ValueError("a fitted tiny llava needs `vocabulary`: the texts its tokenizer is fitted to")
+        return build_tiny_llava(out_dir, seed=seed, texts=list(vocabulary))
+
     from groundflow.models.llava import build_tiny_clip_vision
 
     return {
@@ -36,18 +42,19 @@ def _builders():
         "grounding-dino": build_tiny_grounding_dino,
         "sam": build_tiny_sam,
         "llava": build_tiny_llava,
+        "tsst-llava": build_fitted_llava,
     }
 
 
-TINY_KINDS = ("llama", "roberta", "grounding-dino", "sam", "llava", "llama3", "clip")
-FITTED_KINDS = ("llama3",)
+TINY_KINDS = ("llama", "roberta", "grounding-dino", "sam", "llava", "llama3", "clip", "tsst-llava")
+FITTED_KINDS = ("llama3", "tsst-llava")
 
 
 def build_tiny_model(kind: str, out_dir: str | os.PathLike, seed: int = 0,
                      vocabulary: Sequence[str] | None = None) -> Path:
     """Build `kind` into `out_dir` atomically: a killed build never leaves a half model.
 
-    `vocabulary`: texts a kind with a fitted tokenizer (llama3) learns its merges from; the caller
+    `vocabulary`: texts a kind with a fitted tokenizer (FITTED_KINDS) learns its merges from; the caller
     (groundflow.demo) takes them from a method's fixture, so this layer imports no method.
     """
     builders = _builders()

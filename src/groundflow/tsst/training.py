@@ -3,8 +3,9 @@
 LLaVA's vision tower and projector frozen (finetune_{policy,value}_lora.sh: --freeze_mm_mlp_adapter).
 
 SFTConfig's own defaults train the projector and take the checkpoint's chat template; a TSST train
-section that leaves these out gets the recipe's values here, and one that contradicts the format
-is refused, since search, labels and judge all render in it.
+section that leaves these out gets the recipe's values here (the config schema fills
+`train_projector: true` into a section, so TSST's config sections say `false` themselves), and one
+that names another chat template is refused, since search, labels and judge all render in it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from groundflow.tsst.prompts import CONVERSATION_FORMAT
 def tsst_train_settings(train: dict) -> dict:
     """A train section (SFTConfig settings plus launch settings) with TSST's defaults filled in."""
     settings = dict(train)
-    template = settings.setdefault("chat_template", CONVERSATION_FORMAT)
+    if settings.get("chat_template") is None:  # the config schema's default is null
+        settings["chat_template"] = CONVERSATION_FORMAT
+    template = settings["chat_template"]
     if template != CONVERSATION_FORMAT:
         raise ValueError(f"TSST trains in the {CONVERSATION_FORMAT} conversation format its prompts are asked in; "
                          f"train.chat_template is {str(template)[:40]!r}")
