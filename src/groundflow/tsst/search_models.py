@@ -31,7 +31,7 @@ import torch
 from groundflow.models.llava import mean_fill, pad_to_square
 from groundflow.models.llava_embeds import embed_with_images, encode_images
 from groundflow.train.chat_formats import chat_template_for
-from groundflow.train.conversations import num_image_tokens
+from groundflow.train.conversations import num_image_tokens, to_chat_messages
 from groundflow.tsst.prompts import CONVERSATION_FORMAT, IMAGE_PLACEHOLDER
 from groundflow.tsst.search import Expansion, ExpansionRequest, Proposal, SearchConfig
 from groundflow.tsst.sentences import first_sentence
@@ -42,8 +42,12 @@ log = logging.getLogger("groundflow")
 def policy_prompt(processor, prompt: str, chain: str, *, has_image: bool, closes_turn: bool = False) -> str:
     """The policy's input text: the conversation up to "ASSISTANT:", then " " + the chain."""
     user = f"{IMAGE_PLACEHOLDER}\n{prompt}" if has_image else prompt
-    text = processor.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                         add_generation_prompt=True, chat_template=chat_template_for(CONVERSATION_FORMAT))
+    # The user turn goes through the trainer's own conversion, so the policy is asked exactly as it
+    # was trained: LLaVA training strips an image turn's text (the question prompt's trailing newline
+    # included); a plain string turn kept it, and a trained policy then lost half its answers.
+    messages = to_chat_messages([{"from": "human", "value": user}], structured=True)
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         chat_template=chat_template_for(CONVERSATION_FORMAT))
     if chain:
         text += " " + chain
         if closes_turn:
