@@ -51,8 +51,11 @@ VALUE = {"head_seed": 0, "bounded": False}
 # Small widths (a fixture chain's first sentence is about 30 tokens); a low temperature so the comparison is about learning, not sampling noise.
 SEARCH = SearchConfig(branch=2, n_consistency=2, num_beams=1, max_step_tokens=48, max_rounds=8, temperature=0.3)
 SEED = 0
-MIN_TRAINED_ACCURACY = 0.5
-MAX_UNTRAINED_ACCURACY = 0.2
+# Measured (2 CPU cores): trained 1.00 and untrained 0.00 over the 14 questions for model/training
+# seeds 0, 1, 2 and search seeds 0, 1 (80 policy steps: 0.86); with the search's old prompt (a
+# newline before " ASSISTANT:" that training never showed) the trained pair got 0.43.
+MIN_TRAINED_ACCURACY = 0.7
+MAX_UNTRAINED_ACCURACY = 0.1
 
 
 def _train(script: str, records: Path, images: str, base: Path, out_dir: Path, train: dict, value: dict | None = None):
@@ -145,6 +148,9 @@ def test_the_trained_policy_and_value_answer_the_fixture_questions_and_the_untra
           f"{report}\nuntrained:\n{untrained_top.to_string()}")
     assert trained >= MIN_TRAINED_ACCURACY, report
     assert untrained <= MAX_UNTRAINED_ACCURACY, untrained_top.to_string()
+    # the trained value model rates a finished correct chain near its label (1.0; measured medians
+    # 0.80 and 0.94 for seeds 0 and 2), the fresh head near 0
+    assert trained_top["score"].median() > 0.5 and untrained_top["score"].abs().max() < 0.2, report
     # the trained policy writes in the trained layout: its top chains end at the final answer
     assert (trained_top["top"].fillna("").str.contains("Final Answer:")).mean() >= MIN_TRAINED_ACCURACY, report
 
