@@ -228,7 +228,8 @@ def test_config_validation():
 def test_accelerate_and_deepspeed_files_are_valid():
     from accelerate.commands.config.config_args import ClusterConfig
 
-    configs = [("single_gpu", "NO"), ("multi_gpu_ddp", "MULTI_GPU"), ("cpu_2proc", "MULTI_GPU"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED")]
+    configs = [("single_gpu", "NO"), ("multi_gpu_ddp", "MULTI_GPU"), ("cpu_2proc", "MULTI_GPU"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED"),
+               ("zero3_4gpu", "DEEPSPEED")]
     assert sorted(name for name, _ in configs) == sorted(p.stem for p in (REPO / "configs" / "accelerate").glob("*.yaml"))
     for name, distributed_type in configs:
         config = ClusterConfig.from_yaml_file(REPO / "configs" / "accelerate" / f"{name}.yaml")
