@@ -237,7 +237,7 @@ def test_accelerate_and_deepspeed_files_are_valid():
         if distributed_type == "DEEPSPEED":
             ds_file = REPO / config.deepspeed_config["deepspeed_config_file"]
             ds = json.loads(ds_file.read_text())
-            assert ds["zero_optimization"]["stage"] == int(name[-1])
+            assert ds["zero_optimization"]["stage"] == int(name.split("_")[0][-1])  # zero3_4gpu: stage 3
             assert ds["bf16"]["enabled"] == "auto" and ds["train_micro_batch_size_per_gpu"] == "auto"
             # with a DeepSpeed file, accelerate refuses these keys in the yaml
             assert not set(config.deepspeed_config) & {"zero_stage", "gradient_accumulation_steps", "mixed_precision"}
