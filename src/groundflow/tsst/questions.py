@@ -441,17 +441,11 @@ class QuestionSet:
     counts: dict = field(default_factory=dict)
 
 
-def questions_from_lines(entries: Sequence[RawLine], *, kind: str, image_root: str | Path | None,
-                         source: str | None = None) -> QuestionSet:
-    """Validate lines into question rows; the first line with an id owns it, a later line with the
-    same id is rejected as `line:N` (under its own id it would be both kept and rejected)."""
-    if kind not in KIND_READERS:
-        raise QuestionFileError(f"question kind must be one of {list(KIND_READERS)}, not {kind!r}")
-    source = source or kind
-    if source not in SOURCES:
-        raise QuestionFileError(f"question source must be one of {list(SOURCES)}, not {source!r}")
-    id_key, reader = KIND_READERS[kind]
-    kept, rejected, accounted = [], [], []
+def named_entries(entries, id_key: str, accounted: list, rejected: list):
+    """Each decoded entry of a file with the name it is accounted under (its id, else `line:N`)
+    and its own id (None when it has no usable one). Every entry's name goes into `accounted`; a
+    repeated id (named by its line) and an undecodable line go into `rejected` with the reason
+    and are not yielded."""
     first_line: dict[str, int] = {}
     for entry in entries:
         own_id = record_id(entry.value, id_key) if entry.error is None else None
@@ -467,6 +461,21 @@ def questions_from_lines(entries: Sequence[RawLine], *, kind: str, image_root: s
         if entry.error is not None:
             rejected.append((name, entry.error))
             continue
+        yield entry, name, own_id
+
+
+def questions_from_lines(entries: Sequence[RawLine], *, kind: str, image_root: str | Path | None,
+                         source: str | None = None) -> QuestionSet:
+    """Validate lines into question rows; the first line with an id owns it, a later line with the
+    same id is rejected as `line:N` (under its own id it would be both kept and rejected)."""
+    if kind not in KIND_READERS:
+        raise QuestionFileError(f"question kind must be one of {list(KIND_READERS)}, not {kind!r}")
+    source = source or kind
+    if source not in SOURCES:
+        raise QuestionFileError(f"question source must be one of {list(SOURCES)}, not {source!r}")
+    id_key, reader = KIND_READERS[kind]
+    kept, rejected, accounted = [], [], []
+    for entry, name, own_id in named_entries(entries, id_key, accounted, rejected):
         if own_id is None:
             what = (f"is a {type(entry.value).__name__}, not an object" if not isinstance(entry.value, dict)
                     else f"has no usable {id_key!r}")

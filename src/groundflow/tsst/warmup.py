@@ -30,6 +30,7 @@ import pandas as pd
 from groundflow.io.stage import StageResult, check_accounting, rejects_frame
 from groundflow.tsst.prompts import QuestionPrompts
 from groundflow.tsst.questions import (
+    named_entries,
     QuestionFileError,
     RawLine,
     RecordError,
@@ -38,7 +39,6 @@ from groundflow.tsst.questions import (
     check_choices,
     check_label,
     image_path,
-    line_id,
     read_jsonl,
     record_id,
 )
@@ -126,22 +126,8 @@ def warmup_from_lines(entries: Sequence[RawLine], *, image_root: str | Path | No
     """Policy and value records of the good lines; the others rejected (see the module docstring)."""
     policy, value, rejected, accounted = [], [], [], []
     kept_ids: list[str] = []
-    first_line: dict[str, int] = {}
     n_correct = n_incorrect = 0
-    for entry in entries:
-        own_id = record_id(entry.value, "id") if entry.error is None else None
-        if own_id is not None and own_id in first_line:
-            accounted.append(line_id(entry.line))
-            rejected.append((line_id(entry.line), f"line {entry.line}: duplicate id {own_id!r} "
-                                                  f"(first at line {first_line[own_id]})"))
-            continue
-        name = own_id if own_id is not None else line_id(entry.line)
-        if own_id is not None:
-            first_line[own_id] = entry.line
-        accounted.append(name)
-        if entry.error is not None:
-            rejected.append((name, entry.error))
-            continue
+    for entry, name, own_id in named_entries(entries, "id", accounted, rejected):
         try:
             record = cot_record(entry.value, image_root)
             prefixes = value_records(record, prompts, cut=cut)
