@@ -124,6 +124,36 @@ def test_a_job_killed_after_its_last_checkpoint_gives_the_uninterrupted_model(ti
     assert any(not torch.equal(initial[k], got[k]) for k in got if k in initial)  # trained, then taken
 
 
+def test_a_resumed_llava_full_fine_tune_trains_on_from_its_checkpoint_weights(tiny_llava, tmp_path):
+    """LLaVA's checkpoints hold its original key names (`language_model.model.*`); transformers'
+    resume loaded them by the model's own names, non-strictly, and trained on from the base weights
+    with a warning. Killed after checkpoint-2 of 4, the resumed run must log the uninterrupted run's
+    losses; killed in the final save, it must give the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    records = [dict(r, id=f"{r['id']}{i}") for i in range(4) for r in TEXT_RECORDS]
+    config = SFTConfig(learning_rate=1e-2, max_steps=4, per_device_batch_size=2, save_steps=2, report_to="none", seed=5)
+    spec = {"path": str(tiny_llava), "device": "cpu"}
+    whole = train_sft(model_spec=spec, records=records, image_root=None, out_dir=tmp_path / "whole", config=config)
+    killed = tmp_path / "killed"
+    train_sft(model_spec=spec, records=records, image_root=None, out_dir=killed, config=config)
+    shutil.rmtree(killed / "model")
+    shutil.rmtree(killed / "checkpoints" / "checkpoint-4")  # killed during step 3
+
+    train_sft(model_spec=spec, records=records, image_root=None, out_dir=killed, config=config)
+    summary = _summary(killed)
+    assert summary["resumed_from"].endswith("checkpoint-2")
+    expected = [e["loss"] for e in _summary(tmp_path / "whole")["losses"]]
+    assert [e["loss"] for e in summary["losses"]] == pytest.approx(expected, rel=1e-5)
+
+    shutil.rmtree(killed / "model")  # killed in the final save: checkpoint-4 is the result
+    resumed = train_sft(model_spec=spec, records=records, image_root=None, out_dir=killed, config=config)
+    assert _summary(killed)["resumed_from"].endswith("checkpoint-4")
+    want, got = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert want.keys() == got.keys()
+    assert max((want[k] - got[k]).abs().max().item() for k in want) < 1e-6
+
+
 def test_tiny_llava_lora_trains_and_the_merged_checkpoint_generates(tiny_llava, image_root, tmp_path):
     records = [
         {"id": "a", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\n" + TEXTS[0]}, {"from": "gpt", "value": TEXTS[1]}]},

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from transformers import Trainer, TrainerState, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerState, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import TrainOutput
 
@@ -126,6 +126,14 @@ class SFTTrainer(Trainer):
         # {id, reason} of the items this process trained fully masked (data.LazyExampleDataset)
         self.masked_examples: list[dict] = []
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        target = model if model is not None else self.model
+        if (isinstance(target, PreTrainedModel) and not self.is_fsdp_enabled
+                and full_weights_file(Path(resume_from_checkpoint)) is not None):
+            load_saved_weights(target, Path(resume_from_checkpoint))
+        else:  # adapters (peft's own loader), FSDP, and modules saved by their own state_dict keys
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         config = self.sft_config
@@ -197,6 +205,26 @@ class SFTTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def full_weights_file(checkpoint: Path) -> Path | None:
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        if (checkpoint / name).is_file():
+            return checkpoint / name
+    return None
+
+
+def load_saved_weights(model: PreTrainedModel, checkpoint: Path) -> None:
+    """Put a checkpoint's full weights into `model`, through `from_pretrained`.
+
+    `save_pretrained` writes a model's weights in its original checkpoint format (LLaVA's
+    `language_model.model.*`, not the loaded `model.language_model.*`); transformers' own resume
+    loads them by state-dict key, non-strictly, so a resumed LLaVA trained on from its base weights
+    with only a warning. Loading through `from_pretrained` applies the same key conversion as any
+    load, and the strict copy refuses a checkpoint that does not cover the model."""
+    saved = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(saved.state_dict(), strict=True)
+    del saved
+
+
 def planned_steps(trainer: Trainer) -> int:
     """The optimizer steps this run takes, as Trainer works them out (max_steps, or epochs x updates
     per epoch of this process's dataloader)."""
@@ -231,7 +259,7 @@ def train_resuming(trainer: Trainer, checkpoints_dir: Path, *, resume: bool) -> 
                     "resuming from %s instead", checkpoint, earlier or "the start")
         return trainer.train(resume_from_checkpoint=earlier), earlier
     log.info("training finished at %s (step %d of %d): taking its weights", checkpoint, steps, steps)
-    trainer._load_from_checkpoint(checkpoint)  # transformers' own loader of a checkpoint's weights (adapters too)
+    trainer._load_from_checkpoint(checkpoint)  # the loader train() uses when it resumes (adapters too)
     trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE))
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else 0.0, {"train_runtime": 0.0}), checkpoint
