@@ -159,3 +159,23 @@ def test_a_continuation_ending_at_eos_keeps_its_unterminated_sentence(llava):
     unterminated = processor.tokenizer("The answer is red", add_special_tokens=False)["input_ids"]
     assert original._at_eos(unterminated) == (None, False, True)
     assert LlavaPolicy(model, processor, SearchConfig())._at_eos([]) == (None, False, True)
+
+
+def test_direct_evaluation_asks_the_policy_as_the_search_and_training_do(llava):
+    """The direct answer's prompt (the shared vision generator's render of verify.direct_prompt) is
+    the search's policy prompt, which is the training example's user turn: the question prompt ends
+    in a newline, which training strips from an image turn and a plain render kept."""
+    from groundflow.generate.vision import render_vision_prompts
+    from groundflow.tsst.prompts import CONVERSATION_FORMAT
+    from groundflow.tsst.verify import direct_prompt
+
+    processor = llava[1]
+    prompts = load_question_prompts()
+    question = {"question": "Which shape is red?", "choices": ["circle", "square"]}
+    for image in (Image.new("RGB", (8, 8)), None):
+        has_image = image is not None
+        text = prompts.render(question["question"], question["choices"], has_image=has_image)
+        assert text.endswith("\n") or not has_image  # what made the two differ
+        chat = direct_prompt(question, prompts, image)
+        rendered = render_vision_prompts(processor, [chat.messages], [has_image], conversation_format=CONVERSATION_FORMAT)[0]
+        assert rendered == policy_prompt(processor, text, "", has_image=has_image)

@@ -95,7 +95,7 @@ def test_openai_messages_put_the_image_first_in_the_first_user_turn():
     prompt = ChatPrompt(
         messages=[
             {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "What is hidden?"},
+            {"role": "user", "content": "What is hidden?\n"},
             {"role": "assistant", "content": "A cat."},
             {"role": "user", "content": "Sure?"},
         ],
@@ -143,14 +143,15 @@ def test_image_data_url_is_a_lossless_square_png():
 
 
 def test_content_part_messages():
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "user", "content": "R"}]
+    # the image turn's text is stripped, as training converts it; the others are left alone
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q\n"}, {"role": "user", "content": "R\n"}]
     assert content_part_messages(messages, with_image=True) == [
         {"role": "system", "content": [{"type": "text", "text": "S"}]},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]},
-        {"role": "user", "content": [{"type": "text", "text": "R"}]},
+        {"role": "user", "content": [{"type": "text", "text": "R\n"}]},
     ]
     assert content_part_messages(messages[1:2], with_image=False) == [
-        {"role": "user", "content": [{"type": "text", "text": "Q"}]}
+        {"role": "user", "content": [{"type": "text", "text": "Q\n"}]}
     ]
     with pytest.raises(ValueError, match="needs a user turn"):
         content_part_messages(messages[:1], with_image=True)

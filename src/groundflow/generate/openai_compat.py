@@ -132,7 +132,7 @@ def openai_messages(prompt: ChatPrompt, image_url: str | None = None) -> list[di
         if not image_placed and message["role"] == "user":
             content: str | list[dict] = [
                 {"type": "image_url", "image_url": {"url": image_url}},
-                {"type": "text", "text": message["content"]},
+                {"type": "text", "text": message["content"].strip()},  # as training converts an image turn
             ]
             image_placed = True
         else:

@@ -42,16 +42,20 @@ def content_part_messages(messages: Sequence[Message], with_image: bool) -> list
     """Plain-text chat messages in the processor's content-part format.
 
     With `with_image`, one image part goes before the text of the first user turn, which is where
-    LLaVA-1.5 puts it ("USER: <image>\\n{question} ASSISTANT:").
+    LLaVA-1.5 puts it ("USER: <image>\\n{question} ASSISTANT:"). That turn's text is stripped, as
+    training converts an image turn (train.conversations.to_chat_messages), so a trained model is
+    asked as it was taught.
     """
     converted: list[dict] = []
     image_placed = not with_image
     for message in messages:
         parts: list[dict] = []
+        text = message["content"]
         if not image_placed and message["role"] == "user":
             parts.append({"type": "image"})
             image_placed = True
-        parts.append({"type": "text", "text": message["content"]})
+            text = text.strip()
+        parts.append({"type": "text", "text": text})
         converted.append({"role": message["role"], "content": parts})
     if not image_placed:
         raise ValueError("a prompt with an image needs a user turn to carry it")
