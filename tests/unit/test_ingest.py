@@ -159,7 +159,7 @@ def test_truncated_jsonl_line_bad_fields_and_blank_lines(tmp_path, root):
     assert counts == {"stage": "ingest", "in": 8, "out": 2, "rejected": 6}
     assert ids[:2] == [_sha_id("a", "a.png", "a ball"), "line:2"]
     reasons = _reasons(result)
-    assert reasons["line:2"].startswith("line 2: invalid JSON (")
+    assert reasons["line:2"].startswith("line 2 is not valid JSON (")
     assert reasons["line:4"] == "line 4: missing or non-string image field (None)"
     assert reasons["n5"] == "line 5 (id 'n5'): missing or non-string caption field (5)"
     assert reasons["line:6"] == "line 6: id must be a string or integer, found True"

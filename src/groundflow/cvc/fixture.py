@@ -416,7 +416,7 @@ def _bad_inputs(rng, out: Path, image_root: Path, files: dict, records: list[dic
     bad.append(({"case": "empty_caption", "stage": "ingest", "reason": "empty caption"},
                 {"image": first_name, "text_input": "  \t "}))
 
-    bad.append(({"case": "truncated_json_line", "stage": "ingest", "reason": "invalid JSON"},
+    bad.append(({"case": "truncated_json_line", "stage": "ingest", "reason": "is not valid JSON"},
                 {"image": first_name, "text_input": "a red ball next to a house under the sun"}))
 
     first_explicit = next(r["id"] for r in records if "id" in r)

@@ -9,11 +9,17 @@ A record's id is its explicit "id" (JSON/JSONL) or annotation id (COCO); otherwi
 from the image and the normalised caption, so re-ingesting the same file gives the same ids.
 Records that cannot be used are rejected with a reason naming where they were in the file; a
 record without a usable id is rejected under a pseudo id ("line:17", "index:3", "annotation:5").
+
+The file is read through `groundflow.io.lines`: a byte-order mark and CRLF endings are accepted;
+bytes that are not UTF-8 cost the record holding them (a JSON Lines line, rejected with its line
+and byte offset; a list element or COCO annotation, rejected naming the field), not the file.
+JSON Lines are streamed; a JSON list or COCO file is one document, read whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import posixpath
@@ -27,6 +33,12 @@ from typing import NamedTuple
 import pandas as pd
 from PIL import Image
 
+from groundflow.io.lines import (
+    first_byte,
+    read_json_document,
+    read_json_lines,
+    undecodable_field,
+)
 from groundflow.io.stage import StageResult, rejects_frame
 from groundflow.vision.image_io import ImageError, load_rgb
 
@@ -64,10 +76,8 @@ def ingest_captions(
     Returns the result and every input record id in file order (pseudo ids included), for
     check_accounting. Raises CaptionFileError when the file cannot be parsed at all.
     """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     builder = _RecordBuilder(_ImagePathChecker(image_root))
-    for where, pseudo_id, raw in _raw_records(path, text):
+    for where, pseudo_id, raw in _raw_records(Path(path)):
         builder.add(where, pseudo_id, raw)
     kept = pd.DataFrame(builder.kept, columns=KEPT_COLUMNS).astype(str)
     rejects = rejects_frame(INGEST_STAGE, builder.rejects)
@@ -78,88 +88,90 @@ def ingest_captions(
 
 
 class _Raw(NamedTuple):
-    """One record as found in the file, before checks; `error` is set when it could not be parsed."""
+    """One record as found in the file, before checks; `error` is set when it could not be parsed,
+    `unreadable` (a whole reject reason) when the reader could not decode it."""
 
     image: object = None
     caption: object = None
     explicit_id: object = None
     has_id: bool = False
     error: str | None = None
+    unreadable: str | None = None
 
 
-def _raw_records(path: Path, text: str):
-    """Yield (where, pseudo_id, _Raw) for every record of the file, whatever its format."""
-    stripped = text.lstrip()
-    if not stripped:
+def _raw_records(path: Path):
+    """Yield (where, pseudo_id, _Raw) for every record of the file, whatever its format.
+
+    JSON Lines are streamed; a JSON list and a COCO file are one document each, read whole.
+    """
+    first = first_byte(path)
+    if not first:
         return
-    if stripped[0] == "[":
-        yield from _json_list_records(path, text)
+    if first == b"[":
+        yield from _json_list_records(path)
         return
-    decoder = json.JSONDecoder()
-    start = len(text) - len(stripped)
-    try:
-        first, end = decoder.raw_decode(text, start)
-    except json.JSONDecodeError as e:
-        first, end = None, None
-        first_error = e
-    if end is not None and not text[end:].strip():
-        if isinstance(first, dict) and "annotations" in first and "images" in first:
-            yield from _coco_records(first)
+    entries = read_json_lines(path)
+    head = next(entries, None)
+    if head is None:  # nothing but whitespace JSON does not count as such (e.g. form feeds)
+        return
+    if head.error is None:
+        # one JSON value on the first line: COCO (the official file is one line) when nothing
+        # follows it, JSON Lines otherwise
+        rest = next(entries, None)
+        if rest is None and _is_coco(head.value):
+            yield from _coco_records(head.value, has_undecodable=False)
             return
-        if sum(1 for line in text.splitlines() if line.strip()) > 1:
-            raise CaptionFileError(
-                f"{path}: a JSON object that is neither a COCO captions file (no 'images' and "
-                f"'annotations') nor JSON Lines (one record per line)"
-            )
-        yield from _jsonl_records(text)  # a single one-line record
+        yield from _jsonl_records(itertools.chain([head], [] if rest is None else [rest], entries))
         return
-    if end is None and not _any_line_is_object(text):
-        # Neither one document nor lines of JSON: a truncated single document (e.g. COCO).
-        raise CaptionFileError(
-            f"{path}: cannot parse as JSON or JSON Lines ({first_error.msg}: line "
-            f"{first_error.lineno}, column {first_error.colno}, char {first_error.pos} of {len(text)})"
-        )
-    yield from _jsonl_records(text)
-
-
-def _any_line_is_object(text: str) -> bool:
-    """Whether some line is a JSON object by itself (JSON Lines with a broken first line)."""
-    for line in text.splitlines():
-        if line.lstrip().startswith("{"):
-            try:
-                if isinstance(json.loads(line), dict):
-                    return True
-            except json.JSONDecodeError:
-                continue
-    return False
-
-
-def _json_list_records(path: Path, text: str):
+    # The first line is no JSON value by itself: a document over several lines (a pretty-printed
+    # COCO file), or JSON Lines whose first line is broken.
     try:
-        records = json.loads(text)
+        document = read_json_document(path)
+    except json.JSONDecodeError as e:
+        if not any(isinstance(entry.value, dict) for entry in read_json_lines(path)):
+            raise CaptionFileError(
+                f"{path}: cannot parse as JSON or JSON Lines ({e.msg}: line {e.lineno}, column "
+                f"{e.colno}, char {e.pos} of {len(e.doc)})"
+            ) from None
+        yield from _jsonl_records(read_json_lines(path))
+        return
+    if _is_coco(document.value):
+        yield from _coco_records(document.value, has_undecodable=document.has_undecodable)
+        return
+    raise CaptionFileError(
+        f"{path}: a JSON object that is neither a COCO captions file (no 'images' and "
+        f"'annotations') nor JSON Lines (one record per line)"
+    )
+
+
+def _is_coco(value) -> bool:
+    return isinstance(value, dict) and "annotations" in value and "images" in value
+
+
+def _json_list_records(path: Path):
+    try:
+        document = read_json_document(path)
     except json.JSONDecodeError as e:
         raise CaptionFileError(
             f"{path}: truncated or invalid JSON list ({e.msg}: line {e.lineno}, column {e.colno}, "
-            f"char {e.pos} of {len(text)}); a JSON list cannot be salvaged, fix or regenerate it"
+            f"char {e.pos} of {len(e.doc)}); a JSON list cannot be salvaged, fix or regenerate it"
         ) from None
-    if not isinstance(records, list):
-        raise CaptionFileError(f"{path}: expected a JSON list, found {type(records).__name__}")
-    for index, obj in enumerate(records):
-        yield f"index {index}", f"index:{index}", _from_object(obj)
+    if not isinstance(document.value, list):
+        raise CaptionFileError(f"{path}: expected a JSON list, found {type(document.value).__name__}")
+    for index, obj in enumerate(document.value):
+        field = undecodable_field(obj) if document.has_undecodable else None
+        raw = _from_object(obj) if field is None else _Raw(error=_not_utf8_field(field))
+        yield f"index {index}", f"index:{index}", raw
 
 
-def _jsonl_records(text: str):
-    loads = json.loads
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = loads(line)
-        except json.JSONDecodeError as e:
-            raw = _Raw(error=f"invalid JSON ({e.msg} at column {e.colno}; truncated line?)")
-        else:
-            raw = _from_object(obj)
-        yield f"line {number}", f"line:{number}", raw
+def _not_utf8_field(field: str) -> str:
+    return f"field {field!r} is not UTF-8 text" if field else "not UTF-8 text"
+
+
+def _jsonl_records(entries):
+    for entry in entries:
+        raw = _Raw(unreadable=entry.error) if entry.error else _from_object(entry.value)
+        yield f"line {entry.line}", f"line:{entry.line}", raw
 
 
 def _from_object(obj) -> _Raw:
@@ -173,7 +185,7 @@ def _from_object(obj) -> _Raw:
     return _Raw(obj.get("image"), caption, obj.get("id"), "id" in obj)
 
 
-def _coco_records(doc: dict):
+def _coco_records(doc: dict, *, has_undecodable: bool):
     images = doc.get("images") or []
     annotations = doc.get("annotations") or []
     file_names: dict = {}
@@ -188,6 +200,12 @@ def _coco_records(doc: dict):
         image_id = ann.get("image_id")
         image = file_names.get(image_id) if _hashable(image_id) else None
         error = None if image is not None else f"image_id {image_id!r} has no entry in images[]"
+        if has_undecodable:
+            field = undecodable_field(ann)
+            if field is None and undecodable_field(image) is not None:
+                field = f"images[].file_name of image_id {image_id!r}"
+            if field is not None:
+                error = _not_utf8_field(field)
         yield where, pseudo, _Raw(image, ann.get("caption"), ann.get("id"), "id" in ann, error)
 
 
@@ -207,6 +225,10 @@ class _RecordBuilder:
     first_seen: dict = field(default_factory=dict)
 
     def add(self, where: str, pseudo_id: str, raw: _Raw) -> None:
+        if raw.unreadable:
+            self.rejects.append((pseudo_id, raw.unreadable))
+            self.input_ids.append(pseudo_id)
+            return
         rid, problem = self._check(where, raw)
         if problem is None:
             self.kept.append(rid)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 import yaml
 
+from groundflow.io.lines import JsonLine, read_json_document, read_json_lines
 from groundflow.io.stage import StageResult, check_accounting, rejects_frame
 from groundflow.tsst.prompts import LETTERS
 
@@ -52,43 +53,21 @@ class RecordError(ValueError):
 # reading lines
 
 
-@dataclass(frozen=True)
-class RawLine:
-    """One non-blank line of a JSONL file: its 1-based number and the decoded value, or why it
-    could not be decoded."""
-
-    line: int
-    value: Any = None
-    error: str | None = None
+# One non-blank line of a JSONL file: its 1-based number and the decoded value, or why it could not
+# be decoded (the shared reader's entry, under the name TSST's readers have always used).
+RawLine = JsonLine
 
 
 def parse_jsonl_bytes(data: bytes) -> list[RawLine]:
     """Each non-blank line decoded on its own, so a line of bad bytes or bad JSON costs that line."""
-    entries = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        raw = raw.rstrip(b"\r")
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            entries.append(RawLine(number, error=f"line {number} is not UTF-8 text "
-                                                 f"(byte {error.start}: {error.reason})"))
-            continue
-        if number == 1:
-            text = text.lstrip("\ufeff")
-        try:
-            entries.append(RawLine(number, value=json.loads(text)))
-        except json.JSONDecodeError as error:
-            entries.append(RawLine(number, error=f"line {number} is not valid JSON ({error.msg})"))
-    return entries
+    return list(read_json_lines(data))
 
 
 def read_jsonl(path: str | Path, *, what: str = "question file") -> list[RawLine]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
-    return parse_jsonl_bytes(path.read_bytes())
+    return list(read_json_lines(path))
 
 
 def line_id(line: int) -> str:
@@ -358,8 +337,9 @@ def _vcr_metadata(value: Mapping, image_root: str | Path | None, need: int) -> t
     if path is None or not path.is_file():
         raise RecordError(f"missing metadata file {posix} (in {image_root})")
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        # only boxes and width are read, so bytes that are not UTF-8 in a name cost nothing
+        metadata = read_json_document(path).value
+    except json.JSONDecodeError as error:
         raise RecordError(f"metadata file {posix} is not JSON ({error})") from None
     if not isinstance(metadata, dict):
         raise RecordError(f"metadata file {posix} is not a JSON object")

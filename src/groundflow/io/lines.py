@@ -1,0 +1,177 @@
+"""Users' text files, read as bytes and decoded one line at a time, so a bad line costs itself only.
+
+Users' files come merged from several tools, some written on Windows: a byte-order mark at the
+start, CRLF line endings, now and then a line holding bytes that are not UTF-8. Every reader of a
+user file (CVC captions, CINGS records and evaluation files, TSST questions and CoT chains) goes
+through here, so all of them accept and reject the same things:
+
+- `read_lines`: every line with its 1-based number, the byte offset where its text starts, and the
+  text without its line ending, or, for a line that is not UTF-8, why not (the bad byte's offset
+  in the file); the lines after it are read as usual. A byte-order mark is dropped at the start
+  of the file only: anywhere else it is a character of its line.
+- `read_json_lines`: the non-blank lines of a JSON Lines file, each its JSON value or the reason it
+  has none; streamed, one line in memory at a time.
+- `read_json_document`: a whole file as one JSON value (a JSON list, a COCO captions file). Bytes
+  that are not UTF-8 do not stop it: they are kept as lone surrogates (Python's "surrogateescape"),
+  so the document still parses and `undecodable_field` names the field of the record holding them.
+- `read_json_records`: a JSON array's elements when the file starts with "[", else its JSON lines.
+
+A source is a path (str or PathLike) or the file's bytes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import json
+import os
+import re
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Iterator, NamedTuple, Union
+
+Source = Union[str, os.PathLike, bytes]
+
+_BOM = codecs.BOM_UTF8
+_JSON_SPACE = b" \t\r\n"
+# What surrogateescape makes of undecodable bytes, and what a JSON "\udc80" escape gives: neither
+# can be written back as UTF-8, so a record holding one cannot be kept.
+_NOT_UTF8 = re.compile("[\ud800-\udfff]")
+
+
+class Line(NamedTuple):
+    number: int
+    offset: int
+    text: str | None
+    error: str | None = None
+
+
+class JsonLine(NamedTuple):
+    """One entry of a JSON file: its line (JSON Lines) or 1-based position (JSON array), and its
+    value or the reason it has none (a whole reject reason, naming the line)."""
+
+    line: int
+    value: Any = None
+    error: str | None = None
+    offset: int | None = None
+
+
+class JsonDocument(NamedTuple):
+    value: Any
+    has_undecodable: bool
+
+
+@contextmanager
+def _binary(source: Source) -> Iterator[BinaryIO]:
+    if isinstance(source, (bytes, bytearray)):
+        yield io.BytesIO(source)
+        return
+    with open(source, "rb") as file:
+        yield file
+
+
+def read_lines(source: Source) -> Iterator[Line]:
+    """Each line of `source` (see the module docstring); a last line without a newline counts."""
+    with _binary(source) as file:
+        start = 0
+        for number, raw in enumerate(file, start=1):
+            size = len(raw)
+            offset = start
+            if number == 1 and raw.startswith(_BOM):
+                raw, offset = raw[len(_BOM):], start + len(_BOM)
+            start += size
+            if raw.endswith(b"\n"):
+                raw = raw[:-1]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            try:
+                yield Line(number, offset, raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                yield Line(number, offset, None, _not_utf8(number, offset, raw, error))
+
+
+def _not_utf8(number: int, offset: int, raw: bytes, error: UnicodeDecodeError) -> str:
+    return (f"line {number} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+            f"{offset + error.start} of the file: {error.reason})")
+
+
+def read_json_lines(source: Source) -> Iterator[JsonLine]:
+    """The non-blank lines of a JSON Lines file, each decoded on its own."""
+    loads = json.loads
+    for number, offset, text, error in read_lines(source):
+        if error is not None:
+            yield JsonLine(number, error=error, offset=offset)
+            continue
+        if not text or text.isspace():
+            continue
+        try:
+            yield JsonLine(number, loads(text), offset=offset)
+        except json.JSONDecodeError as bad:
+            yield JsonLine(number, error=f"line {number} is not valid JSON ({bad.msg})", offset=offset)
+
+
+def read_json_document(source: Source) -> JsonDocument:
+    """The whole file as one JSON value; json.JSONDecodeError when it is not one."""
+    with _binary(source) as file:
+        data = file.read()
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    try:
+        return JsonDocument(json.loads(data.decode("utf-8")), False)
+    except UnicodeDecodeError:
+        return JsonDocument(json.loads(data.decode("utf-8", "surrogateescape")), True)
+
+
+def first_byte(source: Source) -> bytes:
+    """The first byte after the byte-order mark and JSON whitespace (b"" for an empty file): which
+    of the JSON layouts a file is in, told without reading it all."""
+    with _binary(source) as file:
+        chunk = file.read(len(_BOM))
+        if chunk == _BOM:
+            chunk = b""
+        while True:
+            rest = chunk.lstrip(_JSON_SPACE)
+            if rest:
+                return rest[:1]
+            chunk = file.read(1 << 16)
+            if not chunk:
+                return b""
+
+
+def undecodable_field(value: Any, path: str = "") -> str | None:
+    """The path ("caption", "docs[2].text") of the first string in `value` that cannot be written as
+    UTF-8 (see `read_json_document`), "" when `value` itself is that string; None when there is none."""
+    if isinstance(value, str):
+        return path if _NOT_UTF8.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _NOT_UTF8.search(key):
+                return inner
+            found = undecodable_field(item, inner)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = undecodable_field(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def read_json_records(source: Source) -> Iterator[JsonLine]:
+    """The records of a file that is either one JSON array or JSON Lines (told by its first byte).
+
+    An array is parsed whole (json.JSONDecodeError when it does not parse); its elements are
+    numbered from 1, and one holding bytes that are not UTF-8 gets an error naming the field.
+    """
+    if first_byte(source) != b"[":
+        yield from read_json_lines(source)
+        return
+    document = read_json_document(source)
+    for position, value in enumerate(document.value, start=1):
+        field = undecodable_field(value) if document.has_undecodable else None
+        if field is None:
+            yield JsonLine(position, value)
+        else:
+            what = f"field {field!r}" if field else "its text"
+            yield JsonLine(position, error=f"entry {position} of the array: {what} is not UTF-8 text")
