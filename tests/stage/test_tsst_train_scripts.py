@@ -84,7 +84,10 @@ def test_value_script_round_zero_gets_a_seeded_head_and_round_one_starts_from_th
     run_script("tsst_train_value.py", _smk(warmup["value"], warmup["images"], round0, start=warmup["base"],
                                            value={"head_seed": 3, "bounded": False}))
     summary = json.loads((round0 / "train_summary.json").read_text())
+    reload_check = summary["value"].pop("reload_check")
     assert summary["examples"] == warmup["n_value"] and summary["value"] == {"bounded": False, "head_seed": 3, "loss": "mse"}
+    # the saved (LoRA-merged) checkpoint, reloaded, gives the trained model's values
+    assert reload_check["rows"] == 8 and reload_check["max_abs_difference"] < 1e-5
     model_dir = round0 / "model"
     assert (model_dir / VALUE_HEAD_FILE).is_file()
     assert json.loads((model_dir / VALUE_CONFIG_FILE).read_text())["conversation_format"] == "vicuna_v1"

@@ -25,8 +25,9 @@ import dataclasses
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from accelerate.utils import gather_object
 from transformers import set_seed
@@ -40,6 +41,34 @@ from groundflow.train.model_prep import LLAVA_MODEL_TYPES, load_for_training, mo
 from groundflow.train.trainer import SFTTrainer, save_final_model, tensorboard_callback, train_resuming, training_arguments
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """What one trainer on the shared run (`run_training`) makes its own: how the model loads and
+    which parameters train, how records become examples and batches, the Trainer subclass (its
+    loss), the final save, and the summary's extra fields."""
+
+    load: Callable  # (spec, *, use_bf16, tokenizer) -> (model, processing, is_llava)
+    dataset: type[LazyExampleDataset]
+    mask_fn: LossMaskFn
+    prepare: Callable  # (model, config, *, is_llava) -> the model to train
+    collator: type[SFTCollator]
+    trainer: type[SFTTrainer]
+    save: Callable  # (trainer, config, spec, processing, *, is_llava, out_dir, use_bf16) -> out_dir/model
+    summary: Callable | None = None  # (trainer) -> the summary's extra fields
+
+
+def sft_recipe(config: SFTConfig, mask_fn: LossMaskFn | None = None) -> TrainingRecipe:
+    return TrainingRecipe(
+        load=load_for_training,
+        dataset=LazyExampleDataset,
+        mask_fn=mask_fn or assistant_mask_fn(chat_template=config.chat_template, max_length=config.max_length),
+        prepare=prepare_model,
+        collator=SFTCollator,
+        trainer=SFTTrainer,
+        save=save_final_model,
+    )
 
 
 def train_sft(
@@ -59,10 +88,24 @@ def train_sft(
     config.max_length here, so a custom mask need not truncate.
     """
     config.validate()
+    return run_training(sft_recipe(config, mask_fn), model_spec=model_spec, records=records, image_root=image_root,
+                        out_dir=out_dir, config=config, resume=resume)
+
+
+def run_training(
+    recipe: TrainingRecipe,
+    *,
+    model_spec: ModelSpec | dict | str,
+    records: Sequence[dict],
+    image_root: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    config: SFTConfig,
+    resume: bool = True,
+) -> Path:
+    """Load, train from the last checkpoint (or the start), save out_dir/model and write
+    out_dir/train_summary.json, with the parts `recipe` names; returns out_dir/model."""
     spec = ModelSpec.from_config(model_spec)
     out_dir = Path(out_dir)
-    checkpoints_dir = out_dir / "checkpoints"
-    model_dir = out_dir / "model"
     started = time.perf_counter()
 
     device = spec.torch_device()
@@ -73,42 +116,35 @@ def train_sft(
     args = training_arguments(
         config, out_dir, use_bf16=use_bf16, use_cpu=device.type == "cpu", find_unused=bool(has_text_only)
     )
-    set_seed(config.seed)  # LoRA initialisation is random
-    model, processing, is_llava = load_for_training(spec, use_bf16=use_bf16, tokenizer=config.tokenizer)
-    mask_fn = mask_fn or assistant_mask_fn(chat_template=config.chat_template, max_length=config.max_length)
-    dataset = LazyExampleDataset(
-        records, processing, mask_fn, max_length=config.max_length, image_root=image_root, is_llava=is_llava
+    set_seed(config.seed)  # LoRA and fresh heads initialise at random
+    model, processing, is_llava = recipe.load(spec, use_bf16=use_bf16, tokenizer=config.tokenizer)
+    dataset = recipe.dataset(
+        records, processing, recipe.mask_fn, max_length=config.max_length, image_root=image_root, is_llava=is_llava
     )
     skipped = dataset.skipped
     for item in skipped:
         log.warning("not trained on: %s", item["reason"])
     if not len(dataset):
         raise ValueError(f"none of the {len(records)} records can be trained on; first reason: {skipped[0]['reason'] if skipped else '-'}")
-    model = prepare_model(model, config, is_llava=is_llava)
+    model = recipe.prepare(model, config, is_llava=is_llava)
 
-    tok = text_tokenizer(processing)
-    collator = SFTCollator(tok.pad_token_id, processor=processing if is_llava else None, image_root=image_root)
+    collator = recipe.collator(text_tokenizer(processing).pad_token_id, processor=processing if is_llava else None,
+                               image_root=image_root)
     callbacks = []
     if config.report_to == "tensorboard" and args.process_index == 0:
         callbacks.append(tensorboard_callback(out_dir / "runs"))
-    trainer = SFTTrainer(
-        sft_config=config,
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator,
-        processing_class=processing,
-        callbacks=callbacks,
-    )
-    result, last_checkpoint = train_resuming(trainer, checkpoints_dir, resume=resume)
+    trainer = recipe.trainer(sft_config=config, model=model, args=args, train_dataset=dataset, data_collator=collator,
+                             processing_class=processing, callbacks=callbacks)
+    result, last_checkpoint = train_resuming(trainer, out_dir / "checkpoints", resume=resume)
 
-    save_final_model(trainer, config, spec, processing, is_llava=is_llava, out_dir=out_dir, use_bf16=use_bf16)
+    model_dir = recipe.save(trainer, config, spec, processing, is_llava=is_llava, out_dir=out_dir, use_bf16=use_bf16)
     masked = first_per_id(gather_object(trainer.masked_examples))  # every process's, once per record
 
     if trainer.is_world_process_zero():
         write_train_summary(trainer, out_dir, spec=spec, is_llava=is_llava, model_dir=model_dir, started=started,
                             result=result, resumed_from=last_checkpoint, records=records, dataset=dataset,
-                            skipped=skipped, masked=masked, use_bf16=use_bf16, config=config)
+                            skipped=skipped, masked=masked, use_bf16=use_bf16, config=config,
+                            extra=recipe.summary(trainer) if recipe.summary else None)
     trainer.accelerator.wait_for_everyone()
     return model_dir
 

@@ -339,9 +339,9 @@ def adopt_training_template(processing, chat_template: str | None) -> None:
             holder.chat_template = template
 
 
-def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *, is_llava: bool, out_dir: Path, use_bf16: bool) -> None:
+def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *, is_llava: bool, out_dir: Path, use_bf16: bool) -> Path:
     """Every process takes part in `save_model` (ZeRO-3 gathers the shards); the main process then
-    completes the folder and moves it into place, so out_dir/model is whole or absent."""
+    completes the folder and moves it into place, so out_dir/model is whole or absent; returns it."""
     partial = out_dir / ".model.partial"
     if trainer.is_world_process_zero() and partial.exists():
         shutil.rmtree(partial)
@@ -373,4 +373,5 @@ def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *,
                 shutil.rmtree(model_dir)
             os.replace(partial, model_dir)
     trainer.accelerator.wait_for_everyone()
+    return out_dir / "model"
 

@@ -23,34 +23,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from accelerate.utils import gather_object
-from transformers import set_seed
 
 from groundflow.models.spec import ModelSpec, resolve_dtype
 from groundflow.models.value_model import HEAD_NAME, ValueModel, save_value_model, value_example, wrap_value_model
 from groundflow.train.config import SFTConfig, load_config_file
-from groundflow.train.conversations import text_tokenizer
 from groundflow.train.data import MASKED_KEY, LazyExampleDataset, SFTCollator, read_records, record_id
 from groundflow.train.model_prep import (
-    LLAVA_MODEL_TYPES,
     apply_lora,
     load_for_training,
-    model_type_of,
-    resolve_bf16,
     set_full_trainable,
 )
-from groundflow.train.sft import first_per_id, write_train_summary
-from groundflow.train.trainer import SFTTrainer, adopt_training_template, tensorboard_callback, train_resuming, training_arguments
+from groundflow.train.sft import TrainingRecipe, run_training
+from groundflow.train.trainer import SFTTrainer, adopt_training_template
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +154,7 @@ def prepare_value_model(model: ValueModel, config: SFTConfig, *, is_llava: bool)
     return model
 
 
-def load_value_for_training(spec: ModelSpec, settings: ValueSettings, *, use_bf16: bool, tokenizer: str = ""):
+def load_value_for_training(spec: ModelSpec, *, settings: ValueSettings, use_bf16: bool, tokenizer: str = ""):
     """(ValueModel over the backbone at spec.path, processing, is_llava): right padding, no cache;
     the head is the checkpoint's, or fresh from settings.head_seed."""
     backbone, processing, is_llava = load_for_training(spec, use_bf16=use_bf16, tokenizer=tokenizer)
@@ -169,8 +163,8 @@ def load_value_for_training(spec: ModelSpec, settings: ValueSettings, *, use_bf1
     return model, processing, is_llava
 
 
-def save_final_value_model(trainer, config: SFTConfig, spec: ModelSpec, settings: ValueSettings, processing, *,
-                           out_dir: Path, use_bf16: bool) -> Path:
+def save_final_value_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *, settings: ValueSettings,
+                           out_dir: Path, use_bf16: bool, is_llava: bool = False) -> Path:
     """out_dir/model: the merged value checkpoint, whole or absent.
 
     With LoRA, the saved adapter (LoRA weights and the trained head) is merged into a fresh copy of
@@ -193,7 +187,7 @@ def save_final_value_model(trainer, config: SFTConfig, spec: ModelSpec, settings
         with no_zero3:
             if config.lora is not None:
                 fresh, _, _ = load_value_for_training(ModelSpec(spec.path, dtype=str(dtype).removeprefix("torch."),
-                                                                device="cpu"), settings, use_bf16=use_bf16)
+                                                                device="cpu"), settings=settings, use_bf16=use_bf16)
                 merged = PeftModel.from_pretrained(fresh, str(partial)).merge_and_unload()
             else:
                 merged = trainer.accelerator.unwrap_model(trainer.model)
@@ -201,8 +195,39 @@ def save_final_value_model(trainer, config: SFTConfig, spec: ModelSpec, settings
             merged.value_config = _with_format(merged.value_config, config.chat_template)
             save_value_model(merged, model_dir, processing)
         shutil.rmtree(partial, ignore_errors=True)
+        zero3 = plugin is not None and plugin.zero_stage == 3
+        trainer.reload_check = None if zero3 else reload_check(trainer, model_dir, dtype)
     trainer.accelerator.wait_for_everyone()
     return model_dir
+
+
+RELOAD_ROWS = 8
+
+
+def reload_check(trainer, model_dir: Path, dtype: torch.dtype) -> dict:
+    """The largest |value| difference between the trained model and its saved checkpoint reloaded,
+    over the first training rows: a save or merge that lost a weight shows here, not in the next
+    round's search. Warns above the dtype's tolerance (the checkpoint is saved in `dtype`)."""
+    from groundflow.models.value_model import load_value_model
+
+    dataset = trainer.train_dataset
+    batch = trainer.data_collator([dataset[i] for i in range(min(RELOAD_ROWS, len(dataset)))])
+    device = trainer.args.device
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "pixel_values") if k in batch}
+    reloaded, _ = load_value_model({"path": str(model_dir), "device": str(device), "dtype": str(dtype).removeprefix("torch.")})
+    trained = trainer.model
+    was_training = trained.training
+    trained.eval()
+    with torch.no_grad():
+        expected = trained(**inputs).values.float()
+        got = reloaded(**inputs).values.float()
+    trained.train(was_training)
+    difference = float((expected - got).abs().max())
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    if difference > tolerance:
+        log.warning("the saved value checkpoint %s gives values up to %.3g away from the trained model's (tolerance %g)",
+                    model_dir, difference, tolerance)
+    return {"rows": len(got), "max_abs_difference": difference, "tolerance": tolerance}
 
 
 def check_conversation_format(chat_template: str | None) -> str:
@@ -222,6 +247,22 @@ def _with_format(value_config, chat_template: str):
     return dataclasses.replace(value_config, conversation_format=check_conversation_format(chat_template))
 
 
+def value_recipe(config: SFTConfig, settings: ValueSettings) -> TrainingRecipe:
+    """The shared run's parts for the value model: the backbone with its head, the value rows and
+    their float targets, the MSE trainer, the merged value checkpoint."""
+    return TrainingRecipe(
+        load=functools.partial(load_value_for_training, settings=settings),
+        dataset=ValueExampleDataset,
+        mask_fn=value_mask_fn(chat_template=config.chat_template, max_length=config.max_length),
+        prepare=prepare_value_model,
+        collator=ValueCollator,
+        trainer=ValueTrainer,
+        save=functools.partial(save_final_value_model, settings=settings),
+        summary=lambda trainer: {"value": {"bounded": settings.bounded, "head_seed": settings.head_seed, "loss": "mse",
+                                           "reload_check": getattr(trainer, "reload_check", None)}},
+    )
+
+
 def train_value(
     *,
     model_spec: ModelSpec | dict | str,
@@ -238,45 +279,8 @@ def train_value(
     check_conversation_format(config.chat_template)
     if config.loss_chunk_tokens is not None:
         raise ValueError("loss_chunk_tokens is for LM losses; the value model computes no logits (set it to null)")
-    spec = ModelSpec.from_config(model_spec)
-    out_dir = Path(out_dir)
-    started = time.perf_counter()
-    device = spec.torch_device()
-    use_bf16 = resolve_bf16(config.bf16, device)
-    is_llava = model_type_of(spec.path) in LLAVA_MODEL_TYPES
-    has_text_only = is_llava and any(not r.get("image") for r in records)
-    args = training_arguments(config, out_dir, use_bf16=use_bf16, use_cpu=device.type == "cpu",
-                              find_unused=bool(has_text_only))
-    set_seed(config.seed)
-    model, processing, is_llava = load_value_for_training(spec, settings, use_bf16=use_bf16, tokenizer=config.tokenizer)
-    dataset = ValueExampleDataset(
-        records, processing, value_mask_fn(chat_template=config.chat_template, max_length=config.max_length),
-        max_length=config.max_length, image_root=image_root, is_llava=is_llava,
-    )
-    for item in dataset.skipped:
-        log.warning("not trained on: %s", item["reason"])
-    if not len(dataset):
-        first = dataset.skipped[0]["reason"] if dataset.skipped else "-"
-        raise ValueError(f"none of the {len(records)} value records can be trained on; first reason: {first}")
-    model = prepare_value_model(model, config, is_llava=is_llava)
-    collator = ValueCollator(text_tokenizer(processing).pad_token_id, processor=processing if is_llava else None,
-                             image_root=image_root)
-    callbacks = []
-    if config.report_to == "tensorboard" and args.process_index == 0:
-        callbacks.append(tensorboard_callback(out_dir / "runs"))
-    trainer = ValueTrainer(sft_config=config, model=model, args=args, train_dataset=dataset, data_collator=collator,
-                           processing_class=processing, callbacks=callbacks)
-    result, last_checkpoint = train_resuming(trainer, out_dir / "checkpoints", resume=resume)
-    model_dir = save_final_value_model(trainer, config, spec, settings, processing, out_dir=out_dir, use_bf16=use_bf16)
-    masked = first_per_id(gather_object(trainer.masked_examples))
-    if trainer.is_world_process_zero():
-        write_train_summary(trainer, out_dir, spec=spec, is_llava=is_llava, model_dir=model_dir, started=started,
-                            result=result, resumed_from=last_checkpoint, records=records, dataset=dataset,
-                            skipped=dataset.skipped, masked=masked, use_bf16=use_bf16, config=config,
-                            extra={"value": {"bounded": settings.bounded, "head_seed": settings.head_seed,
-                                             "loss": "mse"}})
-    trainer.accelerator.wait_for_everyone()
-    return model_dir
+    return run_training(value_recipe(config, settings), model_spec=model_spec, records=records, image_root=image_root,
+                        out_dir=out_dir, config=config, resume=resume)
 
 
 def run_value(*, model: dict, records_path: str, image_root: str | None, out_dir: str, train: dict,
