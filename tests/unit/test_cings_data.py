@@ -18,6 +18,7 @@ from groundflow.cings.data import (
     user_text,
 )
 from groundflow.cings.fixture import make_selfrag_fixture
+from groundflow.io.lines import read_json_lines
 
 P1 = "Danube\nThe Danube flows into the Black Sea."
 P2 = "Saturn\nSaturn has rings."
@@ -111,6 +112,21 @@ def test_records_user_turn_variant_and_filtered_input():
     assert conversation[2]["value"].startswith("## Context Danube")
 
 
+@pytest.mark.parametrize("record, reason", [
+    ({"input": "", "output": TWO_PASSAGES}, "missing field 'instruction'"),  # a Self-RAG record that lost it
+    ({"output": TWO_PASSAGES}, "missing field 'instruction'"),
+    ({"instruction": "  ", "input": "", "output": TWO_PASSAGES}, "field 'instruction' is empty"),
+    ({"instruction": "Q?", "input": 3, "output": TWO_PASSAGES}, "field 'input' is a int, not a string"),
+    ({"instruction": "Q?"}, "missing field 'output'"),
+    ({"instruction": "Q?", "output": ["A."]}, "field 'output' is a list, not a string"),
+    ({"input": "Which sea?", "output": " "}, "field 'output' is empty"),
+])
+def test_a_reject_names_the_field_that_is_wrong(record, reason):
+    with pytest.raises(RecordError) as error:
+        convert_record(record, record_id="r1")
+    assert str(error.value) == reason
+
+
 def test_every_line_is_kept_or_rejected_once(tmp_path):
     good = {"id": "a", "instruction": "Q?", "output": f"[Retrieval]<paragraph>{P1}</paragraph>[Relevant]A.[Utility:5]"}
     lines = [
@@ -136,12 +152,12 @@ def test_source_ids_are_fixed_before_conversion_and_name_unreadable_lines():
     whether a record converts: a record that converts badly is still accounted for under its id."""
     good = {"id": "a", "instruction": "Q?", "output": f"[Retrieval]<paragraph>{P1}</paragraph>[Relevant]A.[Utility:5]"}
     lines = [json.dumps(good), "   ", json.dumps({**good, "id": "b", "output": ""}), json.dumps(good), "[1,", json.dumps({"id": 7, "x": 1})]
-    sources = read_source_records(lines)
+    sources = read_source_records(read_json_lines("\n".join(lines).encode()))
     assert [(s.id, s.line) for s in sources] == [("a", 1), ("b", 3), ("line:4", 4), ("line:5", 5), ("7", 6)]
     assert [s.error is None for s in sources] == [True, True, False, False, True]
     kept, rejects, count = convert_lines(lines)
     assert {r.id for r in kept} | {i for i, _ in rejects} == {s.id for s in sources} and count == len(sources)
-    assert dict(rejects)["b"] == "record b: empty output"
+    assert dict(rejects)["b"] == "record b: field 'output' is empty"
 
 
 def test_fixture_bad_lines_are_rejected_with_the_expected_reasons(tmp_path):

@@ -77,16 +77,16 @@ def test_validate_record_cleans_a_good_record():
 @pytest.mark.parametrize(
     "overrides, reason",
     [
-        ({"question": "  "}, "no question"),
-        ({"answers": "Paris"}, "no 'answers' list"),
-        ({"answers": []}, "no 'answers' list"),
-        ({"answers": ["Paris", 3]}, "answers must all be strings"),
+        ({"question": "  "}, "field 'question' is empty"),
+        ({"answers": "Paris"}, "field 'answers' is a str, not a list"),
+        ({"answers": []}, "field 'answers' is empty"),
+        ({"answers": ["Paris", 3]}, "field 'answers' holds a non-string answer"),
         ({"answers": ["the", "."]}, "no gold answer is left after normalisation"),
-        ({"docs": []}, "no 'docs' list"),
+        ({"docs": []}, "field 'docs' is empty"),
         ({"docs": [GOLD, "text"]}, "doc 1 is a str, not an object"),
-        ({"docs": [{"title": "T", "text": "", "score": 1}]}, "doc 0 has no text"),
-        ({"docs": [{"title": 5, "text": "x", "score": 1}]}, "doc 0 has a non-string title"),
-        ({"docs": [{"title": "T", "text": "x"}]}, "doc 0 has no score"),
+        ({"docs": [{"title": "T", "text": "", "score": 1}]}, "doc 0: field 'text' is empty"),
+        ({"docs": [{"title": 5, "text": "x", "score": 1}]}, "doc 0: field 'title' is a int, not a string"),
+        ({"docs": [{"title": "T", "text": "x"}]}, "doc 0: missing field 'score'"),
         ({"docs": [{"title": "T", "text": "x", "score": "high"}]}, "doc 0 has score 'high': neither 'gold' nor a number"),
         ({"docs": [{"title": "T", "text": "x", "score": float("nan")}]}, "doc 0 has a non-finite score"),
     ],
@@ -99,7 +99,7 @@ def test_validate_record_rejections_name_the_reason(overrides, reason):
 
 def test_entries_without_usable_id_get_their_line():
     assert validate_record(RawEntry(line=9, value=[1, 2]))[::2] == ("line:9", "line 9 is a list, not an object")
-    assert validate_record(RawEntry(line=3, value=_record(id=None)))[::2] == ("line:3", "line 3 has no id")
+    assert validate_record(RawEntry(line=3, value=_record(id=None)))[::2] == ("line:3", "line 3: missing field 'id'")
     assert validate_record(RawEntry(line=5, error="line 5 is not valid JSON (x)"))[::2] == (
         "line:5", "line 5 is not valid JSON (x)")
 
@@ -112,7 +112,7 @@ def test_validate_records_counts_add_up_and_rejects_repeated_ids():
     assert list(result.kept["id"]) == ["q1"] and list(result.kept["line"]) == [1]
     # the later q1 is rejected under its line: q1 itself stays kept and only kept
     assert list(zip(result.rejects["id"], result.rejects["reason"])) == [
-        ("q2", "no 'docs' list"),
+        ("q2", "field 'docs' is empty"),
         ("line:3", "line 3: duplicate id 'q1' (first at line 1)"),
         ("line:4", "line 4 is not valid JSON (x)"),
     ]
@@ -125,7 +125,7 @@ def test_an_id_belongs_to_its_first_line_even_when_that_line_is_rejected():
     result = validate_records(entries)
     assert result.kept.empty
     assert list(zip(result.rejects["id"], result.rejects["reason"])) == [
-        ("q1", "no 'docs' list"),
+        ("q1", "field 'docs' is empty"),
         ("line:2", "line 2: duplicate id 'q1' (first at line 1)"),
         ("line:3", "line 3: duplicate id 'q1' (first at line 1)"),
     ]

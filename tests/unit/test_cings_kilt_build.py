@@ -30,23 +30,23 @@ from groundflow.cings.retrieval_fixture import (
 from groundflow.cings.eval_fixture import FACTS
 
 
-def jsonl(*values):
-    return "\n".join(v if isinstance(v, str) else json.dumps(v) for v in values) + "\n"
+def jsonl(*values) -> bytes:
+    return ("\n".join(v if isinstance(v, str) else json.dumps(v) for v in values) + "\n").encode("utf-8")
 
 
 GOOD = {"id": "q1", "question": " Who? ", "answers": ["Ann "], "gold": [{"title": "T", "text": " a b "}]}
 
 
 @pytest.mark.parametrize("change,reason", [
-    ({"question": "  "}, "no question"),
-    ({"answers": "Ann"}, "no 'answers' list"),
-    ({"answers": []}, "no 'answers' list"),
-    ({"answers": ["Ann", 3]}, "answers must all be strings"),
+    ({"question": "  "}, "field 'question' is empty"),
+    ({"answers": "Ann"}, "field 'answers' is a str, not a list"),
+    ({"answers": []}, "field 'answers' is empty"),
+    ({"answers": ["Ann", 3]}, "field 'answers' holds a non-string answer"),
     ({"answers": ["the", "?"]}, "no gold answer is left after normalisation"),
-    ({"gold": {"title": "T", "text": "x"}}, "'gold' is a dict, not a list"),
+    ({"gold": {"title": "T", "text": "x"}}, "field 'gold' is a dict, not a list"),
     ({"gold": ["x"]}, "gold 0 is a str, not an object"),
-    ({"gold": [{"title": "T", "text": "x"}, {"title": "U", "text": ""}]}, "gold 1 has no text"),
-    ({"gold": [{"title": 5, "text": "x"}]}, "gold 0 has a non-string title"),
+    ({"gold": [{"title": "T", "text": "x"}, {"title": "U", "text": ""}]}, "gold 1: field 'text' is empty"),
+    ({"gold": [{"title": 5, "text": "x"}]}, "gold 0: field 'title' is a int, not a string"),
 ])
 def test_a_bad_question_is_rejected_with_its_reason(change, reason):
     clean, problem = check_question({**GOOD, **change})
@@ -72,9 +72,9 @@ def test_questions_file_accounting_and_duplicate_ids():
     rejects = dict(zip(checked.rejects["id"], checked.rejects["reason"]))
     assert rejects["line:2"].startswith("line 2 is not valid JSON")
     assert rejects["line:3"] == "line 3 is a list, not an object"
-    assert rejects["line:4"] == "line 4 has no id"
+    assert rejects["line:4"] == "line 4: missing field 'id'"
     assert rejects["line:5"] == "line 5: duplicate id 'q1' (first at line 1)"
-    assert rejects["7"] == "no 'answers' list"
+    assert rejects["7"] == "field 'answers' is empty"
     assert set(checked.rejects["stage"]) == {QUESTIONS_STAGE}
     assert checked.counts == {"stage": QUESTIONS_STAGE, "in": 7, "out": 2, "rejected": 5}
 
@@ -87,7 +87,7 @@ def test_corpus_bad_entries_cost_only_themselves():
     assert checked.kept == [{"id": "p1", "title": "A", "text": "alpha"}, {"id": "p4", "title": "", "text": "delta"}]
     rejects = dict(zip(checked.rejects["id"], checked.rejects["reason"]))
     assert list(rejects) == ["p2", "p3", "line:4", "line:5"]
-    assert rejects["p2"] == "no text" and rejects["p3"] == "non-string title"
+    assert rejects["p2"] == "field 'text' is empty" and rejects["p3"] == "field 'title' is a list, not a string"
     assert rejects["line:4"] == "line 4: duplicate id 'p1' (first at line 1)"
     assert rejects["line:5"].startswith("line 5 is not valid JSON")
     assert set(checked.rejects["stage"]) == {CORPUS_STAGE}
@@ -141,8 +141,8 @@ def test_the_demo_fixture_files(tmp_path):
     again = make_retrieval_fixture(tmp_path / "again")
     for name in ("questions.jsonl", "corpus.jsonl"):
         assert (tmp_path / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
-    questions = read_questions((tmp_path / "questions.jsonl").read_text())
-    corpus = read_corpus((tmp_path / "corpus.jsonl").read_text())
+    questions = read_questions(tmp_path / "questions.jsonl")
+    corpus = read_corpus(tmp_path / "corpus.jsonl")
     assert questions.kept == [{"id": q["id"], "question": q["question"], "answers": q["answers"], "gold": q["gold"]}
                               for q in retrieval_questions()]
     assert corpus.kept == retrieval_corpus()

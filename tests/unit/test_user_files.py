@@ -10,6 +10,9 @@ import json
 
 import pytest
 
+from groundflow.cings.inference import read_eval_records
+from groundflow.cings.kilt_build import read_corpus, read_questions
+from groundflow.cings.training import convert_records
 from groundflow.cvc.ingest import ingest_captions
 from groundflow.io import check_accounting
 from groundflow.tsst.prompts import load_question_prompts
@@ -135,3 +138,82 @@ def test_tsst_warmup_chains(tmp_path):
     assert all(text in record["conversations"][0]["value"] for text, record in zip(MIXED, warmup.policy))
     assert reasons_of(warmup.rejects) == {"line:3": not_utf8_reason(data, 3)}
     assert (warmup.counts["in"], warmup.counts["out"], warmup.counts["rejected"]) == (5, 4, 1)
+
+
+# --------------------------------------------------------------------------- CINGS
+
+
+def _selfrag(i: int, text: str) -> dict:
+    return {"id": f"r{i}", "instruction": text, "input": "",
+            "output": f"[Retrieval]<paragraph>{text} (passage)</paragraph>[Relevant]{text}.[Utility:5]"}
+
+
+def _convert(path):
+    return convert_records(path, variant="multi", keep_no_retrieval=False, input_separator="\n\n")
+
+
+def test_cings_training_records_json_lines(tmp_path):
+    data = windows_jsonl([utf8(_selfrag(i, text)) for i, text in enumerate(MIXED)],
+                         b'{"id": "r9", "instruction": "' + STRAY + b'", "output": "x"}')
+    path = tmp_path / "selfrag.jsonl"
+    path.write_bytes(data)
+    frame, rejects, counts = _convert(path)
+    assert list(frame["input"]) == MIXED  # the first record, right after the mark, included
+    assert reasons_of(rejects) == {"line:3": not_utf8_reason(data, 3)}
+    assert (counts["in"], counts["out"], counts["rejected"]) == (5, 4, 1)
+
+
+def test_cings_training_records_json_list(tmp_path):
+    elements = [utf8(_selfrag(i, text)) for i, text in enumerate(MIXED)]
+    elements.insert(2, b'{"id": "r9", "instruction": "Q", "output": "[Retrieval]<paragraph>' + STRAY + b"</paragraph>[Relevant]A\"}")
+    path = tmp_path / "selfrag.json"
+    path.write_bytes(BOM + b"[\r\n" + b",\r\n".join(elements) + b"\r\n]")
+    frame, rejects, counts = _convert(path)
+    assert list(frame["input"]) == MIXED
+    assert reasons_of(rejects) == {"line:3": "entry 3 of the array: field 'output' is not UTF-8 text"}
+    assert (counts["in"], counts["out"], counts["rejected"]) == (5, 4, 1)
+
+
+def _eval_record(i: int, text: str) -> dict:
+    return {"id": f"e{i}", "question": text, "answers": [f"{text} answer"],
+            "docs": [{"title": "Τίτλος 标题", "text": f"{text} passage", "score": "gold"}]}
+
+
+def test_cings_eval_file_json_lines(tmp_path):
+    data = windows_jsonl([utf8(_eval_record(i, text)) for i, text in enumerate(MIXED)],
+                         b'{"id": "e9", "question": "' + STRAY + b'", "answers": ["a"], "docs": []}')
+    path = tmp_path / "eval.jsonl"
+    path.write_bytes(data)
+    result = read_eval_records(path)
+    assert list(result.kept["question"]) == MIXED
+    assert reasons_of(result.rejects) == {"line:3": not_utf8_reason(data, 3)}
+    assert (result.counts["in"], result.counts["out"], result.counts["rejected"]) == (5, 4, 1)
+
+
+def test_cings_eval_file_json_array(tmp_path):
+    elements = [utf8(_eval_record(i, text)) for i, text in enumerate(MIXED)]
+    bad = dict(_eval_record(9, "PLACEHOLDER"), id="e9")
+    elements.insert(2, utf8(bad).replace(b"PLACEHOLDER passage", STRAY))
+    path = tmp_path / "eval.json"
+    path.write_bytes(BOM + b"[" + b",\r\n".join(elements) + b"]\r\n")
+    result = read_eval_records(path)
+    assert list(result.kept["question"]) == MIXED
+    assert reasons_of(result.rejects) == {"line:3": "entry 3 of the array: field 'docs[0].text' is not UTF-8 text"}
+    assert (result.counts["in"], result.counts["out"], result.counts["rejected"]) == (5, 4, 1)
+
+
+def test_cings_kilt_questions_and_corpus(tmp_path):
+    questions = windows_jsonl(
+        [utf8({"id": f"q{i}", "question": text, "answers": [text], "gold": []}) for i, text in enumerate(MIXED)],
+        b'{"id": "q9", "question": "' + STRAY + b'", "answers": ["a"]}')
+    checked = read_questions(questions)
+    assert [q["question"] for q in checked.kept] == MIXED
+    assert reasons_of(checked.rejects) == {"line:3": not_utf8_reason(questions, 3)}
+    assert (checked.counts["in"], checked.counts["out"], checked.counts["rejected"]) == (5, 4, 1)
+    corpus = windows_jsonl([utf8({"id": f"p{i}", "title": "标题", "text": text}) for i, text in enumerate(MIXED)],
+                           b'{"id": "p9", "text": "' + STRAY + b'"}')
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(corpus)
+    checked = read_corpus(path)
+    assert [p["text"] for p in checked.kept] == MIXED
+    assert reasons_of(checked.rejects) == {"line:3": not_utf8_reason(corpus, 3)}

@@ -17,15 +17,18 @@ Three steps, all pure (no model, no disk):
 
 Each bad record raises `RecordError`, whose message is the reason the record is rejected. The
 records of a file are named first (`read_source_records`: the `id` field, else `line:N`), so the
-convert stage's accounting is checked against ids that do not depend on the conversion.
+convert stage's accounting is checked against ids that do not depend on the conversion. A reason
+names the field that is wrong ("missing field 'instruction'", "field 'output' is empty").
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Iterable
+
+from groundflow.io.fields import field_problem
+from groundflow.io.lines import JsonLine, read_json_lines
 
 CONTEXT_MARKER = "## Context"
 ANSWER_MARKER = "## Answer"
@@ -263,27 +266,22 @@ def convert_record(
         raise ValueError(f"unknown variant {variant!r}; one of 'multi', 'single'")
     if not isinstance(record, dict):
         raise RecordError(f"not a JSON object but {type(record).__name__}")
-    output = record.get("output")
-    if not isinstance(output, str):
-        raise RecordError("no 'output' text")
-    if "instruction" in record:
-        instruction = record.get("instruction")
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise RecordError("empty instruction")
+    _require(record, "output")
+    output = record["output"]
+    if "instruction" in record or field_problem(record, "input") is not None:
+        # a Self-RAG record: a filtered one has a non-empty `input` and no `instruction`, so a
+        # record with neither is a Self-RAG record that lacks its instruction
+        _require(record, "instruction")
         extra = record.get("input")
         if extra is not None and not isinstance(extra, str):
-            raise RecordError("'input' is not text")
+            raise RecordError(field_problem(record, "input", empty_ok=True))
         parsed = parse_selfrag_output(output, keep_no_retrieval=keep_no_retrieval)
-        user = user_text(instruction, extra, input_separator)
+        user = user_text(record["instruction"], extra, input_separator)
         source = "selfrag"
-    elif isinstance(record.get("input"), str):
+    else:
         user = record["input"].strip()
-        if not user:
-            raise RecordError("empty input")
         parsed = parse_marker_output(output, keep_no_retrieval=keep_no_retrieval)
         source = "markers"
-    else:
-        raise RecordError("neither a Self-RAG record ('instruction') nor a filtered one ('input')")
     if variant == "single" and parsed.n_passages != 1:
         raise RecordError(f"{parsed.n_passages} passages; the single variant keeps exactly one")
     return ConvertedRecord(
@@ -294,6 +292,12 @@ def convert_record(
         dataset_name=str(record.get("dataset_name") or ""),
         source_format=source,
     )
+
+
+def _require(record: dict, key: str) -> None:
+    problem = field_problem(record, key)
+    if problem is not None:
+        raise RecordError(problem)
 
 
 @dataclass(frozen=True)
@@ -308,30 +312,28 @@ class SourceRecord:
     error: str | None = None
 
 
-def read_source_records(lines: Iterable[str]) -> list[SourceRecord]:
-    """The records of a JSONL file's lines, each with the id the stage accounts for it under.
+def read_source_records(entries: Iterable[JsonLine]) -> list[SourceRecord]:
+    """The records of a file's entries (`groundflow.io.lines.read_json_records`), each with the id
+    the stage accounts for it under.
 
     The accounting of the convert stage is checked against these ids, which are fixed before any
-    record is converted. Blank lines are not records.
+    record is converted.
     """
     records: list[SourceRecord] = []
     seen: set[str] = set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    for entry in entries:
+        fallback = f"line:{entry.line}"
+        if entry.error is not None:
+            records.append(SourceRecord(fallback, entry.line, error=entry.error))
             continue
-        fallback = f"line:{number}"
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            records.append(SourceRecord(fallback, number, error=f"line {number} is not valid JSON ({error.msg})"))
-            continue
+        value = entry.value
         raw_id = value.get("id") if isinstance(value, dict) else None
         record_id = str(raw_id) if raw_id not in (None, "") else fallback
         if record_id in seen:
-            records.append(SourceRecord(fallback, number, error=f"line {number}: duplicate id {record_id!r}"))
+            records.append(SourceRecord(fallback, entry.line, error=f"line {entry.line}: duplicate id {record_id!r}"))
             continue
         seen.add(record_id)
-        records.append(SourceRecord(record_id, number, value))
+        records.append(SourceRecord(record_id, entry.line, value))
     return records
 
 
@@ -355,25 +357,11 @@ def convert_source_records(
 def convert_lines(
     lines: Iterable[str], **options
 ) -> tuple[list[ConvertedRecord], list[tuple[str, str]], int]:
-    """(kept, rejects as (id, reason), number of records read) over the lines of a JSONL file
+    """(kept, rejects as (id, reason), number of records read) over the text lines of a JSONL file
     (`read_source_records`, then `convert_source_records`)."""
-    sources = read_source_records(lines)
+    sources = read_source_records(read_json_lines("\n".join(lines).encode("utf-8")))
     kept, rejects = convert_source_records(sources, **options)
     return kept, rejects, len(sources)
-
-
-def read_record_lines(text: str) -> list[str]:
-    """Lines of a JSONL file, or one line per element of a JSON list (Self-RAG ships both)."""
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            records = json.loads(stripped)
-        except json.JSONDecodeError:
-            pass
-        else:
-            if isinstance(records, list):
-                return [json.dumps(r, ensure_ascii=False) for r in records]
-    return text.splitlines()
 
 
 def context_blocks(text: str) -> list[tuple[int, int]]:

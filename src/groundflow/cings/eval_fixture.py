@@ -112,9 +112,9 @@ def eval_fixture_texts() -> list[str]:
 
 BAD_LINES = [
     # reason ingestion gives, then the raw line
-    ("no 'answers' list", json.dumps({"id": "bad-no-answers", "question": "Who?", "docs": [
+    ("missing field 'answers'", json.dumps({"id": "bad-no-answers", "question": "Who?", "docs": [
         {"title": "T", "text": "x", "score": "gold"}]})),
-    ("doc 0 has no text", json.dumps({"id": "bad-empty-doc", "question": "What?", "answers": ["x"],
+    ("doc 0: field 'text' is empty", json.dumps({"id": "bad-empty-doc", "question": "What?", "answers": ["x"],
                                      "docs": [{"title": "T", "text": "  ", "score": 1.0}]})),
     ("not valid JSON", '{"id": "bad-json", "question": "truncated'),
 ]
@@ -227,18 +227,18 @@ BAD_BY_KIND = {
         ("not valid JSON", '{"id": "fever-bad-json", "question": "cut'),
     ],
     "kilt_eli5": [
-        ("no question", json.dumps({"id": "eli5-bad-question", "question": " ", "answers": ["x y z"],
+        ("field 'question' is empty", json.dumps({"id": "eli5-bad-question", "question": " ", "answers": ["x y z"],
                                     "docs": [{"title": "T", "text": "some text", "score": "gold"}]})),
     ],
     "nq_conflict": [
-        ("no 'docs' list", json.dumps({"id": "conflict-bad-docs", "question": "Who?", "answers": ["x"], "docs": []})),
+        ("field 'docs' is empty", json.dumps({"id": "conflict-bad-docs", "question": "Who?", "answers": ["x"], "docs": []})),
     ],
     "based_squad": [
-        ("no 'answers' list", json.dumps({"id": "squad-bad-answers", "question": "The sky is",
+        ("missing field 'answers'", json.dumps({"id": "squad-bad-answers", "question": "The sky is",
                                           "docs": [{"title": "", "text": "The sky is blue", "score": "gold"}]})),
     ],
     "based_swde": [
-        ("doc 0 has no score", json.dumps({"id": "swde-bad-score", "question": "Page author:", "answers": ["x"],
+        ("doc 0: missing field 'score'", json.dumps({"id": "swde-bad-score", "question": "Page author:", "answers": ["x"],
                                            "docs": [{"title": "", "text": "Page\nAuthor: x"}]})),
     ],
 }

@@ -107,7 +107,7 @@ def _bad_records(rng: np.random.Generator, first_id: str) -> list[tuple[dict, st
         ({"case": "unclosed_paragraph", "id": "selfrag-bad-unclosed", "reason": "unclosed <paragraph>"},
          {"id": "selfrag-bad-unclosed", "instruction": fact[2], "input": "",
           "output": f"[Retrieval]<paragraph>{fact[0]}\n{fact[1]}[Relevant]{fact[3]}", "dataset_name": "nq"}),
-        ({"case": "empty_instruction", "id": "selfrag-bad-empty", "reason": "empty instruction"},
+        ({"case": "empty_instruction", "id": "selfrag-bad-empty", "reason": "field 'instruction' is empty"},
          {"id": "selfrag-bad-empty", "instruction": "  ", "input": "",
           "output": f"{_paragraph(fact)}{fact[3]}[Fully supported][Utility:5]", "dataset_name": "nq"}),
         ({"case": "marker_in_passage", "id": "selfrag-bad-marker", "reason": "contains the marker '## Answer'"},

@@ -2,7 +2,9 @@
 
 Evaluation file (JSON array or JSONL), one record per question:
 `{"id", "question", "answers": [str, ...], "docs": [{"title", "text", "score"}, ...]}` where a
-gold passage has `score == "gold"` and retrieved passages carry their retriever score.
+gold passage has `score == "gold"` and retrieved passages carry their retriever score. It is read
+through `groundflow.io.lines`: a byte-order mark and CRLF are accepted, an entry that is not UTF-8
+text is rejected alone, and a reject reason names the field that is wrong.
 
 A dataset (an entry of config `cings.inference.datasets`, `resolve_dataset`) names its file, its
 prompt, its metrics (groundflow.cings.scoring), its settings and k. Prompt layout: the one
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +59,8 @@ import pandas as pd
 
 from groundflow.cings.data import ANSWER_MARKER, CONTEXT_MARKER
 from groundflow.cings.scoring import DEFAULT_METRICS, FEVER_LABELS, DatasetScoring, gold_label, normalize_answer
+from groundflow.io.fields import field_problem
+from groundflow.io.lines import JsonLine, read_json_records
 from groundflow.io.stage import StageResult, check_accounting, rejects_frame
 from groundflow.prompts import PromptText, load_prompt
 
@@ -202,57 +207,36 @@ def load_instruction(prompt: str, path: str | None = None) -> PromptText | None:
 # reading and validating records
 
 
-@dataclass(frozen=True)
-class RawEntry:
-    """One entry of an evaluation file: its line (JSONL) or position (JSON array, 1-based) and
-    either the decoded object or why it could not be decoded."""
+# One entry of an evaluation file: its line (JSONL) or position (JSON array, 1-based) and either the
+# decoded value or why it could not be decoded (the shared reader's entry).
+RawEntry = JsonLine
 
-    line: int
-    value: Any = None
-    error: str | None = None
+
+def read_eval_entries(source: str | os.PathLike | bytes, name: str = "<eval file>") -> list[RawEntry]:
+    """The entries of an evaluation file (a path or its bytes), through the shared reader: one
+    JSON array when its first non-blank character is "[" (it must parse as a whole), else JSONL,
+    where a line that is not UTF-8 text or not JSON becomes an entry carrying the reason."""
+    try:
+        return list(read_json_records(source))
+    except json.JSONDecodeError as error:
+        raise EvalFileError(f"{name}: not a valid JSON array: {error}") from error
 
 
 def parse_eval_text(text: str, source: str = "<eval file>") -> list[RawEntry]:
-    """Split an evaluation file's text into entries.
-
-    A text whose first non-blank character is "[" is one JSON array (it must parse as a whole);
-    anything else is JSONL, one object per non-blank line, where a line that is not JSON becomes an
-    entry carrying the decoding error.
-    """
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise EvalFileError(f"{source}: not a valid JSON array: {error}") from error
-        if not isinstance(values, list):
-            raise EvalFileError(f"{source}: expected a JSON array of records")
-        return [RawEntry(line=index + 1, value=value) for index, value in enumerate(values)]
-    entries = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(RawEntry(line=number, value=json.loads(line)))
-        except json.JSONDecodeError as error:
-            entries.append(RawEntry(line=number, error=f"line {number} is not valid JSON ({error.msg})"))
-    return entries
+    """`read_eval_entries` of a file's text."""
+    return read_eval_entries(text.encode("utf-8"), source)
 
 
 def _doc_problem(index: int, doc: Any) -> tuple[dict | None, str | None]:
     """A passage as {title, text, score (None for gold), gold} or the reason it is unusable."""
     if not isinstance(doc, dict):
         return None, f"doc {index} is a {type(doc).__name__}, not an object"
-    text = doc.get("text")
-    if not isinstance(text, str) or not text.strip():
-        return None, f"doc {index} has no text"
-    title = doc.get("title", "")
-    if title is None:
-        title = ""
-    if not isinstance(title, str):
-        return None, f"doc {index} has a non-string title"
+    problem = field_problem(doc, "text") or (doc.get("title") is not None and field_problem(doc, "title", empty_ok=True))
+    if problem:
+        return None, f"doc {index}: {problem}"
+    text, title = doc["text"], doc.get("title") or ""
     if "score" not in doc:
-        return None, f"doc {index} has no score"
+        return None, f"doc {index}: missing field 'score'"
     score = doc["score"]
     if isinstance(score, str) and score.strip().lower() == "gold":
         return {"title": title.strip(), "text": text.strip(), "score": None, "gold": True}, None
@@ -267,6 +251,23 @@ def _doc_problem(index: int, doc: Any) -> tuple[dict | None, str | None]:
     return {"title": title.strip(), "text": text.strip(), "score": value, "gold": False}, None
 
 
+def entry_id(entry: RawEntry) -> tuple[str | None, str | None]:
+    """(the entry's own id, None) or (None, the reason it has no usable one, naming its line)."""
+    if entry.error is not None:
+        return None, entry.error
+    value = entry.value
+    if not isinstance(value, dict):
+        return None, f"line {entry.line} is a {type(value).__name__}, not an object"
+    raw_id = value.get("id")
+    if raw_id is None:
+        return None, f"line {entry.line}: missing field 'id'"
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+        return None, f"line {entry.line}: field 'id' is a {type(raw_id).__name__}, not a string or integer"
+    if not str(raw_id).strip():
+        return None, f"line {entry.line}: field 'id' is empty"
+    return str(raw_id).strip(), None
+
+
 def validate_record(entry: RawEntry, labels: Mapping[str, Sequence[str]] | None = None
                     ) -> tuple[str, dict | None, str | None]:
     """(id, the clean record or None, the reason it is rejected or None).
@@ -277,24 +278,16 @@ def validate_record(entry: RawEntry, labels: Mapping[str, Sequence[str]] | None 
     (a label_accuracy dataset: `EvalDataset.record_labels`), the gold answers must name exactly
     one of its labels, or the record could not be scored.
     """
-    fallback_id = line_id(entry.line)
-    if entry.error is not None:
-        return fallback_id, None, entry.error
+    record_id, problem = entry_id(entry)
+    if record_id is None:
+        return line_id(entry.line), None, problem
     value = entry.value
-    if not isinstance(value, dict):
-        return fallback_id, None, f"line {entry.line} is a {type(value).__name__}, not an object"
-    raw_id = value.get("id")
-    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
-        return fallback_id, None, f"line {entry.line} has no id"
-    record_id = str(raw_id).strip()
-    question = value.get("question")
-    if not isinstance(question, str) or not question.strip():
-        return record_id, None, "no question"
-    answers = value.get("answers")
-    if not isinstance(answers, list) or not answers:
-        return record_id, None, "no 'answers' list"
+    problem = field_problem(value, "question") or field_problem(value, "answers", list)
+    if problem:
+        return record_id, None, problem
+    question, answers = value["question"], value["answers"]
     if any(not isinstance(a, str) for a in answers):
-        return record_id, None, "answers must all be strings"
+        return record_id, None, "field 'answers' holds a non-string answer"
     golds = [a.strip() for a in answers if normalize_answer(a)]
     if not golds:
         return record_id, None, "no gold answer is left after normalisation"
@@ -303,9 +296,10 @@ def validate_record(entry: RawEntry, labels: Mapping[str, Sequence[str]] | None 
             gold_label(golds, labels)
         except ValueError as error:
             return record_id, None, str(error)
-    docs = value.get("docs")
-    if not isinstance(docs, list) or not docs:
-        return record_id, None, "no 'docs' list"
+    problem = field_problem(value, "docs", list)
+    if problem:
+        return record_id, None, problem
+    docs = value["docs"]
     clean_docs = []
     for index, doc in enumerate(docs):
         clean, problem = _doc_problem(index, doc)
@@ -375,8 +369,7 @@ def read_eval_records(path: str | Path, *, name: str | None = None,
     if not path.is_file():
         of = f" of dataset {name!r}" if name is not None else ""
         raise FileNotFoundError(f"evaluation file{of} not found: {path} (config cings.inference.datasets)")
-    entries = parse_eval_text(path.read_text(encoding="utf-8"), source=str(path))
-    return validate_records(entries, labels=labels)
+    return validate_records(read_eval_entries(path, str(path)), labels=labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,6 +677,8 @@ __all__ = [
     "job_runs",
     "load_instruction",
     "parse_eval_text",
+    "read_eval_entries",
+    "entry_id",
     "passage_text",
     "prediction_frame",
     "prompt_token_counts",

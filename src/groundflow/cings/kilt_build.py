@@ -15,10 +15,11 @@ place, so a question still gets k retrieved passages when the corpus has them.
 Passages are embedded as `{title} {text}` (as Contriever's and DPR's pipelines embed Wikipedia
 passages, and as prompts show them); questions as their text.
 
-Bad entries are rejected with their id and reason, never the job: a question that is not JSON,
-lacks a question or answers, has a malformed gold passage, or repeats an earlier id; a corpus entry
-that is not JSON, has no text, a non-string title or a repeated id (a bad corpus entry costs that
-passage only). A repeated id belongs to its first entry; the later one is rejected as `line:N`.
+Both files are read through `groundflow.io.lines` (a byte-order mark and CRLF accepted). Bad
+entries are rejected with their id and a reason naming the field, never the job: a question that is
+not UTF-8 text or not JSON, lacks a question or answers, has a malformed gold passage, or repeats
+an earlier id; a corpus entry that is not UTF-8 text or not JSON, has no text, a non-string title
+or a repeated id (a bad corpus entry costs that passage only). A repeated id belongs to its first entry; the later one is rejected as `line:N`.
 Questions in = written + rejected; corpus entries in = searchable + rejected.
 
 The checking and assembling functions are pure; `build_kilt_file` reads, embeds (any `Embedder`)
@@ -29,15 +30,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from groundflow.cings.inference import RawEntry, line_id, parse_eval_text, passage_text
+from groundflow.cings.inference import RawEntry, entry_id, line_id, passage_text, read_eval_entries
 from groundflow.cings.scoring import normalize_answer
+from groundflow.io.fields import field_problem
 from groundflow.io.artifacts import atomic_write_json, atomic_write_text, write_table
 from groundflow.io.schemas import table_schema
 from groundflow.io.stage import rejects_frame
@@ -61,64 +64,44 @@ class Checked:
     counts: dict
 
 
-def _entry_id(entry: RawEntry) -> tuple[str | None, str | None]:
-    """(the entry's id, None) or (None, why it has none usable)."""
-    if entry.error is not None:
-        return None, entry.error
-    if not isinstance(entry.value, dict):
-        return None, f"line {entry.line} is a {type(entry.value).__name__}, not an object"
-    raw_id = entry.value.get("id")
-    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
-        return None, f"line {entry.line} has no id"
-    return str(raw_id).strip(), None
-
-
-def _title(value: Any) -> str | None:
-    """A passage title: a string (stripped), absent or null = ""; anything else None (invalid)."""
-    if value is None:
-        return ""
-    return value.strip() if isinstance(value, str) else None
+def _title_problem(doc: dict) -> str | None:
+    """A passage title may be absent or null (no title); otherwise it is a string."""
+    return None if doc.get("title") is None else field_problem(doc, "title", empty_ok=True)
 
 
 def check_question(value: dict) -> tuple[dict | None, str | None]:
     """(the question without its id, None) or (None, the reason it is rejected)."""
-    question = value.get("question")
-    if not isinstance(question, str) or not question.strip():
-        return None, "no question"
-    answers = value.get("answers")
-    if not isinstance(answers, list) or not answers:
-        return None, "no 'answers' list"
+    problem = field_problem(value, "question") or field_problem(value, "answers", list)
+    if problem:
+        return None, problem
+    question, answers = value["question"], value["answers"]
     if any(not isinstance(a, str) for a in answers):
-        return None, "answers must all be strings"
+        return None, "field 'answers' holds a non-string answer"
     # the evaluation drops answers that normalise to nothing; one that keeps none is useless
     if not any(normalize_answer(a) for a in answers):
         return None, "no gold answer is left after normalisation"
-    gold = value.get("gold", [])
+    gold = value.get("gold")
     if gold is None:
         gold = []
     if not isinstance(gold, list):
-        return None, f"'gold' is a {type(gold).__name__}, not a list"
+        return None, field_problem(value, "gold", list)
     passages = []
     for index, doc in enumerate(gold):
         if not isinstance(doc, dict):
             return None, f"gold {index} is a {type(doc).__name__}, not an object"
-        text, title = doc.get("text"), _title(doc.get("title"))
-        if not isinstance(text, str) or not text.strip():
-            return None, f"gold {index} has no text"
-        if title is None:
-            return None, f"gold {index} has a non-string title"
-        passages.append({"title": title, "text": text.strip()})
+        problem = field_problem(doc, "text") or _title_problem(doc)
+        if problem:
+            return None, f"gold {index}: {problem}"
+        passages.append({"title": (doc.get("title") or "").strip(), "text": doc["text"].strip()})
     return {"question": question.strip(), "answers": [a.strip() for a in answers], "gold": passages}, None
 
 
 def check_passage(value: dict) -> tuple[dict | None, str | None]:
     """(the passage's title and text, None) or (None, the reason it is rejected)."""
-    text, title = value.get("text"), _title(value.get("title"))
-    if not isinstance(text, str) or not text.strip():
-        return None, "no text"
-    if title is None:
-        return None, "non-string title"
-    return {"title": title, "text": text.strip()}, None
+    problem = field_problem(value, "text") or _title_problem(value)
+    if problem:
+        return None, problem
+    return {"title": (value.get("title") or "").strip(), "text": value["text"].strip()}, None
 
 
 def check_entries(entries: Iterable[RawEntry], check: Callable[[dict], tuple[dict | None, str | None]],
@@ -130,20 +113,20 @@ def check_entries(entries: Iterable[RawEntry], check: Callable[[dict], tuple[dic
     n_in = 0
     for entry in entries:
         n_in += 1
-        entry_id, problem = _entry_id(entry)
-        if entry_id is None:
+        own_id, problem = entry_id(entry)
+        if own_id is None:
             rejected.append((line_id(entry.line), problem))
             continue
-        if entry_id in first_line:
-            rejected.append((line_id(entry.line), f"line {entry.line}: duplicate id {entry_id!r} "
-                                                  f"(first at line {first_line[entry_id]})"))
+        if own_id in first_line:
+            rejected.append((line_id(entry.line), f"line {entry.line}: duplicate id {own_id!r} "
+                                                  f"(first at line {first_line[own_id]})"))
             continue
-        first_line[entry_id] = entry.line
+        first_line[own_id] = entry.line
         clean, reason = check(entry.value)
         if clean is None:
-            rejected.append((entry_id, reason or "invalid"))
+            rejected.append((own_id, reason or "invalid"))
             continue
-        kept.append({"id": entry_id, **clean})
+        kept.append({"id": own_id, **clean})
     rejects = rejects_frame(stage, rejected)
     counts = {"stage": stage, "in": n_in, "out": len(kept), "rejected": len(rejects)}
     if n_in != len(kept) + len(rejects) or rejects["id"].duplicated().any():
@@ -151,12 +134,14 @@ def check_entries(entries: Iterable[RawEntry], check: Callable[[dict], tuple[dic
     return Checked(kept=kept, rejects=rejects, counts=counts)
 
 
-def read_questions(text: str, source: str = "<questions>") -> Checked:
-    return check_entries(parse_eval_text(text, source), check_question, QUESTIONS_STAGE)
+def read_questions(source: str | os.PathLike | bytes, name: str = "<questions>") -> Checked:
+    """The checked questions of a file (a path or its bytes)."""
+    return check_entries(read_eval_entries(source, name), check_question, QUESTIONS_STAGE)
 
 
-def read_corpus(text: str, source: str = "<corpus>") -> Checked:
-    return check_entries(parse_eval_text(text, source), check_passage, CORPUS_STAGE)
+def read_corpus(source: str | os.PathLike | bytes, name: str = "<corpus>") -> Checked:
+    """The checked passages of a file (a path or its bytes)."""
+    return check_entries(read_eval_entries(source, name), check_passage, CORPUS_STAGE)
 
 
 def same_passage_key(text: str) -> str:
@@ -220,8 +205,8 @@ def build_kilt_file(questions_path: str | Path, corpus_path: str | Path, embedde
     for what, path in files.items():
         if not path.is_file():
             raise FileNotFoundError(f"{what} file not found: {path}")
-    questions = read_questions(files["questions"].read_text(encoding="utf-8"), str(files["questions"]))
-    corpus = read_corpus(files["corpus"].read_text(encoding="utf-8"), str(files["corpus"]))
+    questions = read_questions(files["questions"], str(files["questions"]))
+    corpus = read_corpus(files["corpus"], str(files["corpus"]))
     log.info("questions: %s; corpus: %s", questions.counts, corpus.counts)
     retriever = DenseRetriever.build(embedder, [passage_text(p) for p in corpus.kept], batch_size=batch_size,
                                      vectors_dir=vectors_dir)

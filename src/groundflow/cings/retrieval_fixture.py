@@ -54,13 +54,13 @@ EXTRA_PASSAGES = [
 # (the reason the builder gives, the raw line); ids of the bad lines are what rejects carry
 BAD_QUESTION_LINES = [
     ("not valid JSON", '{"id": "q-bad-json", "question": "cut short'),
-    ("no 'answers' list", json.dumps({"id": "q-no-answers", "question": "Who knows?", "answers": "yes", "gold": []})),
-    ("gold 0 has no text", json.dumps({"id": "q-empty-gold", "question": "What?", "answers": ["x"],
+    ("field 'answers' is a str, not a list", json.dumps({"id": "q-no-answers", "question": "Who knows?", "answers": "yes", "gold": []})),
+    ("gold 0: field 'text' is empty", json.dumps({"id": "q-empty-gold", "question": "What?", "answers": ["x"],
                                        "gold": [{"title": "T", "text": " "}]})),
 ]
 BAD_CORPUS_LINES = [
     ("not valid JSON", '{"id": "p-bad-json", "title": "Broken", "text": "no end'),
-    ("no text", json.dumps({"id": "p-empty", "title": "Empty", "text": ""})),
+    ("field 'text' is empty", json.dumps({"id": "p-empty", "title": "Empty", "text": ""})),
 ]
 
 

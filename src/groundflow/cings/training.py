@@ -31,12 +31,12 @@ import pyarrow.parquet as pq
 
 from groundflow.cings.data import (
     convert_source_records,
-    read_record_lines,
     read_source_records,
     training_conversation,
 )
 from groundflow.cings.labels import CingsLabeler, Encoded, LabelSettings
 from groundflow.io.artifacts import atomic_path, atomic_write_json, atomic_write_text, read_table, write_table
+from groundflow.io.lines import read_json_records
 from groundflow.io.schemas import table_schema
 from groundflow.io.stage import StageResult, check_accounting, rejects_frame
 from groundflow.train.chat_formats import resolve_chat_template
@@ -74,7 +74,11 @@ def convert_records(
     if not path.is_file():
         raise FileNotFoundError(f"CINGS records file not found: {path} (config cings.records)")
     options = {"variant": variant, "keep_no_retrieval": keep_no_retrieval, "input_separator": input_separator}
-    sources = read_source_records(read_record_lines(path.read_text(encoding="utf-8")))
+    try:
+        sources = read_source_records(read_json_records(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"CINGS records file {path} starts with '[' but is not a JSON list ({error}); "
+                         f"a JSON list cannot be salvaged, fix or regenerate it") from None
     kept, rejects = convert_source_records(sources, **options)
     frame = conform(pd.DataFrame([r.as_dict() for r in kept], columns=table_schema(RECORDS_TABLE).names), RECORDS_TABLE)
     rejected = rejects_frame(CONVERT_STAGE, rejects)
