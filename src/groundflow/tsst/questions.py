@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 import yaml
 
+from groundflow.io.fields import field_problem
 from groundflow.io.lines import JsonLine, read_json_document, read_json_lines
 from groundflow.io.stage import StageResult, check_accounting, rejects_frame
 from groundflow.tsst.prompts import LETTERS
@@ -140,14 +141,10 @@ def read_subset(path: str | Path) -> list[str]:
 
 
 def text_field(value: Mapping, key: str) -> str:
-    if key not in value or value[key] is None:
-        raise RecordError(f"missing field {key!r}")
-    text = value[key]
-    if not isinstance(text, str):
-        raise RecordError(f"field {key!r} is a {type(text).__name__}, not a string")
-    if not text.strip():
-        raise RecordError(f"field {key!r} is empty")
-    return text.strip()
+    problem = field_problem(value, key)
+    if problem is not None:
+        raise RecordError(problem)
+    return value[key].strip()
 
 
 def integer_field(value: Mapping, key: str) -> int:
