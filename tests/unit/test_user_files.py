@@ -1,6 +1,7 @@
 """Every reader of a user file, given the file as users have it: written on Windows (a byte-order
 mark, CRLF endings), captions and questions in mixed scripts, and one record holding a stray byte
-that is not UTF-8. That record alone is rejected, with its line and byte offset (or the field that
+that is not UTF-8 (CVC captions, CINGS records, evaluation files and the KILT builder's inputs, TSST
+questions and CoT chains, POPE scene annotations). That record alone is rejected, with its line and byte offset (or the field that
 holds the byte); every other record is kept, the first one after the mark included; in = out +
 rejected."""
 
@@ -14,6 +15,7 @@ from groundflow.cings.inference import read_eval_records
 from groundflow.cings.kilt_build import read_corpus, read_questions
 from groundflow.cings.training import convert_records
 from groundflow.cvc.ingest import ingest_captions
+from groundflow.evaluate.pope import load_scene_entries, parse_scenes
 from groundflow.io import check_accounting
 from groundflow.tsst.prompts import load_question_prompts
 from groundflow.tsst.questions import load_questions
@@ -217,3 +219,17 @@ def test_cings_kilt_questions_and_corpus(tmp_path):
     checked = read_corpus(path)
     assert [p["text"] for p in checked.kept] == MIXED
     assert reasons_of(checked.rejects) == {"line:3": not_utf8_reason(corpus, 3)}
+
+
+# --------------------------------------------------------------------------- POPE scene annotations
+
+
+def test_pope_scene_annotations(tmp_path):
+    data = windows_jsonl([utf8({"image": f"{i}.jpg", "objects": [text, "猫"]}) for i, text in enumerate(MIXED)],
+                         b'{"image": "9.jpg", "objects": ["' + STRAY + b'"]}')
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(data)
+    parsed = parse_scenes(load_scene_entries(path))
+    assert [scene.objects[0] for scene in parsed.scenes] == [text.lower() for text in MIXED]
+    assert dict(parsed.rejects) == {"scene:3": f"annotation 3: {not_utf8_reason(data, 3)}"}
+    assert len(parsed.input_ids) == len(parsed.scenes) + len(parsed.rejects) == 5

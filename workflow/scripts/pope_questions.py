@@ -21,8 +21,7 @@ setup_logging(snakemake.log[0])
 opts = snakemake.params.opts
 image_folder = Path(snakemake.params.image_folder)
 prompt = load_prompt(opts.get("question_prompt"), QUESTION_PROMPT, fields=QUESTION_FIELDS)
-parsed = parse_scenes(load_scene_entries(Path(snakemake.input.scenes).read_text(encoding="utf-8"),
-                                         source=str(snakemake.input.scenes)))
+parsed = parse_scenes(load_scene_entries(snakemake.input.scenes, name=str(snakemake.input.scenes)))
 questions, unusable = build_questions(
     parsed.scenes, question_template=prompt.text, positives_per_image=opts["positives_per_image"],
     splits=opts["splits"], seed=snakemake.params.seed, min_objects=opts["min_objects"], images=opts["images"],

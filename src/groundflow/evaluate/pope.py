@@ -3,8 +3,9 @@ Hallucination in Large Vision-Language Models"), for any LLaVA checkpoint.
 
 Scenes. The annotations are `{image, objects: [name, ...]}` records, a JSON list or one per line
 (the JSON-lines form of POPE's own annotation files, e.g. its COCO val2014 ground truth): an
-image (a path relative to the image folder) and the objects in it; a line that is not JSON is
-rejected with the parser's message. Object names are stripped, lower-cased and
+image (a path relative to the image folder) and the objects in it; the file is read through
+`groundflow.io.lines` (a byte-order mark and CRLF accepted), and a line that is not UTF-8 text or
+not JSON is rejected with its line and the reason. Object names are stripped, lower-cased and
 de-duplicated (an object is a category: two cups are one "cup"). An entry without an image name,
 with a repeated image or without any object is rejected with the reason (its id is `scene:N`, its
 1-based position, when it has no usable image name; otherwise the image name).
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from groundflow.io.lines import read_json_records
 from groundflow.io.stage import StageResult, rejects_frame
 from groundflow.vision.image_io import ImageError, load_rgb
 
@@ -105,25 +108,17 @@ class UnparsableLine:
     error: str
 
 
-def load_scene_entries(text: str, source: str = "annotations") -> list[object]:
-    """The entries of an annotation file: a JSON list, or one JSON value per non-empty line (a
-    line that is not JSON becomes an `UnparsableLine`; a list that is not JSON is an error)."""
+def load_scene_entries(source: str | os.PathLike | bytes, name: str = "annotations") -> list[object]:
+    """The entries of an annotation file (a path or its bytes, through `groundflow.io.lines`): a JSON
+    list, or one JSON value per non-blank line, where a line that is not UTF-8 text or not JSON
+    becomes an `UnparsableLine`; a list that is not JSON is an error."""
     import json
 
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{source}: not a valid JSON list of {{image, objects}}: {e}") from None
-    entries: list[object] = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            entries.append(UnparsableLine(str(e)))
-    return entries
+    try:
+        return [entry.value if entry.error is None else UnparsableLine(entry.error)
+                for entry in read_json_records(source)]
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name}: not a valid JSON list of {{image, objects}}: {e}") from None
 
 
 def parse_scenes(entries: Sequence[object]) -> ParsedScenes:
@@ -140,7 +135,7 @@ def parse_scenes(entries: Sequence[object]) -> ParsedScenes:
         scene_id = image if usable_name else f"scene:{position}"
         input_ids.append(scene_id)
         if isinstance(entry, UnparsableLine):
-            rejects.append((scene_id, f"annotation {position} is not valid JSON: {entry.error}"))
+            rejects.append((scene_id, f"annotation {position}: {entry.error}"))
             continue
         if not isinstance(entry, dict):
             rejects.append((scene_id, f"annotation {position} is a {type(entry).__name__}, not an object {{image, objects}}"))

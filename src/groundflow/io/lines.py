@@ -1,4 +1,4 @@
-"""Users' text files, read as bytes and decoded one line at a time, so a bad line costs itself only.
+"""Users' text files, read as bytes and decoded line by line, so a bad line costs itself only.
 
 Users' files come merged from several tools, some written on Windows: a byte-order mark at the
 start, CRLF line endings, now and then a line holding bytes that are not UTF-8. Every reader of a
@@ -10,13 +10,15 @@ through here, so all of them accept and reject the same things:
   in the file); the lines after it are read as usual. A byte-order mark is dropped at the start
   of the file only: anywhere else it is a character of its line.
 - `read_json_lines`: the non-blank lines of a JSON Lines file, each its JSON value or the reason it
-  has none; streamed, one line in memory at a time.
+  has none; streamed: a block of lines (256 KiB) in memory at a time, not the file.
 - `read_json_document`: a whole file as one JSON value (a JSON list, a COCO captions file). Bytes
   that are not UTF-8 do not stop it: they are kept as lone surrogates (Python's "surrogateescape"),
   so the document still parses and `undecodable_field` names the field of the record holding them.
 - `read_json_records`: a JSON array's elements when the file starts with "[", else its JSON lines.
 
-A source is a path (str or PathLike) or the file's bytes.
+A source is a path (str or PathLike) or the file's bytes. Reasons name the line and, for bytes that
+are not UTF-8, the offending byte and its offset in the file: "line 3 is not UTF-8 text (byte 0xe9
+at offset 57 of the file: invalid continuation byte)", "line 4 is not valid JSON (Expecting value)".
 """
 
 from __future__ import annotations
