@@ -133,3 +133,11 @@ def test_lines_are_the_same_whatever_the_block_they_are_read_in(monkeypatch, blo
     got = list(read_lines(data))
     assert [(line.number, line.offset, line.text) for line in got] == expected
     assert got[4].error.startswith("line 5 is not UTF-8 text (byte 0xe9 at offset")
+
+
+def test_an_escaped_half_surrogate_is_rejected_and_an_escaped_pair_kept():
+    data = b'{"caption": "\\ud83d\\ude00 ok"}\n{"caption": "bad \\udc80 half"}\n"\\uDFFF"\n'
+    entries = list(read_json_lines(data))
+    assert entries[0].value == {"caption": "😀 ok"}
+    assert entries[1].error == "line 2: field 'caption' holds an unpaired surrogate escape, not UTF-8 text"
+    assert entries[2].error == "line 3: its text holds an unpaired surrogate escape, not UTF-8 text"

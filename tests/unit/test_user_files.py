@@ -16,7 +16,7 @@ from groundflow.cings.kilt_build import read_corpus, read_questions
 from groundflow.cings.training import convert_records
 from groundflow.cvc.ingest import ingest_captions
 from groundflow.evaluate.pope import load_scene_entries, parse_scenes
-from groundflow.io import check_accounting
+from groundflow.io import check_accounting, write_table
 from groundflow.tsst.prompts import load_question_prompts
 from groundflow.tsst.questions import load_questions
 from groundflow.tsst.warmup import warmup_from_file
@@ -233,3 +233,15 @@ def test_pope_scene_annotations(tmp_path):
     assert [scene.objects[0] for scene in parsed.scenes] == [text.lower() for text in MIXED]
     assert dict(parsed.rejects) == {"scene:3": f"annotation 3: {not_utf8_reason(data, 3)}"}
     assert len(parsed.input_ids) == len(parsed.scenes) + len(parsed.rejects) == 5
+
+
+def test_cvc_coco_id_that_is_not_utf8_rejects_under_its_position(tmp_path, images):
+    doc = utf8(_coco(["PLACEHOLDER", *MIXED], ["a.jpg"])).replace(b'"PLACEHOLDER"', b'"' + STRAY + b'"', 1)
+    doc = doc.replace(b'"id": 100,', b'"id": "' + STRAY + b'",', 1)
+    path = tmp_path / "captions_train2014.json"
+    path.write_bytes(doc)
+    result, counts = _ingest(path, images)
+    assert list(result.kept["caption"]) == MIXED
+    assert reasons_of(result.rejects) == {"annotation:0": "annotation 0: field 'id' is not UTF-8 text"}
+    write_table(result.rejects, tmp_path / "rejects.parquet")  # every reject can be written
+    assert (counts["in"], counts["out"], counts["rejected"]) == (5, 4, 1)

@@ -204,6 +204,9 @@ def _coco_records(doc: dict, *, has_undecodable: bool):
             field = undecodable_field(ann)
             if field is None and undecodable_field(image) is not None:
                 field = f"images[].file_name of image_id {image_id!r}"
+            if field == "id":  # an id that cannot be written cannot name the reject either
+                yield where, pseudo, _Raw(error=_not_utf8_field(field))
+                continue
             if field is not None:
                 error = _not_utf8_field(field)
         yield where, pseudo, _Raw(image, ann.get("caption"), ann.get("id"), "id" in ann, error)

@@ -149,10 +149,17 @@ def _json_entry(number: int, text: str) -> JsonLine | None:
     if not text:
         return None
     try:
-        return JsonLine(number, json.loads(text))  # a "\r" left by CRLF is JSON whitespace
+        value = json.loads(text)  # a "\r" left by CRLF is JSON whitespace
     except json.JSONDecodeError as bad:
         # whether the line is blank is asked only of lines that fail, which is cheaper
         return None if text.isspace() else JsonLine(number, None, f"line {number} is not valid JSON ({bad.msg})")
+    if "\\ud" in text or "\\uD" in text:
+        # JSON may escape half of a surrogate pair alone ("\udc80"): valid JSON, but no character
+        field = undecodable_field(value)
+        if field is not None:
+            what = f"field {field!r}" if field else "its text"
+            return JsonLine(number, None, f"line {number}: {what} holds an unpaired surrogate escape, not UTF-8 text")
+    return JsonLine(number, value)
 
 
 def read_json_document(source: Source) -> JsonDocument:
