@@ -1,9 +1,10 @@
 """Every reader of a user file, given the file as users have it: written on Windows (a byte-order
 mark, CRLF endings), captions and questions in mixed scripts, and one record holding a stray byte
-that is not UTF-8 (CVC captions, CINGS records, evaluation files and the KILT builder's inputs, TSST
-questions and CoT chains, POPE scene annotations). That record alone is rejected, with its line and byte offset (or the field that
-holds the byte); every other record is kept, the first one after the mark included; in = out +
-rejected."""
+that is not UTF-8 (CVC captions in their three layouts, CINGS training records, evaluation files
+and the KILT builder's inputs, TSST questions and CoT chains, POPE scene annotations). That record
+alone is rejected, with its line and byte offset (or the field that holds the byte); every other
+record is kept, the first one after the mark included; in = out + rejected. CVC's instruction data
+is mixed in as it is, so there a stray byte stops the job, naming the record and the field."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from groundflow.cings.inference import read_eval_records
 from groundflow.cings.kilt_build import read_corpus, read_questions
 from groundflow.cings.training import convert_records
+from groundflow.cvc.hybrid import HybridFormatError, read_llava_json
 from groundflow.cvc.ingest import ingest_captions
 from groundflow.evaluate.pope import load_scene_entries, parse_scenes
 from groundflow.io import check_accounting, write_table
@@ -245,3 +247,18 @@ def test_cvc_coco_id_that_is_not_utf8_rejects_under_its_position(tmp_path, image
     assert reasons_of(result.rejects) == {"annotation:0": "annotation 0: field 'id' is not UTF-8 text"}
     write_table(result.rejects, tmp_path / "rejects.parquet")  # every reject can be written
     assert (counts["in"], counts["out"], counts["rejected"]) == (5, 4, 1)
+
+
+# --------------------------------------------------------------------------- CVC's instruction data (LLaVA JSON)
+
+
+def test_cvc_instruction_data_with_a_mark_crlf_and_mixed_scripts_and_one_with_a_stray_byte(tmp_path):
+    records = [{"id": f"i{k}", "image": "a.jpg", "conversations": [{"from": "human", "value": f"<image>\n{text}"},
+                                                                   {"from": "gpt", "value": text}]}
+               for k, text in enumerate(MIXED)]
+    path = tmp_path / "llava.json"
+    path.write_bytes(BOM + json.dumps(records, ensure_ascii=False, indent=1).replace("\n", "\r\n").encode())
+    assert read_llava_json(path) == records
+    path.write_bytes(BOM + utf8(records).replace(MIXED[3].encode(), STRAY))
+    with pytest.raises(HybridFormatError, match=r"record 3: field 'conversations\[0\].value' is not UTF-8 text"):
+        read_llava_json(path)

@@ -40,6 +40,7 @@ import pandas as pd
 from groundflow.cvc.prompts import ANSWER_SUFFIX
 from groundflow.cvc.trials import instruction_text, reasoning_question
 from groundflow.io.artifacts import atomic_write_text
+from groundflow.io.lines import read_json_document, undecodable_field
 from groundflow.io.stage import StageResult, rejects_frame
 
 SELECTION_STAGE = "selection"
@@ -330,9 +331,19 @@ def write_llava_json(records: Sequence[dict], path: str | os.PathLike) -> None:
 
 
 def read_llava_json(path: str | os.PathLike) -> list[dict]:
-    records = json.loads(Path(path).read_text(encoding="utf-8"))
+    """The records of a LLaVA JSON array (a byte-order mark accepted); HybridFormatError names the
+    record and field holding bytes that are not UTF-8, as the mix does for any other bad record."""
+    try:
+        document = read_json_document(path)
+    except json.JSONDecodeError as error:
+        raise HybridFormatError(f"{path}: not a JSON array of records ({error})") from None
+    records = document.value
     if not isinstance(records, list):
         raise HybridFormatError(f"{path}: expected a JSON array of records, got {type(records).__name__}")
+    for index, record in enumerate(records if document.has_undecodable else ()):
+        field = undecodable_field(record)
+        if field is not None:
+            raise HybridFormatError(f"{path}: record {index}: field {field!r} is not UTF-8 text")
     return records
 
 
