@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import itertools
 import json
 import os
 import re
@@ -39,6 +40,7 @@ _BLOCK = 1 << 18
 # What surrogateescape makes of undecodable bytes, and what a JSON "\udc80" escape gives: neither
 # can be written back as UTF-8, so a record holding one cannot be kept.
 _NOT_UTF8 = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class Line(NamedTuple):
@@ -131,35 +133,34 @@ def _block_lines(first: int, offset: int, pieces: list) -> Iterator[Line]:
 
 def read_json_lines(source: Source) -> Iterator[JsonLine]:
     """The non-blank lines of a JSON Lines file, each decoded on its own."""
+    loads = json.loads
     for first, offset, pieces in _blocks(source):
         if isinstance(pieces[0], str):
-            for number, text in enumerate(pieces, first):
-                entry = _json_entry(number, text)
-                if entry is not None:
-                    yield entry
-            continue
-        for number, _, text, error in _block_lines(first, offset, pieces):
-            entry = JsonLine(number, None, error) if error else _json_entry(number, text)
-            if entry is not None:
-                yield entry
-
-
-def _json_entry(number: int, text: str) -> JsonLine | None:
-    """The line's value or why it has none; None for a blank line (no record)."""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)  # a "\r" left by CRLF is JSON whitespace
-    except json.JSONDecodeError as bad:
-        # whether the line is blank is asked only of lines that fail, which is cheaper
-        return None if text.isspace() else JsonLine(number, None, f"line {number} is not valid JSON ({bad.msg})")
-    if "\\ud" in text or "\\uD" in text:
-        # JSON may escape half of a surrogate pair alone ("\udc80"): valid JSON, but no character
-        field = undecodable_field(value)
-        if field is not None:
-            what = f"field {field!r}" if field else "its text"
-            return JsonLine(number, None, f"line {number}: {what} holds an unpaired surrogate escape, not UTF-8 text")
-    return JsonLine(number, value)
+            lines = zip(itertools.count(first), pieces, itertools.repeat(None))
+        else:
+            lines = ((line.number, line.text, line.error) for line in _block_lines(first, offset, pieces))
+        for number, text, error in lines:
+            if error is not None:
+                yield JsonLine(number, None, error)
+                continue
+            if not text:
+                continue
+            try:
+                value = loads(text)  # a "\r" left by CRLF is JSON whitespace
+            except json.JSONDecodeError as bad:
+                # whether the line is blank is asked only of lines that fail, which is cheaper
+                if not text.isspace():
+                    yield JsonLine(number, None, f"line {number} is not valid JSON ({bad.msg})")
+                continue
+            if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+                # JSON may escape half of a surrogate pair alone ("\udc80"): valid JSON, but no character
+                field = undecodable_field(value)
+                if field is not None:
+                    what = f"field {field!r}" if field else "its text"
+                    yield JsonLine(number, None, f"line {number}: {what} holds an unpaired surrogate escape, "
+                                                 f"not UTF-8 text")
+                    continue
+            yield JsonLine(number, value)
 
 
 def read_json_document(source: Source) -> JsonDocument:
