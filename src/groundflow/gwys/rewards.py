@@ -91,7 +91,7 @@ def check_rules(rules: str) -> str:
     return rules
 
 
-def _original_number(text: str) -> float | None:
+def original_number(text: str) -> float | None:
     try:
         return float(text.replace(",", ""))
     except ValueError:
@@ -118,7 +118,7 @@ def _numerical(pred: str, gt: str, rules: str) -> float:
             return "." in s or "," in s
         if marked(pred) != marked(gt):
             return 0.0
-        p, g = _original_number(pred), _original_number(gt)
+        p, g = original_number(pred), original_number(gt)
     else:
         p, g = parse_number(pred), parse_number(gt)
     if p is None or g is None:
