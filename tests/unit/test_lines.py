@@ -141,3 +141,10 @@ def test_an_escaped_half_surrogate_is_rejected_and_an_escaped_pair_kept():
     assert entries[0].value == {"caption": "😀 ok"}
     assert entries[1].error == "line 2: field 'caption' holds an unpaired surrogate escape, not UTF-8 text"
     assert entries[2].error == "line 3: its text holds an unpaired surrogate escape, not UTF-8 text"
+
+
+def test_a_document_with_an_escaped_half_surrogate_is_marked_for_its_records_to_reject():
+    document = read_json_document(b'[{"caption": "ok \\ud83d\\ude00"}, {"caption": "half \\udc80"}]')
+    assert document.has_undecodable
+    assert [undecodable_field(record) for record in document.value] == [None, "caption"]
+    assert not read_json_document(b'[{"path": "C:\\\\users\\\\d8"}]').has_undecodable

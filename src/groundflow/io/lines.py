@@ -44,6 +44,9 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class Line(NamedTuple):
+    """One line: its 1-based number, the byte offset where its text starts, the text without its
+    line ending (None when it is not UTF-8) and, then, why not."""
+
     number: int
     offset: int
     text: str | None
@@ -61,6 +64,9 @@ class JsonLine(NamedTuple):
 
 
 class JsonDocument(NamedTuple):
+    """A whole file's JSON value; `has_undecodable`: some string in it may not be UTF-8 text (bytes
+    that were not, or a JSON escape of half a surrogate pair), for `undecodable_field` to find."""
+
     value: Any
     has_undecodable: bool
 
@@ -170,9 +176,10 @@ def read_json_document(source: Source) -> JsonDocument:
     if data.startswith(_BOM):
         data = data[len(_BOM):]
     try:
-        return JsonDocument(json.loads(data.decode("utf-8")), False)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return JsonDocument(json.loads(data.decode("utf-8", "surrogateescape")), True)
+    return JsonDocument(json.loads(text), "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None)
 
 
 def first_byte(source: Source) -> bytes:
