@@ -166,8 +166,9 @@ def test_caption_request_holds_the_caption_and_question_only():
 
 
 def test_caption_scores_from_replies_count_failures():
-    scores, failed = caption_scores(["<answer>B</answer>", None, "<answer>A</answer>", "no tag"],
-                                    ["<answer>B</answer>"] * 4, ["multiple choice"] * 4)
+    replies = ["<think>..</think><answer> B </answer>", None, "<answer>A</answer>", "B, without a tag"]
+    answers = [None if r is None else extract_answer(r) for r in replies]
+    scores, failed = caption_scores(answers, ["<answer>B</answer>"] * 4, ["multiple choice"] * 4)
     assert scores == [1.0, 0.0, 0.0, 0.0] and failed == 1
 
 
@@ -187,6 +188,9 @@ def test_caption_reward_asks_once_per_distinct_request_and_caches():
     assert reward(group[:2], **columns(2)) == [1.0, 0.0]
     assert judge.calls == [2]  # cached
     assert reward.failures == 0 and reward.requests == 2
+    small = CaptionReward(FakeJudge(), cache_size=1)
+    small(group, **columns(4))
+    assert list(small.answers) == [("a blue ball", columns(1)["format_question"][0], "multiple choice")]
 
 
 def test_empty_captions_can_be_asked_as_the_original_did():

@@ -1,0 +1,12 @@
+"""Ground What You See (GWYS, released as OMNEX-VL; spec `../shared/specs/gwys.md`): the pure core.
+
+- `prompts`: one question prompt per output form (four-tag, think/answer) shared by SFT, RL and
+  evaluation, per-problem-type instructions, the caption judge's request;
+- `data`: LLaVA-CoT records into four-tag SFT records; Video-R1-style rows into the RL pool table;
+- `rewards`: TRL reward callables (accuracy per problem type, format, caption via a text judge);
+- `selection`: reward-variance selection (Hard / Easy / Medium, Medium ranked by variance);
+- `conflict`: the InfoNCE conflict term over pooled representations, once per unique prompt;
+- `advantages`: GRPO group advantages and the k3 KL, for checks and benches.
+
+Nothing here imports trl or datasets; the trainer subclass and the workflow come on top of it.
+"""

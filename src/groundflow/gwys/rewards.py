@@ -26,8 +26,8 @@ Caption reward (spec §5.1): the text of a completion's first `<caption>` and th
 text-only judge, which never sees the image; its `<answer>` is scored against the ground truth by
 the accuracy rule. The judge is any object with the generator layer's `generate(prompts, params)`
 (`groundflow.generate.backends`: a local model or an OpenAI-compatible endpoint, which retries on
-its own). Requests of one call go in one batch; identical requests are asked once and their replies
-kept, so a repeated caption is never asked twice. A judge that still fails gives 0 and is counted
+its own). Requests of one call go in one batch; identical requests are asked once and the judge's
+answers kept (the latest `cache_size`), so a repeated caption is not asked twice. A judge that still fails gives 0 and is counted
 (`CaptionReward.failures`, logged as a warning each call), never silently (the original turned a
 failed call into 0 without a word, §10.7). A completion without a caption gets 0 without asking
 (the original asked the judge anyway, which could then answer a multiple-choice question by chance);
@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections import OrderedDict
 from typing import Any, Iterable, Protocol, Sequence
 
 from groundflow.generate.backends import ChatPrompt, SamplingParams
@@ -228,13 +229,14 @@ class JudgeBackend(Protocol):
     def generate(self, prompts: Sequence[ChatPrompt], params: SamplingParams) -> list[list[str]]: ...
 
 
-def caption_scores(replies: Sequence[str | None], solutions: Sequence[str], problem_types: Sequence[str], *,
+def caption_scores(judge_answers: Sequence[str | None], solutions: Sequence[str], problem_types: Sequence[str], *,
                    rules: str = "fixed", options: Sequence[Sequence[str] | None] | None = None) -> tuple[list[float], int]:
-    """Caption rewards from the judge's replies (None: the judge failed) and how many failed."""
-    options = options if options is not None else [None] * len(replies)
-    scores = [0.0 if reply is None else answer_score(extract_answer(reply), extract_answer(s), t, rules=rules, options=o)
-              for reply, s, t, o in zip(replies, solutions, problem_types, options)]
-    return scores, sum(reply is None for reply in replies)
+    """Caption rewards from the judge's answers (the text of each reply's `<answer>`, `extract_answer`;
+    None where the judge failed) and how many failed."""
+    options = options if options is not None else [None] * len(judge_answers)
+    scores = [0.0 if answer is None else answer_score(answer, extract_answer(s), t, rules=rules, options=o)
+              for answer, s, t, o in zip(judge_answers, solutions, problem_types, options)]
+    return scores, sum(answer is None for answer in judge_answers)
 
 
 class CaptionReward:
@@ -242,14 +244,17 @@ class CaptionReward:
 
     def __init__(self, judge: JudgeBackend, *, prompts: CaptionJudgePrompts | None = None,
                  params: SamplingParams | None = None, rules: str = "fixed", judge_empty_captions: bool = False,
-                 errors: tuple[type[BaseException], ...] = (Exception,)):
+                 errors: tuple[type[BaseException], ...] = (Exception,), cache_size: int = 8192):
         self.judge = judge
         self.prompts = prompts or load_caption_judge_prompts()
         self.params = params or SamplingParams(max_new_tokens=512)
         self.rules = check_rules(rules)
         self.judge_empty_captions = judge_empty_captions
         self.errors = errors
-        self.replies: dict[tuple[str, str, str], str] = {}  # answered requests; failures are asked again
+        # the judge's answers by request, oldest dropped beyond `cache_size` (a run asks ~64 per
+        # step, nearly all new); failures are not kept, so they are asked again
+        self.answers: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self.cache_size = cache_size
         self.requests = 0  # requests sent to the judge
         self.failures = 0  # completions scored 0 because the judge failed, over the run
         self.last_failures = 0  # of the latest call
@@ -260,22 +265,28 @@ class CaptionReward:
         questions, solutions = _column(kwargs, "format_question", n), _column(kwargs, "solution", n)
         types, options = _column(kwargs, "problem_type", n), _column(kwargs, "options", n, required=False)
         keys = [(caption_of(completion_text(c)), q, t) for c, q, t in zip(completions, questions, types)]
-        pending = list(dict.fromkeys(k for k in keys if k not in self.replies
+        pending = list(dict.fromkeys(k for k in keys if k not in self.answers
                                      and (k[0] or self.judge_empty_captions)))
-        failed = set(self._ask(pending))
-        replies = [None if k in failed else self.replies.get(k, "") for k in keys]
-        scores, self.last_failures = caption_scores(replies, solutions, types, rules=self.rules, options=options)
+        answered = self._ask(pending)
+        failed = set(pending) - set(answered)
+        # a caption-less completion that was not asked has no answer: ""
+        judge_answers = [None if k in failed else answered.get(k, self.answers.get(k, "")) for k in keys]
+        scores, self.last_failures = caption_scores(judge_answers, solutions, types, rules=self.rules, options=options)
+        for key, answer in answered.items():
+            self.answers[key] = answer
+        while len(self.answers) > self.cache_size:
+            self.answers.popitem(last=False)
         self.failures += self.last_failures
         if self.last_failures:
             log.warning("caption judge failed for %d of %d completions (reward 0; %d over the run)",
                         self.last_failures, n, self.failures)
         return scores
 
-    def _ask(self, keys: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-        """Ask the judge for `keys` in one batch, storing replies; a failed batch is asked one request
-        at a time, so a request the judge cannot answer costs only itself. Returns the failed keys."""
+    def _ask(self, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+        """The judge's extracted answers for `keys`, asked in one batch; a failed batch is asked one
+        request at a time, so a request the judge cannot answer costs only itself (and is absent)."""
         if not keys:
-            return []
+            return {}
         prompts = [self.prompts.request(*key) for key in keys]
         self.requests += len(prompts)
         try:
@@ -290,14 +301,13 @@ class CaptionReward:
                     batches.append(([key], self.judge.generate([prompt], self.params)))
                 except self.errors as one_error:
                     log.warning("caption judge failed for one request (%s: %s)", type(one_error).__name__, one_error)
-        answered = set()
+        answered = {}
         for batch_keys, texts in batches:
             if len(texts) != len(batch_keys):
                 raise ValueError(f"the judge answered {len(texts)} of {len(batch_keys)} requests")
             for key, replies in zip(batch_keys, texts):
-                self.replies[key] = replies[0]
-                answered.add(key)
-        return [key for key in keys if key not in answered]
+                answered[key] = extract_answer(replies[0])
+        return answered
 
 
 def weighted_total(per_reward: Iterable[Sequence[float]], weights: Sequence[float]) -> list[float]:
