@@ -78,6 +78,7 @@ def test_sft_records_and_every_bad_kind(tmp_path, media):
     assert "<CAPTION> stage is empty" in reasons["empty_stage"]
     assert "one human turn then one gpt turn" in reasons["three_turns"]
     assert loaded.counts["in"] == 12 and loaded.counts["out"] == 2 and loaded.counts["rejected"] == 10
+    assert loaded.counts["prompt"].startswith("four_tag-") and "type_" not in loaded.counts["prompt"]
     out = tmp_path / "sft.json"
     write_sft_records(loaded.records, out)
     assert json.loads(out.read_text()) == loaded.records

@@ -140,8 +140,9 @@ def conflict_term(sample_index: Sequence[int] | torch.Tensor, partner_ids: np.nd
     if pooled.shape[0] != len(rows):
         raise ValueError(f"embed returned {pooled.shape[0]} rows for {len(rows)}")
     where = {row: k for k, row in enumerate(rows)}
-    anchor_vectors = pooled[torch.tensor([where[a] for a in anchors])]
-    partner_vectors = pooled[torch.tensor([[where[int(r)] for r in partners] for partners in partner_rows])]
+    anchor_vectors = pooled[torch.tensor([where[a] for a in anchors], device=pooled.device)]
+    partner_vectors = pooled[torch.tensor([[where[int(r)] for r in partners] for partners in partner_rows],
+                                          device=pooled.device)]
     result = info_nce(anchor_vectors, partner_vectors, threshold=settings.threshold, tau=settings.tau,
                       fallback=settings.fallback)
     return ConflictResult(loss=result.loss, weighted=settings.weight * result.loss, positives=result.positives,

@@ -225,7 +225,7 @@ def load_sft_records(path: str | Path, *, image_root: str | Path, prompts: Quest
             rejected.append((name, f"line {entry.line}: {error}"))
     kept, rejects, counts = finish(SFT_STAGE, names, [{"id": r["id"], "image": r["image"]} for r in records],
                                    rejected, ["id", "image"])
-    counts.update({"path": str(path), "prompt": prompts.version})
+    counts.update({"path": str(path), "prompt": prompts.question.version})  # SFT adds no type instruction
     return LoadedRecords(kept=kept, rejects=rejects, counts=counts, records=records)
 
 
