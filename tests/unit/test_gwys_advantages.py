@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from groundflow.gwys.advantages import group_advantages, k3_kl
+from groundflow.gwys.advantages import group_advantages, group_outcomes, identical_groups, k3_kl
 
 
 def test_equal_rewards_give_zero_advantages():
@@ -33,3 +33,16 @@ def test_k3_kl_is_non_negative_and_zero_at_equal_log_probs():
     assert np.all(k3_kl(ref, logp) >= 0)
     assert np.all(k3_kl(logp, logp) == 0)
     assert k3_kl([20.0], [0.0], clamp=10.0)[0] == pytest.approx(np.expm1(10.0) - 10.0)
+
+
+def test_groups_of_identical_completions_are_counted():
+    texts = ["a", "a", "a", "b", "b", "b", "c", "d", "e"]
+    assert identical_groups(texts, 3) == 2
+    assert identical_groups(texts, 9) == 0
+    with pytest.raises(ValueError, match="groups of 2"):
+        identical_groups(texts, 2)
+
+
+def test_group_outcomes_read_the_accuracy_reward():
+    accuracy = [0, 0, 1, 1, 1, 0, 0, 0]
+    assert group_outcomes(accuracy, 2) == {"all_wrong": 0.5, "all_correct": 0.25}

@@ -6,7 +6,7 @@
 - `rewards`: TRL reward callables (accuracy per problem type, format, caption via a text judge);
 - `selection`: reward-variance selection (Hard / Easy / Medium, Medium ranked by variance);
 - `conflict`: the InfoNCE conflict term over pooled representations, once per unique prompt;
-- `advantages`: GRPO group advantages and the k3 KL, for checks and benches.
+- `advantages`: GRPO group advantages, the k3 KL, identical-group and all-wrong/all-correct checks.
 
 Nothing here imports trl or datasets; the trainer subclass and the workflow come on top of it.
 """
