@@ -15,6 +15,14 @@ def test_a_users_file_is_read_and_versioned_by_its_text(tmp_path):
     assert load_prompt(path, "x", fields={"caption"}).version != prompt.version
 
 
+def test_a_windows_file_reads_as_the_same_prompt(tmp_path):
+    plain, windows = tmp_path / "plain.txt", tmp_path / "windows.txt"
+    plain.write_bytes("Légende : {caption}\nRéponds.\n".encode())
+    windows.write_bytes(b"\xef\xbb\xbf" + "Légende : {caption}\r\nRéponds.\r\n".encode())
+    expected = load_prompt(plain, "x", fields={"caption"}).format(caption="犬")
+    assert load_prompt(windows, "x", fields={"caption"}).format(caption="犬") == expected == "Légende : 犬\nRéponds.\n"
+
+
 @pytest.mark.parametrize("text, words", [
     ("no field here", "lacks the field(s) {caption}"),
     ("{caption} {label}", "asks for unknown field(s) {label}"),

@@ -45,7 +45,7 @@ def load_prompt(path: str | Path | None, default: str, *, fields: set[str] | fro
     its format fields are exactly `fields`."""
     source = Path(path) if path else packaged_prompt_path(default)
     try:
-        text = source.read_text(encoding="utf-8")
+        text = source.read_text(encoding="utf-8-sig")  # a Windows editor's byte-order mark is no prompt text
     except FileNotFoundError:
         raise FileNotFoundError(f"prompt file {source} not found (set by config; default {default!r})") from None
     except UnicodeDecodeError as e:
