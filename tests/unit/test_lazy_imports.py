@@ -25,6 +25,8 @@ LIGHT_SCRIPTS = [
     "plot_box_scores", "plot_causality", "plot_entities", "plot_occluded", "plot_stage_counts",
     "plot_train_loss", "plot_trials", "cings_retrieval_fixture", "cings_eval_fixture", "pope_questions", "pope_score",
     "plot_cings_eval", "plot_cings_pope",
+    "tsst_fixture", "tsst_questions", "tsst_split_questions", "tsst_warmup_data", "tsst_round_data",
+    "tsst_eval_table", "plot_tsst_eval",
 ]
 
 

@@ -1,5 +1,4 @@
-"""Judging model outputs against references (CVC answer checking by dense similarity)."""
-
-from groundflow.judge.answers import answer_similarities, judge_correct
-
-__all__ = ["answer_similarities", "judge_correct"]
+"""Judging model outputs against references: `judge.answers` (CVC answer checking by dense
+similarity; it loads torch) and `judge.llm_judge` (multiple-choice answers by rule or by a judge
+model through the generator layer; light). Import the module you need: this package imports
+neither, so a light job that judges by rule never loads torch."""
