@@ -116,7 +116,7 @@ def test_a_job_killed_after_its_last_checkpoint_gives_the_uninterrupted_model(ti
     summary = _summary(killed)
     assert summary["steps"] == 3 and summary["resumed_from"].endswith("checkpoint-3")
     assert summary["losses"] == _summary(tmp_path / "whole")["losses"]
-    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["checkpoint-3"]
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir() if p.is_dir()) == ["checkpoint-3"]
     expected, got = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
@@ -152,6 +152,34 @@ def test_a_resumed_llava_full_fine_tune_trains_on_from_its_checkpoint_weights(ti
     want, got = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert want.keys() == got.keys()
     assert max((want[k] - got[k]).abs().max().item() for k in want) < 1e-6
+
+
+def test_a_rerun_with_other_data_or_fewer_steps_never_takes_the_other_runs_checkpoints(tiny_lm, tmp_path):
+    """Snakemake re-runs a training job whose data or settings changed in the same folder: the old
+    run's checkpoints must not be continued (other data) or taken as finished (a longer run)."""
+    from safetensors.torch import load_file
+
+    spec = {"path": str(tiny_lm), "device": "cpu"}
+    config = SFTConfig(learning_rate=1e-3, max_steps=4, per_device_batch_size=1, save_steps=2, report_to="none")
+    run = tmp_path / "run"
+    train_sft(model_spec=spec, records=TEXT_RECORDS, image_root=None, out_dir=run, config=config)
+    assert (run / "checkpoints" / "checkpoint-4").is_dir()
+
+    config.max_steps = 2  # fewer steps: checkpoint-2 is this run's result, never checkpoint-4
+    short = train_sft(model_spec=spec, records=TEXT_RECORDS, image_root=None, out_dir=run, config=config)
+    assert _summary(run)["resumed_from"].endswith("checkpoint-2") and _summary(run)["steps"] == 2
+    fresh = train_sft(model_spec=spec, records=TEXT_RECORDS, image_root=None, out_dir=tmp_path / "fresh", config=config)
+    want, got = load_file(fresh / "model.safetensors"), load_file(short / "model.safetensors")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+    swapped = [TEXT_RECORDS[1], TEXT_RECORDS[0]]  # other data: nothing of the old run is reused
+    train_sft(model_spec=spec, records=swapped, image_root=None, out_dir=run, config=config)
+    summary = _summary(run)
+    assert summary["resumed_from"] is None and summary["steps"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["checkpoint-2"]
+    config.learning_rate = 2e-3  # another setting: the same
+    train_sft(model_spec=spec, records=swapped, image_root=None, out_dir=run, config=config)
+    assert _summary(run)["resumed_from"] is None
 
 
 def test_tiny_llava_lora_trains_and_the_merged_checkpoint_generates(tiny_llava, image_root, tmp_path):

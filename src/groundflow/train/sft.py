@@ -34,6 +34,7 @@ from transformers import set_seed
 
 from groundflow.io.artifacts import atomic_write_json
 from groundflow.models.spec import ModelSpec
+from groundflow.train.checkpoints import discard_other_runs, run_fingerprint
 from groundflow.train.config import SFTConfig, load_config_file
 from groundflow.train.conversations import LossMaskFn, assistant_mask_fn, text_tokenizer
 from groundflow.train.data import LazyExampleDataset, SFTCollator, read_records
@@ -57,6 +58,7 @@ class TrainingRecipe:
     trainer: type[SFTTrainer]
     save: Callable  # (trainer, config, spec, processing, *, is_llava, out_dir, use_bf16) -> out_dir/model
     summary: Callable | None = None  # (trainer) -> the summary's extra fields
+    fingerprint: dict | None = None  # what else the checkpoints depend on (checkpoints.run_fingerprint)
 
 
 def sft_recipe(config: SFTConfig, mask_fn: LossMaskFn | None = None) -> TrainingRecipe:
@@ -135,6 +137,9 @@ def run_training(
         callbacks.append(tensorboard_callback(out_dir / "runs"))
     trainer = recipe.trainer(sft_config=config, model=model, args=args, train_dataset=dataset, data_collator=collator,
                              processing_class=processing, callbacks=callbacks)
+    if trainer.is_world_process_zero():
+        discard_other_runs(out_dir / "checkpoints", run_fingerprint(config, spec.path, records, recipe.fingerprint))
+    trainer.accelerator.wait_for_everyone()
     result, last_checkpoint = train_resuming(trainer, out_dir / "checkpoints", resume=resume)
 
     model_dir = recipe.save(trainer, config, spec, processing, is_llava=is_llava, out_dir=out_dir, use_bf16=use_bf16)

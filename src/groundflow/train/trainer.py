@@ -246,10 +246,11 @@ def train_resuming(trainer: Trainer, checkpoints_dir: Path, *, resume: bool) -> 
     unfinished epoch before it looks at the step count. Under DeepSpeed, whose engine loads
     checkpoints only inside `train()`, the run resumes from the checkpoint before it.
     """
-    checkpoint = last_complete_checkpoint(checkpoints_dir) if resume else None
+    steps = planned_steps(trainer)
+    # a checkpoint past this run's steps is a longer run's: not this run's result
+    checkpoint = last_complete_checkpoint(checkpoints_dir, before_step=steps + 1) if resume else None
     if checkpoint is None:
         return trainer.train(), None
-    steps = planned_steps(trainer)
     if checkpoint_step(Path(checkpoint)) < steps:
         log.info("resuming from %s", checkpoint)
         return trainer.train(resume_from_checkpoint=checkpoint), checkpoint

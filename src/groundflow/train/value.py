@@ -258,6 +258,7 @@ def value_recipe(config: SFTConfig, settings: ValueSettings) -> TrainingRecipe:
         collator=ValueCollator,
         trainer=ValueTrainer,
         save=functools.partial(save_final_value_model, settings=settings),
+        fingerprint={"bounded": settings.bounded, "head_seed": settings.head_seed},
         summary=lambda trainer: {"value": {"bounded": settings.bounded, "head_seed": settings.head_seed, "loss": "mse",
                                            "reload_check": getattr(trainer, "reload_check", None)}},
     )
