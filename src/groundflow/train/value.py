@@ -214,13 +214,15 @@ def reload_check(trainer, model_dir: Path, dtype: torch.dtype) -> dict:
     batch = trainer.data_collator([dataset[i] for i in range(min(RELOAD_ROWS, len(dataset)))])
     device = trainer.args.device
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "pixel_values") if k in batch}
-    reloaded, _ = load_value_model({"path": str(model_dir), "device": str(device), "dtype": str(dtype).removeprefix("torch.")})
+    # On the CPU: a second 7B copy beside the trained model and its optimizer state may not fit the GPU.
+    reloaded, _ = load_value_model({"path": str(model_dir), "device": "cpu", "dtype": str(dtype).removeprefix("torch.")})
     trained = trainer.model
     was_training = trained.training
     trained.eval()
     with torch.no_grad():
-        expected = trained(**inputs).values.float()
-        got = reloaded(**inputs).values.float()
+        expected = trained(**inputs).values.float().cpu()
+        got = reloaded(**{k: v.cpu() for k, v in inputs.items()}).values.float()
+    del reloaded
     trained.train(was_training)
     difference = float((expected - got).abs().max())
     tolerance = 1e-4 if dtype == torch.float32 else 5e-2
