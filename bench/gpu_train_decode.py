@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
 
+from groundflow.models.vision_families import LLAVA  # noqa: E402
 from groundflow.train.model_prep import apply_lora  # noqa: E402
 from groundflow.train.trainer import causal_lm_loss_sum  # noqa: E402
 
@@ -183,7 +184,7 @@ def run_training(shape: Shape, mode: str, device, dtype, image_token_id: int, st
         counts = parameter_counts(model)  # before peft, which keeps a second (trainable) projector copy
         if mode == "lora":
             lora = {"r": shape.lora_r, "alpha": 2 * shape.lora_r, "dropout": 0.0, "target_modules": "all-linear"}
-            model = apply_lora(model, lora, is_llava=True, train_projector=True)
+            model = apply_lora(model, lora, vision=LLAVA, train_projector=True)
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:

@@ -282,7 +282,7 @@ def _sam_dims(arch):
 
 
 def _trainable(arch: dict, train: dict, *, train_language_model: bool = True) -> int:
-    parts = memory.llava_parts(arch) if arch.get("model_type") == "llava" else {"language_model": memory.param_count(arch)}
+    parts = memory.vision_language_parts(arch) or {"language_model": memory.param_count(arch)}
     lora = train.get("lora")
     total = 0
     if train_language_model:

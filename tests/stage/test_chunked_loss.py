@@ -53,22 +53,22 @@ def image_root(tmp_path_factory):
 
 
 def load(path, config: SFTConfig):
-    model, processing, is_llava = load_for_training(ModelSpec(str(path), device="cpu"), use_bf16=False)
+    model, processing, vision = load_for_training(ModelSpec(str(path), device="cpu"), use_bf16=False)
     torch.manual_seed(0)
-    model = prepare_model(model, config, is_llava=is_llava)
+    model = prepare_model(model, config, vision=vision)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:  # peft starts B at 0, which leaves lora_A without a gradient to compare
                 param.normal_(0, 0.02)
-    return model, processing, is_llava
+    return model, processing, vision
 
 
-def batches(processing, records, *, is_llava, image_root=None, per_batch=2):
+def batches(processing, records, *, vision, image_root=None, per_batch=2):
     examples, skipped = build_examples(records, processing, assistant_mask_fn(max_length=512), max_length=512,
-                                       image_root=image_root, is_llava=is_llava)
+                                       image_root=image_root, vision=vision)
     assert skipped == []
-    tokenizer = processing.tokenizer if is_llava else processing
-    collator = SFTCollator(tokenizer.pad_token_id, processor=processing if is_llava else None, image_root=image_root)
+    tokenizer = processing.tokenizer if vision else processing
+    collator = SFTCollator(tokenizer.pad_token_id, processor=processing if vision else None, image_root=image_root)
     items = [{"input_ids": e.input_ids, "labels": e.labels, "image": e.image} for e in examples]
     return [collator(items[i:i + per_batch]) for i in range(0, len(items), per_batch)]
 
@@ -90,8 +90,8 @@ def loss_and_grads(trainer, batch):
 
 def assert_chunked_equals_full(path, tmp_path, records, *, lora=None, image_root=None):
     config = SFTConfig(report_to="none", lora=lora)
-    model, processing, is_llava = load(path, config)
-    (batch,) = batches(processing, records, is_llava=is_llava, image_root=image_root)
+    model, processing, vision = load(path, config)
+    (batch,) = batches(processing, records, vision=vision, image_root=image_root)
     trainer = make_trainer(model, processing, config, tmp_path)
     full_loss, full_grads = loss_and_grads(trainer, batch)
     config.loss_chunk_tokens = CHUNK
@@ -134,7 +134,7 @@ def test_chunked_loss_and_gradients_equal_the_full_logits_on_a_tiny_llava(llava,
 def test_a_fully_masked_batch_gives_zero_loss_and_zero_head_gradient_as_the_full_logits_do(llama3, tmp_path):
     config = SFTConfig(report_to="none")
     model, processing, _ = load(llama3, config)
-    (batch,) = batches(processing, RECORDS, is_llava=False)
+    (batch,) = batches(processing, RECORDS, vision=None)
     batch["labels"][:] = IGNORE_INDEX
     trainer = make_trainer(model, processing, config, tmp_path)
     for chunk in (None, CHUNK):
@@ -176,7 +176,7 @@ class WidestVocabularyTensor(TorchDispatchMode):
 def test_no_logits_tensor_is_larger_than_the_chunk(llama3, tmp_path, chunk):
     config = SFTConfig(report_to="none", loss_chunk_tokens=chunk)
     model, processing, _ = load(llama3, config)
-    (batch,) = batches(processing, RECORDS, is_llava=False)
+    (batch,) = batches(processing, RECORDS, vision=None)
     vocabulary = model.get_output_embeddings().weight.shape[0]
     assert model.get_output_embeddings().weight.shape[1] != vocabulary
     rows, width = batch["input_ids"].shape
@@ -234,7 +234,7 @@ def test_micro_batch_averaging_is_the_mean_of_micro_batch_means_over_accumulatio
         config = SFTConfig(report_to="none", per_device_batch_size=1, gradient_accumulation_steps=2,
                            loss_averaging=averaging, loss_chunk_tokens=chunk)
         model, processing, _ = load(llama3, config)
-        micro = batches(processing, RECORDS, is_llava=False, per_batch=1)
+        micro = batches(processing, RECORDS, vision=None, per_batch=1)
         counts = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro]
         assert len(micro) == 2 and counts[0] > 2 * counts[1]
         trainer = make_trainer(model, processing, config, tmp_path / averaging)

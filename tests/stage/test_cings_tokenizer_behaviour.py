@@ -16,6 +16,7 @@ from groundflow.demo import build_demo_model
 from groundflow.models.llava import build_tiny_clip_vision, compose_llava
 from groundflow.models.spec import ModelSpec
 from groundflow.models.tokenizers import LLAMA3_CHAT_TEMPLATE
+from groundflow.models.vision_families import LLAVA
 from groundflow.train.conversations import IGNORE_INDEX, assistant_only_labels, to_chat_messages
 from groundflow.train.data import SFTCollator
 from groundflow.train.model_prep import load_for_training
@@ -59,10 +60,10 @@ def test_vl_stage2_example_ends_each_turn_with_one_eot_and_pads_with_the_finetun
     model.save_pretrained(tmp_path / "lm")
     tokenizer.save_pretrained(tmp_path / "lm")
     composed = compose_llava(tmp_path / "lm", build_tiny_clip_vision(tmp_path / "clip", seed=0), tmp_path / "llava", seed=0)
-    _, processor, is_llava = load_for_training(ModelSpec(str(composed)), use_bf16=False)
+    _, processor, vision = load_for_training(ModelSpec(str(composed)), use_bf16=False)
     tok = processor.tokenizer
     pad_id, eot = tok.convert_tokens_to_ids(FINETUNE_PAD), tok.convert_tokens_to_ids("<|eot_id|>")
-    assert is_llava and tok.pad_token_id == pad_id != eot
+    assert vision is LLAVA and tok.pad_token_id == pad_id != eot
 
     make_vl_fixture(tmp_path / "vl", seed=0, n_images=1)
     record = vl_records(tmp_path / "vl" / "instruct.json", system_prompt="You are a helpful language and vision assistant.")[0]

@@ -80,14 +80,14 @@ def test_nothing_is_tokenised_up_front_and_items_equal_the_eager_examples(tiny_l
 
         monkeypatch.setattr(type(tokenizer), method, counted)
     mask = CountingMask(assistant_mask_fn(max_length=512))
-    dataset = LazyExampleDataset(records, tokenizer, mask, max_length=512, image_root=None, is_llava=False)
+    dataset = LazyExampleDataset(records, tokenizer, mask, max_length=512, image_root=None, vision=None)
     assert len(dataset) == 40 and dataset.skipped == []
     assert mask.calls == 0 and calls["tokenizer"] == 0
 
     first = dataset[7]
     assert mask.calls == 1 and calls["tokenizer"] > 0
     examples, skipped = build_examples(records, tokenizer, assistant_mask_fn(max_length=512), max_length=512,
-                                       image_root=None, is_llava=False)
+                                       image_root=None, vision=None)
     assert skipped == []
     assert first == {"input_ids": examples[7].input_ids, "labels": examples[7].labels, "image": None, "id": "t7"}
     for index, example in enumerate(examples):
@@ -107,9 +107,9 @@ def test_bad_records_are_rejected_up_front_with_their_reasons(tiny_lm):
         {"id": "cached", "input_ids": [5, 6, 7], "labels": [IGNORE_INDEX] * 3},  # ahead-tokenised: checked in full
     ]
     mask = CountingMask(assistant_mask_fn(max_length=512))
-    dataset = LazyExampleDataset(records, tokenizer, mask, max_length=512, image_root=None, is_llava=False)
+    dataset = LazyExampleDataset(records, tokenizer, mask, max_length=512, image_root=None, vision=None)
     assert dataset.ids == ["t0", "t1"] and mask.calls == 0
-    _, eager_skipped = build_examples(records, tokenizer, mask, max_length=512, image_root=None, is_llava=False)
+    _, eager_skipped = build_examples(records, tokenizer, mask, max_length=512, image_root=None, vision=None)
     assert dataset.skipped == eager_skipped == [
         {"id": "img", "reason": "record img has image 'x.png' but the model is text-only"},
         {"id": "empty", "reason": "record empty has no conversations"},
@@ -124,7 +124,7 @@ def _late_failure_records(tokenizer, max_length):
     long = {"id": "long", "conversations": [{"from": "human", "value": " ".join(WORDS * 6)},
                                             {"from": "gpt", "value": TEXTS[1]}]}
     fits = max(len(e.input_ids) for e in build_examples(records, tokenizer, assistant_mask_fn(max_length=4096),
-                                                        max_length=4096, image_root=None, is_llava=False)[0])
+                                                        max_length=4096, image_root=None, vision=None)[0])
     assert fits < max_length
     return records + [long]
 
@@ -133,10 +133,10 @@ def test_a_record_failing_at_tokenisation_is_masked_not_dropped(tiny_lm):
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
     records = _late_failure_records(tokenizer, 48)
     dataset = LazyExampleDataset(records, tokenizer, assistant_mask_fn(max_length=48), max_length=48,
-                                 image_root=None, is_llava=False)
+                                 image_root=None, vision=None)
     assert len(dataset) == 7 and dataset.skipped == []
     _, eager_skipped = build_examples(records, tokenizer, assistant_mask_fn(max_length=48), max_length=48,
-                                      image_root=None, is_llava=False)
+                                      image_root=None, vision=None)
     item = dataset[6]
     assert item[MASKED_KEY] == eager_skipped[0]["reason"] == "record long has no supervised token within max_length 48"
     assert item["labels"] == [IGNORE_INDEX] and len(item["input_ids"]) == 1 and item["image"] is None

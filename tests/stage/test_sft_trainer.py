@@ -12,6 +12,7 @@ from PIL import Image
 from groundflow.models.causal_lm import build_tiny_causal_lm
 from groundflow.models.llava import build_tiny_llava, load_llava
 from groundflow.models.spec import ModelSpec
+from groundflow.models.vision_families import LLAVA
 from groundflow.train.conversations import IGNORE_INDEX, assistant_mask_fn, assistant_only_labels
 from groundflow.train.config import SFTConfig
 from groundflow.train.data import SFTCollator, build_examples
@@ -226,10 +227,10 @@ def test_lora_targets_only_the_language_model(tiny_llava):
     from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(tiny_llava)
-    names = lora_target_names(model, "all-linear", is_llava=True)
+    names = lora_target_names(model, "all-linear", vision=LLAVA)
     assert names and all(".language_model." in n for n in names)
     assert len(names) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
-    assert lora_target_names(model, ["q_proj"], is_llava=True) == [
+    assert lora_target_names(model, ["q_proj"], vision=LLAVA) == [
         "model.language_model.layers.0.self_attn.q_proj", "model.language_model.layers.1.self_attn.q_proj"]
 
 
@@ -242,7 +243,7 @@ def test_collator_labels_equal_assistant_only_labels_and_padding_is_ignored(tiny
         {"id": "short", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yes."}]},
     ]
     examples, skipped = build_examples(records, processor, assistant_mask_fn(max_length=512), max_length=512,
-                                       image_root=image_root, is_llava=True)
+                                       image_root=image_root, vision=LLAVA)
     assert skipped == []
     collator = SFTCollator(processor.tokenizer.pad_token_id, processor=processor, image_root=image_root)
     batch = collator([{"input_ids": e.input_ids, "labels": e.labels, "image": e.image} for e in examples])
@@ -267,7 +268,7 @@ def test_text_only_model_skips_image_records_with_a_reason(tiny_lm):
     records = TEXT_RECORDS + [{"id": "img", "image": "x.png", "conversations": TEXT_RECORDS[0]["conversations"]},
                               {"id": "empty", "conversations": []}]
     examples, skipped = build_examples(records, _tokenizer(tiny_lm), assistant_mask_fn(max_length=512),
-                                       max_length=512, image_root=None, is_llava=False)
+                                       max_length=512, image_root=None, vision=None)
     assert [e.id for e in examples] == ["sky", "dog"]
     assert skipped == [
         {"id": "img", "reason": "record img has image 'x.png' but the model is text-only"},

@@ -166,7 +166,7 @@ def test_text_only_value_model_on_a_causal_lm(tmp_path):
     # the LoRA targets of a text-only value model leave the head to modules_to_save
     from groundflow.train.value import prepare_value_model
 
-    wrapped = prepare_value_model(model, _config(), is_llava=False)
+    wrapped = prepare_value_model(model, _config(), vision=None)
     adapted = [n for n, _ in wrapped.named_modules() if n.endswith("lora_A")]
     assert adapted and not any("score_head" in n for n in adapted)
 

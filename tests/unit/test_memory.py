@@ -37,6 +37,7 @@ def test_llama2_7b_has_its_published_6_74e9_parameters():
     ("BAAI--bge-m3", 568e6),
     ("openai--clip-vit-large-patch14-336", 428e6),
     ("facebook--sam-vit-huge", 641e6),
+    ("Qwen--Qwen2.5-VL-7B-Instruct", 8.29e9),
 ])
 def test_bundled_configs_count_their_checkpoints_published_parameters(name, published):
     from groundflow.preflight import model_config
@@ -60,6 +61,49 @@ def test_llava_parts_add_up_to_the_whole():
     assert parts["projector"] == 1024 * 4096 + 4096 + 4096 * 4096 + 4096
     assert parts["vision_tower"] == pytest.approx(304e6, rel=0.01)
     assert memory.param_count(llava) == sum(parts.values())
+
+
+def test_qwen2_5_vl_7b_counts_exactly_its_parameters_by_part():
+    # Measured by instantiating Qwen2_5_VLForConditionalGeneration from this config on the meta
+    # device (transformers 5.23): 8,292,166,656 parameters, of which the vision blocks and patch
+    # embedding 631,975,680 and the patch merger 44,574,464.
+    from groundflow.preflight import model_config
+
+    config, _ = model_config("Qwen/Qwen2.5-VL-7B-Instruct")
+    parts = memory.vision_language_parts(config)
+    assert parts == {"language_model": 7_615_616_512, "vision_tower": 631_975_680, "projector": 44_574_464}
+    assert memory.param_count(config) == 8_292_166_656
+    # the text settings sit at the top level of the hub's config.json; a text_config (newer saves) wins
+    assert memory.language_config(config)["hidden_size"] == 3584
+    nested = {**config, "text_config": {**memory.language_config(config), "vocab_size": 1000}}
+    assert memory.param_count(nested) == 8_292_166_656 - (152064 - 1000) * 3584 * 2
+
+
+def test_qwen2_decoders_carry_q_k_v_biases():
+    # TINY as Qwen2: q 8 + k 4 + v 4 biases per layer, no o bias: 16 x 2 layers
+    assert memory.decoder_params({**TINY, "model_type": "qwen2"}) == memory.decoder_params(TINY) + 32
+
+
+def test_qwen2_5_vl_7b_training_memory_by_zero_stage_and_lora():
+    from groundflow.preflight import _trainable, model_config
+
+    config, _ = model_config("Qwen/Qwen2.5-VL-7B-Instruct")
+    full = _trainable(config, {"freeze_vision_tower": False})
+    assert full == memory.param_count(config)
+    assert _trainable(config, {"freeze_vision_tower": True, "train_projector": False}) == 7_615_616_512
+    # LoRA r 64 on the seven projections of 28 layers: 28 x 64 x (in + out summed over them: 90,112)
+    lora = _trainable(config, {"lora": {"r": 64, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                      "gate_proj", "up_proj", "down_proj"]},
+                               "train_projector": False})
+    assert lora == 161_480_704
+
+    def step(stage, trainable, gpus):
+        return memory.training_memory(config, dtype=2, trainable=trainable, batch=1, seq=4096, zero_stage=stage,
+                                      gpus=gpus, gradient_checkpointing=True).total / GIB
+
+    # the paper's SFT: full, ZeRO-2 on 8 GPUs fits 80 GiB; plain DDP does not; LoRA fits one GPU
+    assert step(2, full, 8) < 80 < step(0, full, 8)
+    assert step(0, lora, 1) < 40
 
 
 def test_an_architecture_it_cannot_count_is_an_error():

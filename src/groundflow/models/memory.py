@@ -3,8 +3,10 @@
 Pure arithmetic: each function takes a config dict (as `config.json` holds it) and the job's
 shapes and returns bytes, so a plan can be checked before any GPU is asked for
 (`groundflow preflight`, groundflow/preflight.py). Parameter counts follow the architectures' own
-layer layouts (Llama, LLaVA, CLIP, BERT/RoBERTa, SAM, Grounding DINO); the activation terms are
-upper bounds of the largest working set, not a profile, and are named so in the breakdown.
+layer layouts (Llama, Qwen2, LLaVA, Qwen2.5-VL, CLIP, BERT/RoBERTa, SAM, Grounding DINO); the
+activation terms are upper bounds of the largest working set, not a profile, and are named so in
+the breakdown. A vision-language model's activations and logits are those of its language model
+over the sequence (image tokens included); its vision encoder's own working set is not counted.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ GRADIENT_BYTES = 2
 RUNTIME_BYTES = 1 * GIB
 # LLaVA-1.5's mlp2x_gelu projector: vision hidden -> text hidden -> text hidden.
 PROJECTOR_LAYERS = 2
+# Decoders whose q, k and v projections carry a bias (and o does not), whatever attention_bias says.
+QKV_BIAS_TYPES = ("qwen2",)
 
 
 class UnknownArchitecture(ValueError):
@@ -87,7 +91,8 @@ def decoder_params(config: dict) -> int:
     kv_heads = config.get("num_key_value_heads") or heads
     dim = head_dim(config)
     bias = bool(config.get("attention_bias", False))
-    attention = (_linear(hidden, heads * dim, bias) + 2 * _linear(hidden, kv_heads * dim, bias)
+    qkv_bias = bias or config.get("model_type") in QKV_BIAS_TYPES
+    attention = (_linear(hidden, heads * dim, qkv_bias) + 2 * _linear(hidden, kv_heads * dim, qkv_bias)
                  + _linear(heads * dim, hidden, bias))
     mlp = 3 * hidden * inter
     layer = attention + mlp + 2 * hidden
@@ -144,6 +149,38 @@ def llava_parts(config: dict) -> dict[str, int]:
         "vision_tower": vit_params(vision),
         "projector": projector_params(vision["hidden_size"], text["hidden_size"]),
     }
+
+
+def qwen_vision_parts(vision: dict) -> dict[str, int]:
+    """Qwen2.5-VL's vision encoder: a 3-D patch embedding (temporal_patch_size frames of
+    patch_size^2 pixels, no bias), blocks of RMSNorm, fused-qkv attention and a SwiGLU MLP (all with
+    biases), and the patch merger (RMSNorm, then an MLP from merge_size^2 concatenated patches to
+    the language model's width): {"vision_tower": embedding and blocks, "projector": merger}."""
+    hidden, inter = vision["hidden_size"], vision["intermediate_size"]
+    channels = vision.get("in_chans", vision.get("in_channels", 3))
+    embedding = channels * vision.get("temporal_patch_size", 2) * vision["patch_size"] ** 2 * hidden
+    block = (2 * hidden + _linear(hidden, 3 * hidden) + _linear(hidden, hidden)
+             + 2 * _linear(hidden, inter) + _linear(inter, hidden))
+    merged = hidden * vision.get("spatial_merge_size", 2) ** 2
+    merger = hidden + _linear(merged, merged) + _linear(merged, vision["out_hidden_size"])
+    return {"vision_tower": embedding + vision["depth"] * block, "projector": merger}
+
+
+def qwen2_5_vl_parts(config: dict) -> dict[str, int]:
+    """Parameters of a Qwen2.5-VL by part: language model (a Qwen2 decoder), vision tower, projector
+    (the patch merger)."""
+    return {"language_model": decoder_params(language_config(config)), **qwen_vision_parts(config["vision_config"])}
+
+
+def vision_language_parts(config: dict) -> dict[str, int] | None:
+    """A vision-language model's parameters by part (language_model, vision_tower, projector);
+    None for any other model."""
+    kind = config.get("model_type")
+    if kind == "llava":
+        return llava_parts(config)
+    if kind == "qwen2_5_vl":
+        return qwen2_5_vl_parts(config)
+    return None
 
 
 def segment_anything_config(config: dict) -> dict:
@@ -241,8 +278,8 @@ def param_count(config: dict) -> int:
     kind = config.get("model_type")
     if kind in ("llama", "mistral", "qwen2"):
         return decoder_params(config)
-    if kind == "llava":
-        return sum(llava_parts(config).values())
+    if kind in ("llava", "qwen2_5_vl"):
+        return sum(vision_language_parts(config).values())
     if kind in ("bert", "roberta", "xlm-roberta"):
         return bert_params(config)
     if kind == "clip":
@@ -257,8 +294,17 @@ def param_count(config: dict) -> int:
 
 
 def language_config(config: dict) -> dict:
-    """The decoder's own config: LLaVA's text_config, or the config itself."""
-    return config["text_config"] if config.get("model_type") == "llava" else config
+    """The decoder's own config: LLaVA's text_config; Qwen2.5-VL's text settings, which its hub
+    config.json keeps at the top level and newer saves also under text_config (which wins), as a
+    Qwen2 decoder's; or the config itself."""
+    kind = config.get("model_type")
+    if kind == "llava":
+        return config["text_config"]
+    if kind == "qwen2_5_vl":
+        text = {k: v for k, v in config.items() if k not in ("vision_config", "text_config")}
+        text.update(config.get("text_config") or {})
+        return {**text, "model_type": "qwen2"}
+    return config
 
 
 # ---------------------------------------------------------------- peak memory

@@ -25,6 +25,13 @@ ACCUMULATED_TOKENS = "accumulated_tokens"
 MICRO_BATCH = "micro_batch"
 LOSS_AVERAGING = (ACCUMULATED_TOKENS, MICRO_BATCH)
 
+# Which tokens the LM loss is taken on (train.conversations.LOSS_MASKS). assistant_only: the
+# assistant turns and the token that ends each. all_but_pad_and_image: every token but padding and
+# image tokens, system and user text included (GWYS' original cold-start SFT, spec §3).
+ASSISTANT_ONLY = "assistant_only"
+ALL_BUT_PAD_AND_IMAGE = "all_but_pad_and_image"
+LOSS_MASK_NAMES = (ASSISTANT_ONLY, ALL_BUT_PAD_AND_IMAGE)
+
 
 def epoch_step_factor(steps_per_epoch: int, gamma: float, warmup_steps: int = 0):
     """The LR multiplier after `step` optimizer steps: a linear warmup (as transformers' schedules),
@@ -79,6 +86,11 @@ class SFTConfig:
     loss_chunk_tokens: int | None = None
     max_grad_norm: float | None = 1.0  # None: no clipping (the CINGS original never clips)
     loss_averaging: str = ACCUMULATED_TOKENS
+    loss_mask: str = ASSISTANT_ONLY  # a name of LOSS_MASK_NAMES; a caller's own mask function replaces it
+    # Pixel bounds an image is resized between, for a model family that resizes per image
+    # (Qwen2.5-VL: tokens = pixels / 28**2); None: the processor's own. Saved with the processor.
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "SFTConfig":
@@ -114,6 +126,14 @@ class SFTConfig:
             raise ValueError(f"max_grad_norm must be > 0, or null for no clipping, not {self.max_grad_norm!r}")
         if self.loss_averaging not in LOSS_AVERAGING:
             raise ValueError(f"loss_averaging must be one of {list(LOSS_AVERAGING)}, not {self.loss_averaging!r}")
+        if self.loss_mask not in LOSS_MASK_NAMES:
+            raise ValueError(f"loss_mask must be one of {list(LOSS_MASK_NAMES)}, not {self.loss_mask!r}")
+        for key in ("min_pixels", "max_pixels"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} must be an integer >= 1 or null, not {value!r}")
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}")
         if self.lr_scheduler_type == EPOCH_STEP:
             kwargs = dict(self.lr_scheduler_kwargs or {})
             unknown = sorted(set(kwargs) - {"gamma"})

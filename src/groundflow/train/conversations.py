@@ -16,7 +16,14 @@ are span arithmetic on `RenderedConversation.content_spans`, then `labels_for_sp
 
 A LLaVA sees "<image>" as `num_image_tokens` copies of the image token (the processor expands
 it before tokenising); `render_conversation` makes the same expansion so that the ids equal what
-`processor(text=..., images=...)` produces, and image tokens are never labelled.
+`processor(text=..., images=...)` produces, and image tokens are never labelled. A family whose
+count depends on the image (Qwen2.5-VL, `models.vision_families`) keeps one image token per image
+here; the training data expands it from the image itself (`train.data.RecordEncoder`).
+
+Two loss masks (`LOSS_MASKS`, SFTConfig.loss_mask): "assistant_only" (the default: the assistant
+turns and their end-of-turn token) and "all_but_pad_and_image" (GWYS' original cold-start SFT,
+spec §3: every token of the rendered conversation, system and user text included, but image
+tokens; padding is left out by the collator).
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from groundflow.models.vision_families import processor_family
 from groundflow.train.chat_formats import resolve_chat_template
+from groundflow.train.config import ALL_BUT_PAD_AND_IMAGE, ASSISTANT_ONLY
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -141,12 +150,26 @@ def _measure_image_tokens(processor) -> int:
 
 def num_image_tokens(processor) -> int:
     """How many image tokens the processor expands one "<image>" into, measured by running it once
-    (so it is exactly what `processor(text, images)` does, CLS handling included)."""
+    (so it is exactly what `processor(text, images)` does, CLS handling included).
+
+    Raises ValueError for a processor whose count depends on each image (Qwen2.5-VL): there is no
+    one count (`models.vision_families.image_tokens` counts one image)."""
+    family = processor_family(processor)
+    if family is not None and family.tokens_vary_per_image:
+        raise ValueError(f"{type(processor).__name__} expands each image into a number of tokens that depends on "
+                         "the image's size: count them per image (groundflow.models.vision_families.image_tokens)")
     cached = _IMAGE_TOKEN_COUNTS.get(id(processor))
     if cached is None or cached[0] is not processor:
         cached = (processor, _measure_image_tokens(processor))
         _IMAGE_TOKEN_COUNTS[id(processor)] = cached
     return cached[1]
+
+
+def image_tokens_vary(processing) -> bool:
+    """Whether `processing` is the processor of a family whose image token count depends on each
+    image (Qwen2.5-VL): its rendered conversations keep one image token per image."""
+    family = processor_family(processing)
+    return family is not None and family.tokens_vary_per_image
 
 
 def render_conversation(conversation: Conversation, tokenizer, *, chat_template: str | None = None) -> RenderedConversation:
@@ -160,6 +183,9 @@ def render_conversation(conversation: Conversation, tokenizer, *, chat_template:
     template that writes none (LLaVA-1.5's HF template ends an answer with a space) gets the
     tokenizer's EOS inserted after the content, as LLaVA-1.5's own training appends "</s>", so a
     trained model learns to stop.
+
+    Image tokens are expanded to the processor's fixed count; where the count depends on the image
+    (`image_tokens_vary`), each image keeps one token, which the training data expands.
     """
     tok = text_tokenizer(tokenizer)
     processor = tokenizer if is_processor(tokenizer) else None
@@ -220,7 +246,7 @@ def render_conversation(conversation: Conversation, tokenizer, *, chat_template:
     if processor is not None:
         image_token_id = tok.convert_tokens_to_ids(image_token)
         num_images = text.count(image_token)
-        if num_images:
+        if num_images and not image_tokens_vary(processor):
             text, shifted_turns = _expand_token(text, shifted_turns, image_token, num_image_tokens(processor))
 
     bos = tok.bos_token
@@ -342,5 +368,36 @@ def assistant_mask_fn(*, chat_template: str | None = None, max_length: int) -> L
 
     def mask(conversation, tokenizer):
         return assistant_only_labels(conversation, tokenizer, chat_template=chat_template, max_length=max_length)
+
+    return mask
+
+
+def all_but_pad_and_image_labels(
+    conversation: Conversation, tokenizer, *, chat_template: str | None = None, max_length: int
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) with a loss on every token of the rendered conversation but image
+    tokens: system prompt, user text, vision start/end markers, the answers and their end-of-turn
+    tokens. GWYS' cold-start SFT (spec §3: labels = input_ids with pad and image tokens masked);
+    the collator leaves padding out. A token the tokenizer adds outside the text (a BOS) has no
+    characters and is not labelled; it starts the sequence, where no label is ever read."""
+    rendered = render_conversation(conversation, tokenizer, chat_template=chat_template)
+    input_ids, offsets = encode_with_offsets(rendered, tokenizer)
+    never = [rendered.image_token_id] if rendered.image_token_id is not None else []
+    labels = labels_for_spans(input_ids, offsets, [(0, len(rendered.text))], never=never)
+    return truncate_example(input_ids, labels, max_length, image_token_id=rendered.image_token_id)
+
+
+LOSS_MASKS = {ASSISTANT_ONLY: assistant_only_labels, ALL_BUT_PAD_AND_IMAGE: all_but_pad_and_image_labels}
+
+
+def loss_mask_fn(name: str, *, chat_template: str | None = None, max_length: int) -> LossMaskFn:
+    """The LossMaskFn of a named mask (`LOSS_MASKS`)."""
+    try:
+        labels = LOSS_MASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown loss mask {name!r}; one of {sorted(LOSS_MASKS)}") from None
+
+    def mask(conversation, tokenizer):
+        return labels(conversation, tokenizer, chat_template=chat_template, max_length=max_length)
 
     return mask

@@ -10,6 +10,14 @@ image, no supervised token left within max_length) is trained on fully masked, a
 conversation whose tokenisation does not match: the item becomes a one-token row with no label and
 no image, which adds nothing to the loss, and it is logged and carried through the batch so that
 the trainer names it (`masked` in train_summary.json). It never stops the job and never vanishes.
+
+Images by vision family (`models.vision_families`; `vision` None: a text-only model): a LLaVA's
+"<image>" is the processor's fixed number of tokens and its images are padded to a square; a
+Qwen2.5-VL image is resized to a grid that depends on its size, so the encoder expands each image's
+one `<|image_pad|>` into that image's count (its processor's resize rule on the image's own size,
+never labelled) and the collator passes the grids (`image_grid_thw`) and each token's modality
+(`mm_token_type_ids`, which the model's 3-D positions are built from), checking that every row's
+image tokens match its image's grid.
 """
 
 from __future__ import annotations
@@ -24,7 +32,10 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from PIL import Image
+
 from groundflow.models.llava import pad_to_square
+from groundflow.models.vision_families import VisionFamily, image_pixel_bounds, image_tokens, processor_family
 from groundflow.train.conversations import (
     IGNORE_INDEX,
     ConversationError,
@@ -61,13 +72,13 @@ def record_id(record: dict, index: int) -> str:
     return str(record.get("id", index))
 
 
-def structure_problem(record: dict, record_id: str, *, root: Path | None, is_llava: bool) -> str | None:
+def structure_problem(record: dict, record_id: str, *, root: Path | None, vision: VisionFamily | None) -> str | None:
     """Why a record cannot be trained on, from its structure and files alone; None when it can."""
     conversation = record.get("conversations")
     if not is_pretokenized(record) and (not isinstance(conversation, list) or not conversation):
         return f"record {record_id} has no conversations"
     image = record.get("image")
-    if image and not is_llava:
+    if image and not vision:
         return f"record {record_id} has image {image!r} but the model is text-only"
     if image:
         if root is None:
@@ -78,33 +89,79 @@ def structure_problem(record: dict, record_id: str, *, root: Path | None, is_lla
 
 
 class RecordEncoder:
-    """Tokenises and masks one record (or takes its ahead-tokenised ids) and checks the result."""
+    """Tokenises and masks one record (or takes its ahead-tokenised ids) and checks the result.
 
-    def __init__(self, tokenizer_or_processor, mask_fn: LossMaskFn, *, max_length: int, is_llava: bool):
+    For a family whose image token count depends on the image (`vision.tokens_vary_per_image`),
+    the record's one image token is expanded to its image's count, read from the image file's size
+    under `image_root`; `tokens_per_image` is then the count of an image at the processor's pixel
+    cap, an upper bound used only to estimate lengths."""
+
+    def __init__(self, tokenizer_or_processor, mask_fn: LossMaskFn, *, max_length: int, vision: VisionFamily | None,
+                 image_root: str | os.PathLike | None = None):
         self.processing = tokenizer_or_processor
         self.mask_fn = mask_fn
         self.max_length = max_length
+        self.vision = vision
+        self.image_root = Path(image_root) if image_root is not None else None
         self.image_token_id = None
         self.tokens_per_image = 0
-        if is_llava:
+        if vision:
             tok = text_tokenizer(tokenizer_or_processor)
             self.image_token_id = tok.convert_tokens_to_ids(tokenizer_or_processor.image_token)
-            self.tokens_per_image = num_image_tokens(tokenizer_or_processor)
+            if vision.tokens_vary_per_image:
+                image_processor = tokenizer_or_processor.image_processor
+                cell = image_processor.patch_size * image_processor.merge_size
+                self.tokens_per_image = image_pixel_bounds(tokenizer_or_processor)[1] // cell**2
+            else:
+                self.tokens_per_image = num_image_tokens(tokenizer_or_processor)
+
+    def image_token_count(self, image: str) -> int:
+        """The tokens the processor gives this image: its resize rule on the file's width and height
+        (the header alone is read; the collator decodes it)."""
+        if self.image_root is None:
+            raise ValueError(f"image {image!r} but no image_root was given")
+        try:
+            with Image.open(self.image_root / image) as opened:
+                width, height = opened.size
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"unreadable image {self.image_root / image}: {error}") from None
+        return image_tokens(self.processing, width, height)
+
+    def expand_image_tokens(self, input_ids: list[int], labels: list[int], image: str) -> tuple[list[int], list[int]]:
+        """Each image token becomes the image's count of them, unlabelled."""
+        found = sum(1 for t in input_ids if t == self.image_token_id)
+        if found != 1:
+            raise ValueError(f"{found} image tokens in the rendered conversation, expected 1 for its image")
+        at = input_ids.index(self.image_token_id)
+        copies = self.image_token_count(image)
+        return (input_ids[:at] + [self.image_token_id] * copies + input_ids[at + 1:],
+                labels[:at] + [IGNORE_INDEX] * copies + labels[at + 1:])
 
     def __call__(self, record: dict, record_id: str) -> TrainExample:
         image = record.get("image") or None
+        per_image = bool(self.vision and self.vision.tokens_vary_per_image)
         try:
             if is_pretokenized(record):
+                if per_image:
+                    raise ValueError(f"ahead-tokenised records are not supported for {self.vision.model_type}, whose "
+                                     "image token count depends on each image; give conversations")
                 input_ids = [int(token) for token in record["input_ids"]]
                 labels = [int(label) for label in record["labels"]]
             else:
                 input_ids, labels = self.mask_fn(record["conversations"], self.processing)
+                if per_image and image:
+                    input_ids, labels = self.expand_image_tokens(list(input_ids), list(labels), image)
             input_ids, labels = truncate_example(input_ids, labels, self.max_length, image_token_id=self.image_token_id)
         except (ConversationError, ValueError) as error:
             raise ExampleError(f"record {record_id}: {error}") from None
         if self.image_token_id is not None:
             found = sum(1 for t in input_ids if t == self.image_token_id)
-            expected = self.tokens_per_image if image else 0
+            if not image:
+                expected = 0
+            elif per_image:
+                expected = found  # expanded from the image just above: its count by construction
+            else:
+                expected = self.tokens_per_image
             if found != expected:
                 raise ExampleError(
                     f"record {record_id} has {found} image tokens, expected {expected} for {1 if image else 0} image(s)"
@@ -121,7 +178,7 @@ def build_examples(
     *,
     max_length: int,
     image_root: str | os.PathLike | None,
-    is_llava: bool,
+    vision: VisionFamily | None,
 ) -> tuple[list[TrainExample], list[dict]]:
     """Tokenise and mask every record at once; (examples, skipped) where each skipped record has a
     reason. The eager form of `LazyExampleDataset` (same checks, same examples), for small sets
@@ -136,7 +193,7 @@ def build_examples(
     """
     # The dataset's own checks and encoder, run on every record now: one definition of both paths.
     dataset = LazyExampleDataset(records, tokenizer_or_processor, mask_fn, max_length=max_length,
-                                 image_root=image_root, is_llava=is_llava)
+                                 image_root=image_root, vision=vision)
     examples, skipped = [], list(dataset.skipped)
     for record, rid in zip(dataset.records, dataset.ids):
         try:
@@ -171,10 +228,11 @@ class LazyExampleDataset(Dataset):
         *,
         max_length: int,
         image_root: str | os.PathLike | None,
-        is_llava: bool,
+        vision: VisionFamily | None,
     ):
         root = Path(image_root) if image_root is not None else None
-        self.encode = RecordEncoder(tokenizer_or_processor, mask_fn, max_length=max_length, is_llava=is_llava)
+        self.encode = RecordEncoder(tokenizer_or_processor, mask_fn, max_length=max_length, vision=vision,
+                                    image_root=root)
         tok = text_tokenizer(tokenizer_or_processor)
         # A masked item's one token: any real id works, since its label is ignored and its row is
         # attended to alone.
@@ -184,7 +242,7 @@ class LazyExampleDataset(Dataset):
         self.skipped: list[dict] = []
         for index, record in enumerate(records):
             rid = record_id(record, index)
-            problem = structure_problem(record, rid, root=root, is_llava=is_llava)
+            problem = structure_problem(record, rid, root=root, vision=vision)
             if problem is None and is_pretokenized(record):
                 try:
                     self.encode(record, rid)
@@ -214,17 +272,31 @@ class LazyExampleDataset(Dataset):
 
 class SFTCollator:
     """Right-pads a batch; the attention mask comes from each row's length and padded labels are
-    IGNORE_INDEX, so no token id (0 included) is ever taken for padding. For a LLaVA, the batch's
-    images are loaded, padded to a square and processed together into `pixel_values` (one row per
-    record with an image, in batch order, which is the order the model fills image tokens). Items
-    trained fully masked are listed under MASKED_KEY ({id, reason}), for the trainer to record."""
+    IGNORE_INDEX, so no token id (0 included) is ever taken for padding. The batch's images are
+    loaded and processed together into `pixel_values`, in batch order, which is the order the
+    model fills image tokens: for a LLaVA padded to a square, one row per image; for Qwen2.5-VL
+    as they are, their patches concatenated, with `image_grid_thw` (one grid per image) and
+    `mm_token_type_ids` (1 at image tokens, 0 elsewhere); each row's image tokens must number what
+    its image's grid gives. Items trained fully masked are listed under MASKED_KEY ({id, reason}),
+    for the trainer to record.
 
-    def __init__(self, pad_token_id: int, *, processor=None, image_root: str | os.PathLike | None = None):
+    vision: the model's family; None with a processor: the processor's own family (LLaVA's
+    handling for a processor of no known family)."""
+
+    def __init__(self, pad_token_id: int, *, processor=None, image_root: str | os.PathLike | None = None,
+                 vision: VisionFamily | None = None):
         if pad_token_id is None:
             raise ValueError("the tokenizer has no pad token id")
         self.pad_token_id = int(pad_token_id)
         self.processor = processor
         self.image_root = Path(image_root) if image_root is not None else None
+        self.vision = vision or (processor_family(processor) if processor is not None else None)
+        self.per_image = bool(self.vision and self.vision.tokens_vary_per_image)
+        self.image_token_id = None
+        if self.per_image:
+            if processor is None:
+                raise ValueError(f"a {self.vision.model_type} model's batches need its processor")
+            self.image_token_id = text_tokenizer(processor).convert_tokens_to_ids(processor.image_token)
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         width = max(len(f["input_ids"]) for f in features)
@@ -240,18 +312,38 @@ class SFTCollator:
         masked = [{"id": f["id"], "reason": f[MASKED_KEY]} for f in features if f.get(MASKED_KEY)]
         if masked:
             batch[MASKED_KEY] = masked
+        if self.per_image:
+            # The model's 3-D rotary positions are built from each token's modality (0 text, 1 image).
+            batch["mm_token_type_ids"] = (input_ids == self.image_token_id).long() * attention_mask
         images = [f.get("image") for f in features if f.get("image")]
         if images:
             if self.processor is None:
-                raise ValueError("records with images need a LLaVA processor")
+                raise ValueError("records with images need a vision-language model's processor")
+            pad = self.vision is None or self.vision.pad_to_square
             pictures = []
             for name in images:
                 try:
-                    pictures.append(pad_to_square(load_rgb(self.image_root / name)))
+                    picture = load_rgb(self.image_root / name)
                 except ImageError as error:
                     raise ImageError(f"training image {name}: {error}") from None
-            batch["pixel_values"] = self.processor.image_processor(images=pictures, return_tensors="pt")["pixel_values"]
+                pictures.append(pad_to_square(picture) if pad else picture)
+            processed = self.processor.image_processor(images=pictures, return_tensors="pt")
+            batch["pixel_values"] = processed["pixel_values"]
+            if self.per_image:
+                batch["image_grid_thw"] = processed["image_grid_thw"]
+                self.check_image_tokens(features, input_ids, processed["image_grid_thw"])
         return batch
+
+    def check_image_tokens(self, features: Sequence[dict], input_ids: torch.Tensor, grids: torch.Tensor) -> None:
+        """Each row's image tokens against its image's grid (tokens = t x h x w / merge_size**2)."""
+        merge = int(self.processor.image_processor.merge_size) ** 2
+        counts = (grids.prod(-1) // merge).tolist()
+        rows = [row for row, feature in enumerate(features) if feature.get("image")]
+        for row, expected in zip(rows, counts):
+            found = int((input_ids[row] == self.image_token_id).sum())
+            if found != expected:
+                raise ValueError(f"record {features[row].get('id', row)}: {found} image tokens, but its image "
+                                 f"{features[row]['image']} is {expected} tokens (grid {grids[rows.index(row)].tolist()})")
 
 
 def modality_length_grouped_indices(

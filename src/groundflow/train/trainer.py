@@ -23,6 +23,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import TrainOutput
 
 from groundflow.models.spec import ModelSpec, resolve_dtype
+from groundflow.models.vision_families import VisionFamily
 from groundflow.train.config import EPOCH_STEP, EPOCH_STEP_GAMMA, MICRO_BATCH, SFTConfig, epoch_step_factor
 from groundflow.train.conversations import IGNORE_INDEX, end_of_turn_token, text_tokenizer
 from groundflow.train.chat_formats import resolve_chat_template
@@ -80,7 +81,7 @@ def chunked_causal_lm_loss_sum(
 
 def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(the module whose output's last_hidden_state feeds the LM head, the LM head) of a causal LM
-    or LLaVA, through a peft wrapper. Both are the wrapped model's own submodules (LoRA layers and
+    or vision-language model (LLaVA, Qwen2.5-VL), through a peft wrapper. Both are the wrapped model's own submodules (LoRA layers and
     modules_to_save copies included), so calling the head trains what the model's forward would."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
     get_decoder, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
@@ -88,7 +89,7 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     head = get_head() if get_head else None
     if decoder is None or decoder is base or head is None:
         raise TypeError(f"{type(base).__name__} has no separate decoder and LM head: "
-                        "loss_chunk_tokens needs a causal LM or LLaVA (set it to null)")
+                        "loss_chunk_tokens needs a causal LM or vision-language model (set it to null)")
     return decoder, head
 
 
@@ -340,7 +341,8 @@ def adopt_training_template(processing, chat_template: str | None) -> None:
             holder.chat_template = template
 
 
-def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *, is_llava: bool, out_dir: Path, use_bf16: bool) -> Path:
+def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *, vision: VisionFamily | None, out_dir: Path,
+                     use_bf16: bool) -> Path:
     """Every process takes part in `save_model` (ZeRO-3 gathers the shards); the main process then
     completes the folder and moves it into place, so out_dir/model is whole or absent; returns it."""
     partial = out_dir / ".model.partial"
@@ -363,7 +365,7 @@ def save_final_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *,
             plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
             no_zero3 = plugin.zero3_init_context_manager(enable=False) if plugin is not None else contextlib.nullcontext()
             with no_zero3:
-                merge_lora_checkpoint(spec.path, partial, model_dir, is_llava=is_llava, dtype=dtype, processing=processing,
+                merge_lora_checkpoint(spec.path, partial, model_dir, vision=vision, dtype=dtype, processing=processing,
                                       generation_config=generation)
             shutil.rmtree(partial)
         else:

@@ -38,10 +38,13 @@ from groundflow.models.spec import ModelSpec, resolve_dtype
 from groundflow.models.value_model import HEAD_NAME, ValueModel, save_value_model, value_example, wrap_value_model
 from groundflow.train.config import SFTConfig, load_config_file
 from groundflow.train.data import MASKED_KEY, LazyExampleDataset, SFTCollator, read_records, record_id
+from groundflow.models.vision_families import LLAVA, VisionFamily
+from groundflow.train.config import ASSISTANT_ONLY
 from groundflow.train.model_prep import (
     apply_lora,
     load_for_training,
     set_full_trainable,
+    vision_family_of,
 )
 from groundflow.train.sft import TrainingRecipe, run_training
 from groundflow.train.trainer import SFTTrainer, adopt_training_template
@@ -141,30 +144,34 @@ class ValueTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def prepare_value_model(model: ValueModel, config: SFTConfig, *, is_llava: bool):
+def prepare_value_model(model: ValueModel, config: SFTConfig, *, vision: VisionFamily | None):
     """LoRA on the backbone's language model with the head in modules_to_save, or full fine-tuning
     of what the config says plus the head."""
     if config.lora is not None:
         lora = dict(config.lora)
         lora["modules_to_save"] = list(dict.fromkeys([*(lora.get("modules_to_save") or []), HEAD_NAME]))
-        return apply_lora(model, lora, is_llava=is_llava, train_projector=config.train_projector, task_type=None)
-    set_full_trainable(model, config, is_llava=is_llava)
+        return apply_lora(model, lora, vision=vision, train_projector=config.train_projector, task_type=None)
+    set_full_trainable(model, config, vision=vision)
     for parameter in model.score_head.parameters():
         parameter.requires_grad = True
     return model
 
 
 def load_value_for_training(spec: ModelSpec, *, settings: ValueSettings, use_bf16: bool, tokenizer: str = ""):
-    """(ValueModel over the backbone at spec.path, processing, is_llava): right padding, no cache;
-    the head is the checkpoint's, or fresh from settings.head_seed."""
-    backbone, processing, is_llava = load_for_training(spec, use_bf16=use_bf16, tokenizer=tokenizer)
+    """(ValueModel over the backbone at spec.path, processing, vision family or None): right
+    padding, no cache; the head is the checkpoint's, or fresh from settings.head_seed. The value
+    model reads a causal LM or a LLaVA (its forward passes no image grids)."""
+    family = vision_family_of(spec.path)
+    if family not in (None, LLAVA):
+        raise ValueError(f"the value model is built over a causal LM or a LLaVA, not a {family.model_type} model")
+    backbone, processing, vision = load_for_training(spec, use_bf16=use_bf16, tokenizer=tokenizer)
     model = wrap_value_model(backbone, spec.path, head_seed=settings.head_seed, bounded=settings.bounded)
     model.score_head.float()
-    return model, processing, is_llava
+    return model, processing, vision
 
 
 def save_final_value_model(trainer, config: SFTConfig, spec: ModelSpec, processing, *, settings: ValueSettings,
-                           out_dir: Path, use_bf16: bool, is_llava: bool = False) -> Path:
+                           out_dir: Path, use_bf16: bool, vision: VisionFamily | None = None) -> Path:
     """out_dir/model: the merged value checkpoint, whole or absent.
 
     With LoRA, the saved adapter (LoRA weights and the trained head) is merged into a fresh copy of
@@ -280,6 +287,9 @@ def train_value(
     config.validate()
     settings = settings or ValueSettings()
     check_conversation_format(config.chat_template)
+    if config.loss_mask != ASSISTANT_ONLY:
+        raise ValueError(f"loss_mask is for LM losses; the value model's loss is read at each row's last token "
+                         f"(leave it at {ASSISTANT_ONLY!r}, not {config.loss_mask!r})")
     if config.loss_chunk_tokens is not None:
         raise ValueError("loss_chunk_tokens is for LM losses; the value model computes no logits (set it to null)")
     return run_training(value_recipe(config, settings), model_spec=model_spec, records=records, image_root=image_root,
