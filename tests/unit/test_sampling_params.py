@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 from PIL import Image
-from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from groundflow.generate.backends import ChatPrompt, SamplingParams, check_result_shape
 from groundflow.generate.openai_compat import (
@@ -26,7 +26,7 @@ def test_describe_is_plain_json_values():
     assert params.stop == ("</s>", "\n\n")  # a list from config becomes a tuple: the params stay hashable
     assert params.describe() == {
         "max_new_tokens": 384, "n": 16, "do_sample": True, "temperature": 1.0, "top_p": 0.9, "seed": 3,
-        "stop": ["</s>", "\n\n"],
+        "stop": ["</s>", "\n\n"], "top_k": 0, "repetition_penalty": 1.0,
     }
     assert hash(params) == hash(SamplingParams(384, 16, True, 1.0, 0.9, 3, ("</s>", "\n\n")))
 
@@ -34,6 +34,7 @@ def test_describe_is_plain_json_values():
 def test_defaults_are_greedy_single_sample():
     assert SamplingParams(max_new_tokens=8).describe() == {
         "max_new_tokens": 8, "n": 1, "do_sample": False, "temperature": 1.0, "top_p": 1.0, "seed": 0, "stop": [],
+        "top_k": 0, "repetition_penalty": 1.0,
     }
 
 
@@ -46,6 +47,9 @@ def test_defaults_are_greedy_single_sample():
         (dict(max_new_tokens=4, top_p=0.0), "top_p must be in"),
         (dict(max_new_tokens=4, top_p=1.5), "top_p must be in"),
         (dict(max_new_tokens=4, stop=("",)), "non-empty"),
+        (dict(max_new_tokens=4, top_k=-1), "top_k must be an integer >= 0"),
+        (dict(max_new_tokens=4, top_k=2.5), "top_k must be an integer >= 0"),
+        (dict(max_new_tokens=4, repetition_penalty=0.0), "repetition_penalty must be > 0"),
     ],
 )
 def test_invalid_params_are_refused(kwargs, message):
@@ -124,6 +128,12 @@ def test_request_arguments_state_every_parameter():
         "model": "m", "messages": messages, "n": 16, "max_tokens": 384, "temperature": 1.0, "top_p": 0.9,
         "seed": 2, "stop": ["###"],
     }
+    # vLLM's top_k and repetition_penalty go only when they do something (a plain OpenAI API has neither)
+    pinned = SamplingParams(max_new_tokens=8, n=2, do_sample=True, top_p=0.95, top_k=50, repetition_penalty=1.05)
+    assert request_arguments(messages, pinned, model="m", n=2, seed=0, continue_final_message=False)["extra_body"] == {
+        "top_k": 50, "repetition_penalty": 1.05}
+    greedy_k = SamplingParams(max_new_tokens=8, top_k=50)
+    assert "extra_body" not in request_arguments(messages, greedy_k, model="m", n=1, seed=0, continue_final_message=False)
     greedy = SamplingParams(max_new_tokens=8, temperature=0.7, top_p=0.5)
     assert request_arguments(messages, greedy, model="m", n=1, seed=0, continue_final_message=True) == {
         "model": "m", "messages": messages, "n": 1, "max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "seed": 0,
@@ -234,3 +244,8 @@ def test_sampling_warpers_follow_generate_order():
     warpers = sampling_warpers(do_sample=True, temperature=0.7, top_p=0.9)
     assert [type(w) for w in warpers] == [TemperatureLogitsWarper, NucleusLogitsWarper]
     assert warpers[0].temperature == 0.7 and warpers[1].top_p == 0.9
+    # generate()'s own order: temperature, then top-k, then top-p
+    warpers = sampling_warpers(do_sample=True, temperature=0.7, top_p=0.9, top_k=50)
+    assert [type(w) for w in warpers] == [TemperatureLogitsWarper, TopKLogitsWarper, NucleusLogitsWarper]
+    assert warpers[1].top_k == 50
+    assert sampling_warpers(do_sample=False, temperature=1.0, top_p=1.0, top_k=50) == []

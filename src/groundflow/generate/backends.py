@@ -38,8 +38,10 @@ class UnsupportedFeatureError(NotImplementedError):
 class SamplingParams:
     """Decoding parameters, always passed explicitly to the backend.
 
-    `do_sample=False` is greedy decoding: temperature and top_p are ignored, and the n results of a
-    prompt are identical.
+    `do_sample=False` is greedy decoding: temperature, top_p and top_k are ignored, and the n results
+    of a prompt are identical. `top_k` 0 keeps every token (no top-k filter); `repetition_penalty`
+    1.0 is none (it applies to greedy decoding too). Both are stated, never left to a checkpoint's
+    `generation_config` (Qwen2.5-VL ships top_k 1 and repetition_penalty 1.05, spec trap §10.12).
     """
 
     max_new_tokens: int
@@ -49,6 +51,8 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    top_k: int = 0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -64,6 +68,10 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0: no top-k filter), not {self.top_k!r}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0: none), not {self.repetition_penalty}")
 
     def describe(self) -> dict:
         """The parameters as plain JSON-able values (what to store beside the outputs)."""
@@ -279,6 +287,8 @@ class HFTextGenerator:
                 seed=params.seed,
                 stop_strings=params.stop or None,
                 prefix_allowed_tokens_fn=constraint,
+                top_k=params.top_k,
+                repetition_penalty=params.repetition_penalty,
             ),
             params,
         )
@@ -300,7 +310,8 @@ class HFTextGenerator:
 
 
 class HFVisionGenerator:
-    """Batched generation with a local LLaVA (groundflow.generate.vision), images padded to square."""
+    """Batched generation with a local LLaVA or Qwen2.5-VL (groundflow.generate.vision); images
+    padded to square when `pad_square` (LLaVA-1.5's way; `make_generator` sets it by family)."""
 
     features: frozenset[str] = frozenset()
 
@@ -341,6 +352,8 @@ class HFVisionGenerator:
                 seed=params.seed,
                 stop_strings=params.stop or None,
                 pad_square=self.pad_square,
+                top_k=params.top_k,
+                repetition_penalty=params.repetition_penalty,
             ),
             params,
         )
@@ -395,10 +408,12 @@ def _build_generator(spec: dict, kind: str) -> Generator:
 
             model, tokenizer = load_causal_lm(model_spec)
             return HFTextGenerator(model, tokenizer, batch_size=batch_size)
-        from groundflow.models.llava import load_llava
+        from groundflow.models.vision_lm import load_vision_lm
 
-        model, processor = load_llava(model_spec)
-        return HFVisionGenerator(model, processor, batch_size=batch_size, pad_square=bool(spec.get("pad_square", True)),
+        # LLaVA or Qwen2.5-VL, by the checkpoint's config; images padded to square as its family trains
+        model, processor, family = load_vision_lm(model_spec)
+        pad_square = bool(spec.get("pad_square", family.pad_to_square))
+        return HFVisionGenerator(model, processor, batch_size=batch_size, pad_square=pad_square,
                                  conversation_format=spec.get("conversation_format", "model"))
     if backend == "openai":
         from groundflow.generate.openai_compat import OpenAICompatibleGenerator
@@ -437,8 +452,10 @@ def open_generator(spec: dict, *, kind: Literal["text", "vision"],
             "timeout_s": float, "max_retries": int, "guided_decoding": None | "structured_outputs"
             | "guided", "serve": None | {command, args, port, startup_timeout_s, stop_timeout_s, log},
             "conversation_format": "model" | a name of groundflow.train.chat_formats (vision only)}
-    "hf" loads the model once (a causal LM for kind "text", a LLaVA for "vision"). "openai" talks to
-    `base_url`; the served model name defaults to the model's path, as `vllm serve PATH` names it.
+    "hf" loads the model once (a causal LM for kind "text"; for "vision" a LLaVA or a Qwen2.5-VL,
+    by its config's model_type, `pad_square` defaulting to the family's way: on for LLaVA, off for
+    Qwen). "openai" talks to `base_url`; the served model name defaults to the model's path, as
+    `vllm serve PATH` names it.
     With `serve`, `vllm serve` (or the configured command) is started for the block and stopped
     after it (groundflow.generate.served); `server_log` receives its output.
     """

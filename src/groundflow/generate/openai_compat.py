@@ -199,6 +199,12 @@ def request_arguments(messages: list[dict], params: SamplingParams, *, model: st
     if params.stop:
         arguments["stop"] = list(params.stop)
     extra = dict(guided or {})
+    # vLLM's sampling extensions (the OpenAI API has neither), sent only when they do something,
+    # so a plain OpenAI endpoint never sees them unasked
+    if params.do_sample and params.top_k:
+        extra["top_k"] = params.top_k
+    if params.repetition_penalty != 1.0:
+        extra["repetition_penalty"] = params.repetition_penalty
     if continue_final_message:
         extra.update({"continue_final_message": True, "add_generation_prompt": False})
     if chat_template is not None:

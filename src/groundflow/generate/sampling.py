@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import LogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 
 class NucleusLogitsWarper(LogitsProcessor):
@@ -77,18 +77,22 @@ class NucleusLogitsWarper(LogitsProcessor):
         return result
 
 
-def sampling_warpers(*, do_sample: bool, temperature: float, top_p: float) -> list[LogitsProcessor]:
-    """The warpers generate() would add for these knobs, in its order, with top-p done the fast way.
+def sampling_warpers(*, do_sample: bool, temperature: float, top_p: float, top_k: int = 0) -> list[LogitsProcessor]:
+    """The warpers generate() would add for these knobs, in its order (temperature, top-k, top-p),
+    with top-p done the fast way.
 
-    Passed as `logits_processor` while the GenerationConfig leaves temperature at 1 and top_p at 1,
-    so generate() adds none of its own. Custom processors run before generate()'s warpers, so a
-    constraint passed with them still comes first, as it would with the config's own warpers.
+    Passed as `logits_processor` while the GenerationConfig leaves temperature at 1, top_k at 0 and
+    top_p at 1, so generate() adds none of its own. Custom processors run before generate()'s
+    warpers, so a constraint passed with them still comes first, as it would with the config's own
+    warpers.
     """
     if not do_sample:
         return []
     warpers: list[LogitsProcessor] = []
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
     if top_p < 1.0:
         warpers.append(NucleusLogitsWarper(top_p))
     return warpers

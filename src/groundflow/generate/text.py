@@ -116,11 +116,14 @@ def sampling_generation_config(
     eos_token_id: list[int],
     pad_token_id: int | None,
     bos_token_id: int | None,
+    repetition_penalty: float = 1.0,
 ) -> GenerationConfig:
     """A GenerationConfig that states every decoding knob, so no checkpoint default fills a gap.
 
-    Sampling's temperature and top_p are stated as 1 (no warper of generate()'s own): they come as
-    `sampling_warpers(...)` in `logits_processor`, in generate()'s order, with an exact faster top-p.
+    Sampling's temperature, top_k and top_p are stated as 1, 0 and 1 (no warper of generate()'s
+    own): they come as `sampling_warpers(...)` in `logits_processor`, in generate()'s order, with an
+    exact faster top-p. The repetition penalty stays generate()'s own, which applies it before any
+    custom processor, where it belongs.
     """
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -132,7 +135,7 @@ def sampling_generation_config(
         temperature=1.0 if do_sample else None,
         top_p=1.0 if do_sample else None,
         top_k=0 if do_sample else None,
-        repetition_penalty=1.0,
+        repetition_penalty=float(repetition_penalty),
         no_repeat_ngram_size=0,
         stop_strings=list(stop_strings) if stop_strings else None,
         eos_token_id=eos_token_id,
@@ -184,7 +187,9 @@ def generate_sharing_prompts(
     the last goes through the model once per prompt (positions as generate() numbers them under
     left padding), the cache is repeated n times, and generate() continues from it with the same
     sampling: the n samples share the prompt's work, as vLLM's `n` shares it. The rows come back in
-    generate()'s order (prompt-major), prompts included.
+    generate()'s order (prompt-major), prompts included. A model with multimodal rotary positions
+    (Qwen2.5-VL, `uses_mrope`) computes the prompt's positions itself from its image grids; its
+    per-row offsets are repeated n times with the cache.
     """
     n = generation_config.num_return_sequences or 1
     input_ids = inputs["input_ids"]
@@ -193,22 +198,36 @@ def generate_sharing_prompts(
     if image_token is None:
         image_token = getattr(model.config, "image_token_index", None)
     last_is_image = image_token is not None and bool((input_ids[:, -1] == image_token).any())
-    if n == 1 or input_ids.shape[1] < 2 or last_is_image:
+    mrope = uses_mrope(model)
+    # M-RoPE positions come from the image grid, which the model works out itself, from the ids
+    # and the token types; a batch without images (no grid) is left to generate() as it is.
+    mrope_computable = "image_grid_thw" in inputs and "mm_token_type_ids" in inputs
+    if n == 1 or input_ids.shape[1] < 2 or last_is_image or (mrope and not mrope_computable):
         return model.generate(
             **inputs, generation_config=generation_config, logits_processor=logits_processor, tokenizer=tokenizer
         )
-    positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
     extra = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
     if _accepts_logits_to_keep(model):
         extra["logits_to_keep"] = 1  # the prompt's logits are not needed, only its cache
+    if mrope:
+        # Qwen2-VL's family: 3-D positions (time, height, width) from the image grids; the model
+        # computes them and keeps each row's offset of text positions (`rope_deltas`), which the
+        # continued generate() adds to the plain text positions of every later token.
+        extra["mm_token_type_ids"] = extra["mm_token_type_ids"][:, :-1]
+        positions = {}
+        model.model.rope_deltas = None  # computed afresh from this batch, not left from another
+    else:
+        positions = {"position_ids": (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)[:, :-1]}
     cache = model(
         input_ids=input_ids[:, :-1],
         attention_mask=attention[:, :-1],
-        position_ids=positions[:, :-1],
         use_cache=True,
+        **positions,
         **extra,
     ).past_key_values
     cache.batch_repeat_interleave(n)
+    if mrope:
+        model.model.rope_deltas = model.model.rope_deltas.repeat_interleave(n, dim=0)
     continued = copy.deepcopy(generation_config)
     continued.num_return_sequences = 1
     return model.generate(
@@ -219,6 +238,13 @@ def generate_sharing_prompts(
         logits_processor=logits_processor,
         tokenizer=tokenizer,
     )
+
+
+def uses_mrope(model) -> bool:
+    """Whether the model places tokens by multimodal rotary positions computed from image grids
+    (Qwen2-VL, Qwen2.5-VL: the model keeps each row's text-position offset in `model.rope_deltas`)."""
+    inner = getattr(model, "model", None)
+    return inner is not None and hasattr(inner, "rope_deltas") and hasattr(inner, "get_rope_index")
 
 
 def cut_at_stop_strings(text: str, stop_strings: Sequence[str] | None) -> str:
@@ -248,6 +274,8 @@ def generate_texts(
     seed: int = 0,
     stop_strings: Sequence[str] | None = None,
     prefix_allowed_tokens_fn: AllowedTokensFn | None = None,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
 ) -> list[list[str]]:
     """Generate `num_return_sequences` continuations of each prompt; returns only the new text.
 
@@ -269,6 +297,7 @@ def generate_texts(
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
         bos_token_id=tokenizer.bos_token_id,
+        repetition_penalty=repetition_penalty,
     )
     device = model.device
     results: list[list[str]] = [[] for _ in prompts]
@@ -278,7 +307,7 @@ def generate_texts(
         if prefix_allowed_tokens_fn is not None:
             row_prompts = [i for i in batch for _ in range(num_return_sequences)]
             processors.append(_BatchedPrefixConstraint(prefix_allowed_tokens_fn, input_ids.shape[1], row_prompts))
-        processors.extend(sampling_warpers(do_sample=do_sample, temperature=temperature, top_p=top_p))
+        processors.extend(sampling_warpers(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k))
         torch.manual_seed(seed + batch_number)
         with explicit_generation_config(model):
             output = generate_sharing_prompts(

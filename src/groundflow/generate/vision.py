@@ -1,13 +1,19 @@
-"""Batched vision-language generation with LlavaForConditionalGeneration.
+"""Batched vision-language generation with LLaVA (LlavaForConditionalGeneration) and Qwen2.5-VL.
 
 The same rules as text generation (groundflow.generate.text) hold: prompts batched by length with
 left padding, KV cache, sampling parameters only from the arguments (never the checkpoint's
-generation_config), seeded per batch, only the new text returned, cut at stop strings.
+generation_config), seeded per batch, only the new text returned, cut at stop strings. The n
+samples of a prompt share its one prompt pass (`generate_sharing_prompts`): its image is encoded
+once and its cache repeated, for LLaVA's 1-D positions and Qwen's multimodal rotary ones alike.
+
+The processor does the model's own image work: LLaVA's expands `<image>` to a fixed number of
+patch tokens; Qwen2.5-VL's resizes each image within its pixel budget and expands
+`<|image_pad|>` to that image's grid (`image_grid_thw`), so its prompts differ in length by image.
 
 One more rule is particular to LLaVA-1.5: it trains on images padded to a square with the CLIP mean
 colour, while the HF processor resizes and centre-crops, which can cut an object near the border
 (an occluded entity, say) out of the picture. Images are therefore padded to square before the
-processor sees them, as training did.
+processor sees them, as training did (`pad_square`; off for Qwen, which takes any aspect).
 
 Prompts are rendered in a named conversation format (groundflow.train.chat_formats), the same
 registry training renders with, so sampling can use the layout a model was trained in rather than
@@ -131,6 +137,8 @@ def generate_vision_texts(
     seed: int = 0,
     stop_strings: Sequence[str] | None = None,
     pad_square: bool = True,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
 ) -> list[list[str]]:
     """Generate `num_return_sequences` continuations of each (prompt, image); only the new text.
 
@@ -160,9 +168,11 @@ def generate_vision_texts(
         eos_token_id=stop_token_ids(model, tokenizer),
         pad_token_id=pad_id,
         bos_token_id=tokenizer.bos_token_id,
+        repetition_penalty=repetition_penalty,
     )
-    warpers = sampling_warpers(do_sample=do_sample, temperature=temperature, top_p=top_p)
-    # Every image expands to the same number of tokens, so text length orders the batches.
+    warpers = sampling_warpers(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
+    # Text length orders the batches: exact for LLaVA, whose every image expands to the same number
+    # of tokens; close for Qwen, whose images of one source (one pixel budget) differ by a few.
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     results: list[list[str]] = [[] for _ in prompts]
     for batch_number, batch in enumerate(batches_by_length(lengths, batch_size)):
