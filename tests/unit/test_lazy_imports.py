@@ -27,7 +27,7 @@ LIGHT_SCRIPTS = [
     "plot_cings_eval", "plot_cings_pope",
     "tsst_fixture", "tsst_questions", "tsst_split_questions", "tsst_warmup_data", "tsst_round_data",
     "tsst_eval_table", "plot_tsst_eval",
-    "gwys_fixture", "gwys_sft_data", "gwys_pool",
+    "gwys_fixture", "gwys_sft_data", "gwys_pool", "gwys_select", "gwys_eval_table", "plot_gwys_selection",
 ]
 
 

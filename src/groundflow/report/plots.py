@@ -207,6 +207,44 @@ def plot_trial_success(n_correct: pd.Series, *, n_trials: int, cot_range: tuple[
     return fig
 
 
+# ---------------------------------------------------------------- reward-variance selection
+
+SELECTION_COLORS = {"hard": "#d9822b", "easy": "#59a14f", "medium": "#2b7bba"}
+
+
+def plot_variance_selection(table: pd.DataFrame, *, variance_threshold: float, mean_threshold: float) -> Figure:
+    """Each sample at (mean, variance) of its rollout rewards, coloured by class (a selection table:
+    id, mean, variance, class, kept); kept samples filled, the rest hollow; the thresholds drawn.
+    Samples at one point (K rewards of 0 or 1 take few values) are drawn once, sized by their count."""
+    fig = Figure(figsize=(6, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    if len(table):
+        points = table.groupby(["class", "kept", "mean", "variance"], sort=True).size().rename("n").reset_index()
+        for kind, color in SELECTION_COLORS.items():
+            of_kind = table["class"] == kind
+            label = f"{kind}: {int(of_kind.sum())} samples, {int(table.loc[of_kind, 'kept'].sum())} kept"
+            for kept in (True, False):
+                mine = points[(points["class"] == kind) & (points["kept"] == kept)]
+                if mine.empty:
+                    continue
+                ax.scatter(mine["mean"], mine["variance"], s=24 + 14 * np.sqrt(mine["n"]), label=label,
+                           facecolors=color if kept else "none", edgecolors=color, linewidths=1.2)
+                label = None  # one legend entry per class
+    else:
+        _empty_note(ax, "rolled-out samples")
+    ax.axhline(variance_threshold, color="grey", linestyle="--", linewidth=1,
+               label=f"variance threshold {variance_threshold:g} (Medium at or above)")
+    ax.plot([mean_threshold, mean_threshold], [0, variance_threshold], color="grey", linestyle=":", linewidth=1,
+            label=f"mean threshold {mean_threshold:g} (Hard below, Easy above)")
+    ax.set_xlabel("mean reward over the rollouts")
+    ax.set_ylabel("reward variance over the rollouts")
+    ax.margins(x=0.05, y=0.1)
+    kept = int(table["kept"].sum()) if len(table) else 0
+    ax.set_title(f"Reward-variance selection: {kept} of {len(table)} samples kept (filled)")
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small")  # below the axes: the points fill them
+    return fig
+
+
 # ---------------------------------------------------------------- training
 
 
