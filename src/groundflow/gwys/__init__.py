@@ -6,7 +6,11 @@
 - `rewards`: TRL reward callables (accuracy per problem type, format, caption via a text judge);
 - `selection`: reward-variance selection (Hard / Easy / Medium, Medium ranked by variance);
 - `conflict`: the InfoNCE conflict term over pooled representations, once per unique prompt;
-- `advantages`: GRPO group advantages, the k3 KL, identical-group and all-wrong/all-correct checks.
+- `advantages`: GRPO group advantages, the k3 KL, identical-group and all-wrong/all-correct checks;
+- `grpo_settings`: the GRPO run's settings (the spec's values by default) and TRL's GRPOConfig
+  arguments, pure Python.
 
-Nothing here imports trl or datasets; the trainer subclass and the workflow come on top of it.
+The modules above import neither trl nor datasets (nor torch, but `conflict`'s tensor functions).
+The model side sits on top of them: `grpo` (TRL's GRPOTrainer with the rewards and the conflict
+term, `train_grpo`).
 """

@@ -24,10 +24,14 @@ from one embedding call over the distinct rows the anchors and their partners ne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import torch
+
+# torch is imported where a tensor is computed: the settings and the partner draw are read by the
+# GRPO settings (`grpo_settings`), which the workflow checks without loading torch.
+if TYPE_CHECKING:
+    import torch
 
 FALLBACKS = ("least_similar", "most_similar", "none")
 
@@ -90,6 +94,8 @@ class InfoNCEResult:
 def info_nce(anchors: torch.Tensor, partners: torch.Tensor, *, threshold: float = 0.5, tau: float = 0.5,
              fallback: str = "least_similar") -> InfoNCEResult:
     """The term for anchors [B, D] and their partners [B, P, D] (see the module docstring)."""
+    import torch
+
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback is one of {list(FALLBACKS)}, not {fallback!r}")
     if anchors.dim() != 2 or partners.dim() != 3 or partners.shape[0] != anchors.shape[0] \
@@ -129,6 +135,8 @@ def conflict_term(sample_index: Sequence[int] | torch.Tensor, partner_ids: np.nd
     """λ·InfoNCE for a batch whose rows are completions of the pool samples `sample_index` (each
     repeated once per completion): once per unique sample, its partners `partner_ids[sample]`, all
     pooled by one `embed(rows)` call -> [len(rows), D] (with gradient) over the distinct rows."""
+    import torch
+
     if isinstance(sample_index, torch.Tensor):
         sample_index = sample_index.tolist()
     anchors = list(dict.fromkeys(int(i) for i in sample_index))

@@ -31,15 +31,23 @@ answers kept (the latest `cache_size`), so a repeated caption is not asked twice
 (`CaptionReward.failures`, logged as a warning each call), never silently (the original turned a
 failed call into 0 without a word, §10.7). A completion without a caption gets 0 without asking
 (the original asked the judge anyway, which could then answer a multiple-choice question by chance);
-`judge_empty_captions=True` asks as the original did.
+`judge_empty_captions=True` asks as the original did. Called by TRL (which passes `log_metric`), each
+call logs `caption/judge_failures` and `caption/judge_requests`, so failures show in the training
+log per step. A `JudgeAnswerCache` keeps the judge's answers on disk across restarts (a resumed run
+does not pay for its captions twice), keyed by the judge's identity, the judge prompts' version and
+its sampling.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 import re
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
 from groundflow.generate.backends import ChatPrompt, SamplingParams
@@ -239,12 +247,73 @@ def caption_scores(judge_answers: Sequence[str | None], solutions: Sequence[str]
     return scores, sum(answer is None for answer in judge_answers)
 
 
+JudgeKey = tuple[str, str, str]  # (caption, question, problem type)
+
+
+def judge_fingerprint(judge: Any, prompts: CaptionJudgePrompts, params: SamplingParams) -> str:
+    """Who answered, with which prompts and sampling: what a cached answer is valid for. Where the
+    judge was reached (an endpoint's URL, a batch size) is left out: it changes no answer."""
+    describe = getattr(judge, "describe", None)
+    described = describe() if callable(describe) else {"class": type(judge).__name__}
+    identity = {key: described.get(key) for key in ("backend", "model", "dtype", "class")}
+    return hashlib.sha256(json.dumps({"judge": identity, "prompts": prompts.version, "sampling": params.describe()},
+                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class JudgeAnswerCache:
+    """The caption judge's extracted answers by (caption, question, type), in a JSONL file, for one
+    judge fingerprint (`judge_fingerprint`); lines of other judges are kept in the file and ignored.
+
+    New answers go to the file in one O_APPEND write of whole lines per `add` (processes sharing
+    the file do not overwrite each other's lines); a line cut short by a killed job is skipped on
+    reading, so its request is simply asked again."""
+
+    def __init__(self, path: str | os.PathLike, fingerprint: str):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self._answers: dict[JudgeKey, str] = {}
+        if self.path.exists():
+            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    judge, key, answer = entry["judge"], (entry["caption"], entry["question"], entry["type"]), entry["answer"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    log.warning("caption judge cache %s line %d is unreadable (a write cut short?); skipped", self.path, number)
+                    continue
+                if judge == fingerprint and isinstance(answer, str) and all(isinstance(k, str) for k in key):
+                    self._answers[key] = answer
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, key: JudgeKey) -> str | None:
+        return self._answers.get(key)
+
+    def add(self, answers: dict[JudgeKey, str]) -> None:
+        new = {k: a for k, a in answers.items() if self._answers.get(k) != a}
+        if not new:
+            return
+        blob = "".join(json.dumps({"judge": self.fingerprint, "caption": k[0], "question": k[1], "type": k[2],
+                                   "answer": a}, ensure_ascii=False) + "\n" for k, a in new.items()).encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, blob)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._answers.update(new)
+
+
 class CaptionReward:
     """`R_cap`: whether a blind text judge answers correctly from the completion's caption alone."""
 
     def __init__(self, judge: JudgeBackend, *, prompts: CaptionJudgePrompts | None = None,
                  params: SamplingParams | None = None, rules: str = "fixed", judge_empty_captions: bool = False,
-                 errors: tuple[type[BaseException], ...] = (Exception,), cache_size: int = 8192):
+                 errors: tuple[type[BaseException], ...] = (Exception,), cache_size: int = 8192,
+                 cache_file: str | os.PathLike | None = None):
         self.judge = judge
         self.prompts = prompts or load_caption_judge_prompts()
         self.params = params or SamplingParams(max_new_tokens=512)
@@ -258,6 +327,8 @@ class CaptionReward:
         self.requests = 0  # requests sent to the judge
         self.failures = 0  # completions scored 0 because the judge failed, over the run
         self.last_failures = 0  # of the latest call
+        self.store = (None if cache_file is None
+                      else JudgeAnswerCache(cache_file, judge_fingerprint(judge, self.prompts, self.params)))
         self.__name__ = "caption"
 
     def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float]:
@@ -265,9 +336,14 @@ class CaptionReward:
         questions, solutions = _column(kwargs, "format_question", n), _column(kwargs, "solution", n)
         types, options = _column(kwargs, "problem_type", n), _column(kwargs, "options", n, required=False)
         keys = [(caption_of(completion_text(c)), q, t) for c, q, t in zip(completions, questions, types)]
-        pending = list(dict.fromkeys(k for k in keys if k not in self.answers
-                                     and (k[0] or self.judge_empty_captions)))
+        wanted = [k for k in dict.fromkeys(keys) if k not in self.answers and (k[0] or self.judge_empty_captions)]
+        stored = {k: a for k in wanted if self.store is not None and (a := self.store.get(k)) is not None}
+        pending = [k for k in wanted if k not in stored]
+        requests_before = self.requests
         answered = self._ask(pending)
+        if self.store is not None:
+            self.store.add(answered)
+        answered.update(stored)
         failed = set(pending) - set(answered)
         # a caption-less completion that was not asked has no answer: ""
         judge_answers = [None if k in failed else answered.get(k, self.answers.get(k, "")) for k in keys]
@@ -280,6 +356,10 @@ class CaptionReward:
         if self.last_failures:
             log.warning("caption judge failed for %d of %d completions (reward 0; %d over the run)",
                         self.last_failures, n, self.failures)
+        log_metric = kwargs.get("log_metric")  # TRL's, averaged over a logging step
+        if callable(log_metric):
+            log_metric("caption/judge_failures", float(self.last_failures))
+            log_metric("caption/judge_requests", float(self.requests - requests_before))
         return scores
 
     def _ask(self, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
