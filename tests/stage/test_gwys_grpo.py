@@ -2,8 +2,11 @@
 LLaVA, sampling that really samples whatever the checkpoint's generation defaults, the conflict term
 once per unique prompt, judge failures counted, resume, skipped rows, the identical-group guard."""
 
+import importlib.util
 import json
 import socket
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,3 +293,30 @@ def test_the_workflow_script_trains_from_its_inputs(tmp_path, qwen):
     summary = summary_of(out)
     assert summary["steps"] == 1 and summary["model"]["path"] == str(qwen) and summary["form"] == "four_tag"
     assert (out / "model" / "model.safetensors").is_file()
+
+
+def _bench(name):
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_benchmark_runs_its_code_path_on_cpu(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert _bench("gpu_gwys_grpo").main(["--tiny", "--steps", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["tiny"] is True and [r["max_completion_length"] for r in report["runs"]] == [24, 8]
+    for run in report["runs"]:
+        assert run["ok"] and run["steps_per_second"] > 0 and run["generation_seconds"] > 0
+        assert run["mean_completion_tokens"] == run["max_completion_length"]  # a random policy never stops
+        assert run["conflict_forwards"] == 2 and run["identical_groups"] == 0 and len(run["infoNCE"]) == 2
+    assert report["step_time_ratio_first_to_last"] > 0 and "steps/s" in capsys.readouterr().out
+
+
+def test_the_gpu_benchmark_refuses_to_run_without_cuda(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _bench("gpu_gwys_grpo").main(["--out", str(tmp_path / "x.json")]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err

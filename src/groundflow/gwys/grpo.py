@@ -39,8 +39,8 @@ the original) -> `ConflictGRPOTrainer` -> the final model (LoRA merged into plai
   skipped).
 
 Policies: the vision-language families of `models.vision_families`, Qwen2.5-VL
-(`Qwen2_5_VLForConditionalGeneration`) and LLaVA (`LlavaForConditionalGeneration`). Runs in one process (one device); TRL's multi-process
-setups (DDP, ZeRO-3) are not wired here.
+(`Qwen2_5_VLForConditionalGeneration`) and LLaVA (`LlavaForConditionalGeneration`). Runs in one
+process (one device); TRL's multi-process setups (DDP, ZeRO-3) are not wired here.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -446,7 +446,8 @@ def checkpointing_names() -> tuple[str, str]:
     return "gradient_checkpointing", "gradient_checkpointing_kwargs"
 
 
-def grpo_config(settings: GRPOSettings, *, out_dir: str | os.PathLike, device: torch.device, rewards: Sequence[str]) -> GRPOConfig:
+def grpo_config(settings: GRPOSettings, *, out_dir: str | os.PathLike, device: torch.device,
+                rewards: Sequence[str]) -> GRPOConfig:
     use_bf16 = resolve_bf16(settings.bf16, device)
     return GRPOConfig(**grpo_config_kwargs(settings, output_dir=str(Path(out_dir) / "checkpoints"),
                                            use_cpu=device.type == "cpu", use_bf16=use_bf16,
@@ -456,9 +457,10 @@ def grpo_config(settings: GRPOSettings, *, out_dir: str | os.PathLike, device: t
 
 def build_trainer(model, processor, family: VisionFamily, data: GRPOData, rewards: Sequence, *,
                   settings: GRPOSettings, reward_names: Sequence[str], out_dir: str | os.PathLike,
-                  device: torch.device, reference_path: str | None = None, callbacks: Sequence = ()) -> ConflictGRPOTrainer:
+                  device: torch.device, reference_path: str | None = None, callbacks: Sequence = (),
+                  trainer_class: type[ConflictGRPOTrainer] | None = None) -> ConflictGRPOTrainer:
     """The trainer for an in-memory policy; `reference_path`: the KL reference's folder when it is
-    not the policy's own (full fine-tuning only)."""
+    not the policy's own (full fine-tuning only); `trainer_class`: a subclass of ours (benchmarks)."""
     args = grpo_config(settings, out_dir=out_dir, device=device, rewards=reward_names)
     peft_config = None
     if settings.lora is not None:
@@ -476,10 +478,10 @@ def build_trainer(model, processor, family: VisionFamily, data: GRPOData, reward
         # TRL builds the reference from the policy's config._name_or_path: point it at the reference
         model.config._name_or_path = str(reference_path)
     try:
-        trainer = ConflictGRPOTrainer(model=model, reward_funcs=list(rewards), args=args, train_dataset=data.dataset,
-                                      processing_class=processor, peft_config=peft_config, callbacks=list(callbacks),
-                                      conflict=conflict, partner_ids=data.partner_ids,
-                                      max_identical_steps=settings.max_identical_steps)
+        trainer = (trainer_class or ConflictGRPOTrainer)(
+            model=model, reward_funcs=list(rewards), args=args, train_dataset=data.dataset, processing_class=processor,
+            peft_config=peft_config, callbacks=list(callbacks), conflict=conflict, partner_ids=data.partner_ids,
+            max_identical_steps=settings.max_identical_steps)
     finally:
         model.config._name_or_path = own_path
     return trainer
