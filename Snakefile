@@ -54,6 +54,15 @@ if "tsst" in config:
             tsst_targets() + tsst_eval_targets() + tsst_report_targets(),
 
 
+if "gwys" in config:
+
+    include: "rules/gwys.smk"
+
+    rule gwys:
+        input:
+            gwys_targets() + gwys_report_targets(),
+
+
 rule all:
     input:
         all_targets(),

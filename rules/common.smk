@@ -102,6 +102,7 @@ METHOD_MODELS = {
             "llava_base_projector", "embedder"},
     "cings": {"cings_lm", "vision_tower"},
     "tsst": {"tsst_policy", "tsst_judge"},
+    "gwys": {"gwys_policy", "gwys_judge"},
 }
 
 
@@ -122,4 +123,6 @@ def all_targets():
         targets += cings_targets() + cings_eval_targets() + cings_pope_targets() + cings_report_targets()
     if "tsst" in config["methods"]:
         targets += tsst_targets() + tsst_eval_targets() + tsst_report_targets()
+    if "gwys" in config["methods"]:
+        targets += gwys_targets() + gwys_report_targets()
     return targets

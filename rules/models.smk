@@ -8,7 +8,7 @@ rule build_tiny_model:
     params:
         seed=config["seed"],
     wildcard_constraints:
-        kind="llama|roberta|grounding-dino|sam|llava|llama3|clip|tsst-llava",
+        kind="llama|roberta|grounding-dino|sam|llava|llama3|clip|tsst-llava|gwys-qwen-vl",
     log:
         "logs/models/tiny-{kind}.log",
     benchmark:

@@ -32,6 +32,14 @@ def _builders():
             raise ValueError("a fitted tiny llava needs `vocabulary`: the texts its tokenizer is fitted to")
         return build_tiny_llava(out_dir, seed=seed, texts=list(vocabulary))
 
+    def build_fitted_qwen_vl(out_dir, seed: int = 0, vocabulary: Sequence[str] | None = None):
+        """A tiny Qwen2.5-VL whose byte-level BPE is fitted to `vocabulary` (GWYS' prompts and answers)."""
+        if not vocabulary:
+            raise ValueError("a fitted tiny qwen-vl needs `vocabulary`: the texts its tokenizer is fitted to")
+        from groundflow.models.qwen_vl import build_tiny_qwen_vl
+
+        return build_tiny_qwen_vl(out_dir, seed=seed, texts=list(vocabulary))
+
     from groundflow.models.llava import build_tiny_clip_vision
 
     return {
@@ -43,11 +51,12 @@ def _builders():
         "sam": build_tiny_sam,
         "llava": build_tiny_llava,
         "tsst-llava": build_fitted_llava,
+        "gwys-qwen-vl": build_fitted_qwen_vl,
     }
 
 
-TINY_KINDS = ("llama", "roberta", "grounding-dino", "sam", "llava", "llama3", "clip", "tsst-llava")
-FITTED_KINDS = ("llama3", "tsst-llava")
+TINY_KINDS = ("llama", "roberta", "grounding-dino", "sam", "llava", "llama3", "clip", "tsst-llava", "gwys-qwen-vl")
+FITTED_KINDS = ("llama3", "tsst-llava", "gwys-qwen-vl")
 
 
 def build_tiny_model(kind: str, out_dir: str | os.PathLike, seed: int = 0,

@@ -332,10 +332,12 @@ def plot_eval_table(table: pd.DataFrame, *, group: str = "mode", title: str = "E
         _empty_note(fig.add_subplot(), "evaluation scores")
         return fig
     members = list(pd.unique(table[group]))
-    colors = {m: c for m, c in zip(members, [KEPT_COLOR, REJECTED_COLOR, BAND_COLOR, "#9c6ade", "#e15759", "#76b7b2"] * 4)}
+    colors = {m: c for m, c in zip(members, [KEPT_COLOR, REJECTED_COLOR, BAND_COLOR, "#9c6ade", "#e15759", "#76b7b2",
+                                             "#59a14f", "#edc948"] * 4)}
     ncols = min(ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows + 0.6), layout="constrained")
+    # one panel is widened for many bars (GWYS' seven models), and the legend wraps at four
+    fig = Figure(figsize=(max(4.2 * ncols, 1.0 * len(members) + 2.5), 3.0 * nrows + 0.9), layout="constrained")
     width = 0.8 / max(len(members), 1)
     for index, (dataset, metric, scores) in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, index + 1)
@@ -351,7 +353,7 @@ def plot_eval_table(table: pd.DataFrame, *, group: str = "mode", title: str = "E
         ax.set_xticks(x, [str(s).replace("_", "\n", 1) for s in scores.index], fontsize="x-small")
         ax.set_ylim(0, 1.15)
         ax.set_title(f"{dataset}: {metric}", fontsize="small")
-    fig.legend(loc="outside lower center", ncols=len(members), fontsize="small", title=group)
+    fig.legend(loc="outside lower center", ncols=min(len(members), 4), fontsize="small", title=group)
     fig.suptitle(title)
     return fig
 
@@ -377,3 +379,68 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> None
         raise ValueError(f"{path}: no file suffix to take the image format from")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=suffix, dpi=dpi)
+
+
+# ---------------------------------------------------------------- GWYS
+
+GWYS_CURVES = (("reward", "mean reward (weighted sum)"), ("kl", "KL to the reference"),
+               ("infoNCE", "InfoNCE conflict term"))
+
+
+def gwys_step_table(summaries: dict[str, dict]) -> pd.DataFrame:
+    """(variant, step, metric, value) from each GRPO run's train_summary.json log_history: the
+    curves of `GWYS_CURVES` and every rewards/<fn>/mean."""
+    rows = []
+    for variant, summary in summaries.items():
+        if "log_history" not in summary:
+            raise ValueError(f"GRPO run {variant!r}: the training summary has no 'log_history'")
+        for entry in summary["log_history"]:
+            for key, value in entry.items():
+                if key == "step" or value is None:
+                    continue
+                if key in dict(GWYS_CURVES) or (key.startswith("rewards/") and key.endswith("/mean")):
+                    rows.append({"variant": variant, "step": int(entry["step"]), "metric": key, "value": float(value)})
+    return pd.DataFrame(rows, columns=["variant", "step", "metric", "value"])
+
+
+def plot_gwys_training(steps: pd.DataFrame) -> Figure:
+    """GRPO curves per variant: the weighted reward, KL, InfoNCE (runs with the term only) and each
+    reward function's mean, one panel each, one line per variant (the same colour in every panel)."""
+    reward_panels = sorted(m for m in pd.unique(steps["metric"]) if m.startswith("rewards/"))
+    panels = [(m, label) for m, label in GWYS_CURVES] + [(m, m.split("/")[1] + " reward") for m in reward_panels]
+    variants = list(pd.unique(steps["variant"]))
+    palette = [KEPT_COLOR, REJECTED_COLOR, BAND_COLOR, "#9c6ade", "#e15759", "#76b7b2", "#59a14f", "#edc948"]
+    colors = {v: palette[i % len(palette)] for i, v in enumerate(variants)}
+    ncols = 3
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 2.8 * nrows + 0.6), layout="constrained")
+    for index, (metric, label) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, index + 1)
+        part = steps[steps["metric"] == metric]
+        if not len(part):
+            _empty_note(ax, f"{label} (no run logged it)")
+        for variant, rows in part.groupby("variant", sort=False):
+            rows = rows.sort_values("step")
+            ax.plot(rows["step"], rows["value"], marker="o", markersize=3, color=colors[variant], label=variant)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("optimizer step", fontsize="small")
+        ax.set_title(label, fontsize="small")
+    handles = [Rectangle((0, 0), 1, 1, color=colors[v]) for v in variants]
+    if variants:
+        fig.legend(handles, variants, loc="outside lower center", ncols=min(len(variants), 6), fontsize="small", title="GRPO run")
+    fig.suptitle("GWYS GRPO training")
+    return fig
+
+
+def gwys_eval_long_table(scores_by_model: dict[str, dict], *, metric: str = "accuracy") -> pd.DataFrame:
+    """The long form `plot_eval_table` draws (group "model"): per eval set, `metric` over all its
+    questions and per source (a set mixing POPE yes/no, shapes and counts shows each)."""
+    rows = []
+    for model, scores in scores_by_model.items():
+        for name, score in scores["sets"].items():
+            rows.append({"dataset": name, "metric": metric, "setting": "all", "model": model, "score": score[metric]})
+            by_source = {s: v for s, v in (score.get("by_source") or {}).items() if s}
+            if len(by_source) > 1:
+                rows += [{"dataset": name, "metric": metric, "setting": source, "model": model, "score": value[metric]}
+                         for source, value in by_source.items()]
+    return pd.DataFrame(rows, columns=["dataset", "metric", "setting", "model", "score"])
