@@ -48,6 +48,11 @@ PASSAGE_TOKENS = 200
 QUESTION_TOKENS = 256
 POPE_QUESTION_TOKENS = 64  # system prompt + one yes/no question about one object
 TSST_QUESTION_TOKENS = 320  # system sentence + the step-by-step instructions + question + options
+# A GWYS prompt: the default system turn, the image (at most max_pixels / 28^2 merged tokens: 512
+# at RL's 401,408 px) and the four-tag instructions + question + options + type instruction.
+GWYS_PROMPT_TEXT_TOKENS = 384
+QWEN_MERGED_PATCH_PIXELS = 28 * 28
+GWYS_SFT_IMAGE_TOKENS = 16384  # no max_pixels in the original's SFT: the processor's 12.8 MP cap
 # Grounding DINO resizes to a shorter side of 800 (longer at most 1333); Swin's first stage
 # works on stride-4 patches in 12 x 12 windows. (SAM's encoder sees one image of
 # image_size / patch_size squared patches; its global blocks attend over all of them.)
@@ -359,6 +364,8 @@ def plan(config: dict, *, run_dir: Path = Path(), base_dir: Path | None = None) 
                                            arch_for=lambda: _cings_llava(config, base_dir)))
     if "tsst" in config["methods"]:
         checks += tsst_checks(config, run_dir=run_dir, base_dir=base_dir)
+    if "gwys" in config["methods"]:
+        checks += gwys_checks(config, run_dir=run_dir, base_dir=base_dir)
     return checks
 
 
@@ -396,6 +403,66 @@ def tsst_checks(config: dict, *, run_dir: Path, base_dir: Path | None) -> list[J
                                                name, "tsst_judge", "judge", n=1, prompt_tokens=TSST_QUESTION_TOKENS + 128,
                                                max_new_tokens=tsst["judge"]["max_new_tokens"], base_dir=base_dir))
     return checks
+
+
+def gwys_image_tokens(max_pixels: int | None) -> int:
+    """Qwen2.5-VL's merged image tokens of an image at most `max_pixels` large."""
+    return GWYS_SFT_IMAGE_TOKENS if max_pixels is None else max(1, max_pixels // QWEN_MERGED_PATCH_PIXELS)
+
+
+def gwys_checks(config: dict, *, run_dir: Path, base_dir: Path | None) -> list[JobCheck]:
+    """Cold-start SFT and each GRPO variant (train_job), the rollouts (model_job), the evaluation
+    (infer_job); the caption judge is served (no GPU) unless its backend is hf."""
+    from groundflow.gwys.grpo_settings import GRPOSettings
+
+    gwys = config["gwys"]
+    spec = config["models"]["gwys_policy"]
+    arch_for = lambda: _model_arch(config, "gwys_policy", base_dir)  # noqa: E731
+    sft = gwys["sft"]["train"]
+    checks = [_training(config, "gwys_sft", arch_for, spec, sft, run_dir, "gwys.sft.train.per_device_batch_size")]
+    # GRPO: one micro-batch is per_device_prompts x G completions of prompt + max_completion_length
+    # tokens, with full logits for the per-token log-probabilities; the KL reference (beta > 0, full
+    # fine-tuning) is a second copy of the weights, sharded like the policy under ZeRO-3.
+    worst = None
+    for name, variant in gwys["variants"].items():
+        values = {**gwys["grpo"], **(variant.get("grpo") or {})}
+        accelerate_config = values.pop("accelerate_config", None)
+        settings = GRPOSettings.from_dict(values)
+        train = {"per_device_batch_size": settings.per_device_prompts * settings.num_generations,
+                 "max_length": gwys_image_tokens(settings.max_pixels) + GWYS_PROMPT_TEXT_TOKENS + settings.max_completion_length,
+                 "gradient_checkpointing": settings.gradient_checkpointing, "lora": settings.lora,
+                 "accelerate_config": accelerate_config}
+        check = _training(config, "gwys_grpo", arch_for, spec, train, run_dir, "gwys.grpo.per_device_prompts x num_generations")
+        if check.estimate is not None and settings.beta > 0 and settings.lora is None:
+            weights = check.estimate.components["weights"]
+            check = _check(config, "gwys_grpo", "train_job", check.model,
+                           lambda b, t=train, w=weights: _with_reference(config, "gwys_grpo", arch_for, spec, t, run_dir, b, w),
+                           "gwys.grpo.per_device_prompts x num_generations", train["per_device_batch_size"],
+                           note=check.note + ", + KL reference")
+        if worst is None or (check.estimate and worst.estimate and check.estimate.total > worst.estimate.total):
+            worst = check
+    checks.append(worst)
+    rollouts = {"k": 64, "max_new_tokens": 768, **gwys["rollouts"]["settings"]}
+    image = gwys_image_tokens(gwys["grpo"].get("max_pixels", 401408))
+    # the rollout jobs generate with gwys.rollouts.generation over generation.vision (rules/gwys.smk)
+    rollout_config = {**config, "generation": {**config["generation"], "vision": {
+        **config["generation"]["vision"], **(gwys["rollouts"].get("generation") or {})}}}
+    checks.append(generation_check(rollout_config, "gwys_rollouts", "gwys_policy", "vision", n=int(rollouts["k"]),
+                                   prompt_tokens=image + GWYS_PROMPT_TEXT_TOKENS,
+                                   max_new_tokens=int(rollouts["max_new_tokens"]), base_dir=base_dir))
+    checks.append(generation_check(config, "gwys_eval", "gwys_policy", "vision", n=1,
+                                   prompt_tokens=image + GWYS_PROMPT_TEXT_TOKENS,
+                                   max_new_tokens=gwys["eval"]["max_new_tokens"], base_dir=base_dir,
+                                   job_class="infer_job"))
+    return checks
+
+
+def _with_reference(config, job, arch_for, spec, train, run_dir, batch, weights) -> memory.Estimate:
+    """The training estimate of `train` at `batch` with a second copy of the (sharded) weights."""
+    check = _training(config, job, arch_for, spec, {**train, "per_device_batch_size": batch}, run_dir, "")
+    components = dict(check.estimate.components)
+    components["weights"] = components["weights"] + weights
+    return memory.Estimate(components)
 
 
 def _search_check(config, name, job_class, spec, arch_for, job, prompt_tokens, step_tokens) -> JobCheck:
