@@ -15,7 +15,7 @@ from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
 from groundflow.gwys.grpo import (apply_pixel_bounds, build_rewards, build_trainer, grpo_dataset, load_policy,
-                                  pin_sampling, train_grpo)
+                                  pin_sampling, run_grpo, train_grpo)
 from groundflow.gwys.grpo_settings import GRPOSettings
 from groundflow.gwys.prompts import load_question_prompts
 from groundflow.io.artifacts import read_table
@@ -25,7 +25,7 @@ from groundflow.models.spec import ModelSpec
 from groundflow.models.vision_families import LLAVA, QWEN2_5_VL
 
 from gwys_grpo_support import draw, pool_row, tokenizer_texts, write_drawn_pool
-from script_harness import FakeSnakemake, run_script
+from script_harness import SCRIPTS, FakeSnakemake, run_script
 
 # Small and quick; a learning rate that moves the weights visibly in two steps.
 FAST = {"num_generations": 4, "max_completion_length": 12, "max_steps": 2, "learning_rate": 1e-3,
@@ -289,6 +289,7 @@ def test_the_workflow_script_trains_from_its_inputs(tmp_path, qwen):
                 "media_root": str(media), "settings": {**FAST, "max_steps": 1, "conflict": CONFLICT},
                 "form": "four_tag", "rewards": ["accuracy", "format"], "judge": None, "prompts": None},
         log=[str(tmp_path / "grpo.log")])
+    smk.scriptdir = str(SCRIPTS)  # Snakemake's own attribute; training scripts find the checkout by it
     run_script("gwys_grpo.py", smk)
     summary = summary_of(out)
     assert summary["steps"] == 1 and summary["model"]["path"] == str(qwen) and summary["form"] == "four_tag"
@@ -320,3 +321,21 @@ def test_the_gpu_benchmark_refuses_to_run_without_cuda(tmp_path, monkeypatch, ca
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _bench("gpu_gwys_grpo").main(["--out", str(tmp_path / "x.json")]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_two_cpu_processes_train_under_accelerate_launch(tmp_path, qwen):
+    """DDP over gloo (configs/accelerate/cpu_2proc.yaml), started as the workflow starts it: each
+    process its own prompt and group, the conflict term's second forward on the wrapped module."""
+    pool, media = write_drawn_pool(tmp_path)
+    out = tmp_path / "ddp"
+    model_dir = run_grpo(model={"path": str(qwen), "device": "cpu"}, reference=None, pool_path=pool, media_root=media,
+                         out_dir=out, settings={**FAST, "conflict": CONFLICT, "lora": {"r": 4, "alpha": 8},
+                                                "accelerate_config": "configs/accelerate/cpu_2proc.yaml",
+                                                "workflow_dir": str(Path(__file__).resolve().parents[2])},
+                         form="four_tag", rewards=["accuracy", "format"])
+    summary = summary_of(out)
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    # one prompt per process per step: two anchors (and two forwards) per step over the processes
+    assert summary["conflict"]["anchors"] == 4 and summary["conflict"]["forwards"] == 4
+    assert summary["groups"] == 4 and all("infoNCE" in e for e in summary["log_history"])
+    assert changed(weights(qwen), weights(model_dir), "self_attn.q_proj.weight")

@@ -39,16 +39,29 @@ the original) -> `ConflictGRPOTrainer` -> the final model (LoRA merged into plai
   skipped).
 
 Policies: the vision-language families of `models.vision_families`, Qwen2.5-VL
-(`Qwen2_5_VLForConditionalGeneration`) and LLaVA (`LlavaForConditionalGeneration`). Runs in one
-process (one device); TRL's multi-process setups (DDP, ZeRO-3) are not wired here.
+(`Qwen2_5_VLForConditionalGeneration`) and LLaVA (`LlavaForConditionalGeneration`).
+
+`run_grpo` runs in this process, or, with `accelerate_config` among the settings (the shared
+trainer's launch setting, `train.launch`), under `accelerate launch` (`python -m groundflow.gwys.grpo`
+in each process: DDP, DeepSpeed ZeRO-2/3 by the file): every process builds the same dataset and
+partners; the final model is saved through the shared trainer's `save_final_model` (ZeRO-3 gathers
+the weights; LoRA merged from the saved adapter); the summary, from the main process, sums the
+judge's counts and the conflict term's over the processes. Under DDP the conflict forward runs on
+the wrapped module (`module`), so DDP's per-forward bookkeeping (its search for unused parameters
+from the outputs) follows the policy forward alone, once per backward; the conflict forward uses
+no parameter the policy forward does not, and the gradients of both reach the parameters in the one
+backward and are reduced once (the two-process test runs either way; this keeps DDP's view simple).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
+import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -59,6 +72,7 @@ import torch
 from datasets import Dataset
 from PIL import Image
 from transformers import AutoProcessor, PreTrainedModel, TrainerCallback
+from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
 from groundflow.generate.backends import SamplingParams, make_generator
@@ -68,12 +82,14 @@ from groundflow.gwys.grpo_settings import GRPOSettings, check_reward_names, grpo
 from groundflow.gwys.prompts import (QuestionPrompts, check_form, load_caption_judge_prompts,
                                      load_question_prompts)
 from groundflow.gwys.rewards import AccuracyReward, CaptionReward, FormatReward, JudgeBackend
-from groundflow.io.artifacts import atomic_directory, atomic_write_json, read_table
+from groundflow.io.artifacts import atomic_path, atomic_write_json, read_table
 from groundflow.models.spec import ModelSpec, resolve_dtype
 from groundflow.models.vision_families import VISION_FAMILIES, VisionFamily, set_image_pixel_bounds
 from groundflow.train.checkpoints import discard_other_runs, run_fingerprint
+from groundflow.train.config import SFTConfig
+from groundflow.train.launch import ACCELERATE_CONFIG, WORKFLOW_DIR, launch_accelerate
 from groundflow.train.model_prep import lora_target_names, resolve_bf16, vision_family_of
-from groundflow.train.trainer import full_weights_file, load_saved_weights, train_resuming
+from groundflow.train.trainer import full_weights_file, load_saved_weights, save_final_model, train_resuming
 from groundflow.vision.image_io import load_rgb
 
 log = logging.getLogger(__name__)
@@ -406,6 +422,8 @@ class ConflictGRPOTrainer(GRPOTrainer):
         """[len(rows), hidden]: the policy's last hidden states (after the final norm), mean-pooled over
         each row's attended tokens, from one forward with gradient."""
         batch = self.conflict_inputs(rows)
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module  # DDP's bookkeeping follows the policy forward alone (module docstring)
         with self.accelerator.autocast():
             # logits of the last position only: the term needs the hidden states, not the vocabulary
             outputs = model(**batch, output_hidden_states=True, use_cache=False, logits_to_keep=1)
@@ -490,19 +508,17 @@ def build_trainer(model, processor, family: VisionFamily, data: GRPOData, reward
 # ---------------------------------------------------------------- the run
 
 
-def save_policy(trainer: ConflictGRPOTrainer, *, start_path: str, out_dir: Path, generation_config) -> Path:
+def save_policy(trainer: ConflictGRPOTrainer, *, spec: ModelSpec, family: VisionFamily, settings: GRPOSettings,
+                out_dir: Path, generation_config, use_bf16: bool) -> Path:
     """out_dir/model: the trained policy in plain HF weights (LoRA merged) with the start model's
-    processor and generation config, written whole or not at all."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):  # peft
-        model = model.merge_and_unload()
-    model.generation_config = generation_config
-    model.config.use_cache = True
-    processor = AutoProcessor.from_pretrained(start_path)  # as the start model's, not the run's pixel bounds
-    with atomic_directory(out_dir / "model") as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-    return out_dir / "model"
+    processor (not the run's pixel bounds) and generation config, written whole or not at all, by
+    the shared trainer's save (every process takes part: ZeRO-3 gathers the weights)."""
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+    base.generation_config = generation_config
+    processor = AutoProcessor.from_pretrained(spec.path)
+    return save_final_model(trainer, SFTConfig(lora=settings.lora, merge_lora=True), spec, processor, vision=family,
+                            out_dir=out_dir, use_bf16=use_bf16)
 
 
 def step_history(log_history: Sequence[dict]) -> list[dict]:
@@ -561,9 +577,18 @@ def train_grpo(*, model: Mapping | str, reference: Mapping | str | None, pool_pa
                                                                 and caption.store is not None else None)}
     if trainer.is_world_process_zero():
         discard_other_runs(out_dir / "checkpoints", run_fingerprint(settings, spec.path, data.records, fingerprint_extra))
+    trainer.accelerator.wait_for_everyone()
     result, resumed_from = train_resuming(trainer, out_dir / "checkpoints", resume=resume)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    model_dir = save_policy(trainer, start_path=spec.path, out_dir=out_dir, generation_config=start_generation)
+    model_dir = save_policy(trainer, spec=spec, family=family, settings=settings, out_dir=out_dir,
+                            generation_config=start_generation, use_bf16=use_bf16)
+    # every process's own counts (each asked the judge for its completions, embedded its anchors)
+    counts = gather_object([{"requests": caption.requests if caption else 0, "failures": caption.failures if caption else 0,
+                             "forwards": trainer.conflict_forwards, "rows": trainer.conflict_rows,
+                             "anchors": trainer.conflict_anchors, "seconds": trainer.conflict_seconds}])
+    totals = {key: sum(c[key] for c in counts) for key in counts[0]}
+    if not trainer.is_world_process_zero():
+        return model_dir
 
     history = step_history(trainer.state.log_history)
     atomic_write_json(out_dir / SUMMARY, {
@@ -585,15 +610,16 @@ def train_grpo(*, model: Mapping | str, reference: Mapping | str | None, pool_pa
         "judge": None if caption is None else {
             "generator": caption.judge.describe() if hasattr(caption.judge, "describe") else type(caption.judge).__name__,
             "prompts": caption.prompts.version, "sampling": caption.params.describe(),
-            "requests": caption.requests, "failures": caption.failures,
+            "requests": totals["requests"], "failures": totals["failures"],
             "disk_cache": None if caption.store is None else str(caption.store.path)},
-        "judge_failures": None if caption is None else caption.failures,
+        "judge_failures": None if caption is None else totals["failures"],
+        "processes": trainer.accelerator.num_processes,
         "identical_groups": trainer.identical_groups_total,
         "groups": trainer.groups_total,
         "conflict": None if trainer.conflict is None else {
-            **dataclasses.asdict(trainer.conflict), "forwards": trainer.conflict_forwards,
-            "rows_embedded": trainer.conflict_rows, "anchors": trainer.conflict_anchors,
-            "seconds": round(trainer.conflict_seconds, 3)},
+            **dataclasses.asdict(trainer.conflict), "forwards": totals["forwards"],
+            "rows_embedded": totals["rows"], "anchors": totals["anchors"],
+            "seconds": round(totals["seconds"], 3)},
         "pixel_bounds_applied": pixel_bounds,
         "trainable_parameters": int(trainable),
         "bf16": use_bf16,
@@ -603,3 +629,62 @@ def train_grpo(*, model: Mapping | str, reference: Mapping | str | None, pool_pa
         "log_history": history,
     })
     return model_dir
+
+
+# ---------------------------------------------------------------- in this process, or under accelerate launch
+
+
+def run_grpo(*, model: Mapping | str, reference: Mapping | str | None, pool_path: str | os.PathLike,
+             media_root: str | os.PathLike | None, out_dir: str | os.PathLike, settings: Mapping, form: str,
+             rewards: Sequence[str], judge: Mapping | None = None, prompts: Mapping | None = None) -> Path:
+    """`train_grpo` in this process, or under `accelerate launch` when `settings` name an
+    `accelerate_config` (with `workflow_dir`, where a relative launch file is looked up after the
+    run folder: `train.launch`); returns out_dir/model."""
+    settings = dict(settings)
+    accelerate_config = settings.pop(ACCELERATE_CONFIG, "") or ""
+    workflow_dir = settings.pop(WORKFLOW_DIR, None)
+    GRPOSettings.from_dict(settings)  # refused here, before any process starts
+    run = {"form": form, "rewards": list(rewards), "judge": judge, "prompts": prompts, "reference": reference}
+    if not accelerate_config:
+        return train_grpo(model=model, pool_path=pool_path, media_root=media_root, out_dir=out_dir, settings=settings,
+                          **run)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_file = out_dir.parent / f".{out_dir.name}.grpo_run.json"  # read by the launched processes
+    with atomic_path(run_file) as tmp:
+        Path(tmp).write_text(json.dumps(run, default=str))
+    try:
+        return launch_accelerate(__name__, accelerate_config=accelerate_config, workflow_dir=workflow_dir,
+                                 model=dict(model) if isinstance(model, Mapping) else {"path": str(model)},
+                                 records_path=str(pool_path), image_root=None if media_root is None else str(media_root),
+                                 out_dir=str(out_dir), settings=settings, extra_args=("--run", str(run_file)))
+    finally:
+        run_file.unlink(missing_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line `train.launch` starts in each process (its SFT-style arguments, plus --run:
+    a JSON file of form, rewards, judge, prompts and reference)."""
+    import yaml
+
+    parser = argparse.ArgumentParser(description="GWYS GRPO (TRL's GRPOTrainer) on an RL pool table")
+    parser.add_argument("--records", required=True, help="the RL pool table (schemas/gwys_pool)")
+    parser.add_argument("--image-root", default=None, help="the folder the pool's media paths are relative to")
+    parser.add_argument("--model", required=True, help="the start model's folder or hub id")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", required=True, help="output folder (checkpoints/, model/, train_summary.json)")
+    parser.add_argument("--config", required=True, help="YAML of GRPO settings (gwys.grpo_settings)")
+    parser.add_argument("--run", required=True, help="JSON: form, rewards, judge, prompts, reference")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    settings = yaml.safe_load(Path(args.config).read_text()) or {}
+    run = json.loads(Path(args.run).read_text())
+    model_dir = train_grpo(model=ModelSpec(args.model, dtype=args.dtype, device=args.device), pool_path=args.records,
+                           media_root=args.image_root, out_dir=args.out, settings=settings, **run)
+    print(model_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
