@@ -22,6 +22,17 @@ Reported per setting: seconds per step (median of the timed steps after a warm-u
 the generation's and the conflict term's seconds per step, generated tokens/s, peak GPU memory;
 and the ratio of the two settings' step times, measured in the same run.
 
+Measured (2026-12-04, one H200, torch 2.11.0+cu130, transformers 5.23.0, trl 1.16.0, peft 0.21.2;
+2 timed steps after a warm-up; a random policy runs every completion to the limit):
+
+  new tokens  s/step  steps/s  generation s  conflict term s  rest s  generated tok/s  peak GiB
+         768   57.61    0.017         48.19             1.30    8.13              128      27.1
+         128   17.36    0.058          8.19             1.42    7.74              125      25.0
+
+HF generate at 8 rows is 84 % of a 768-token step (16 tokens/s per row): rollouts are the
+bottleneck, as the spec says of the original (§9); the conflict term (8 prompts with images, with
+gradient) costs ~1.3 s, 2 % of the step. Step time 768 vs 128 new tokens: 3.32x.
+
 Usage:  python bench/gpu_gwys_grpo.py --out results/bench/gpu_gwys_grpo.json
         python bench/gpu_gwys_grpo.py --tiny --out /tmp/tiny.json   (same code path on CPU, tiny config)
 Needs trl and datasets (the project's pins) besides torch, transformers and peft.

@@ -333,7 +333,7 @@ rule gwys_eval_table:
         table=gwys("eval", "table.tsv"),
         markdown=gwys("eval", "table.md"),
     params:
-        models=GWYS_MODELS,
+        rows=GWYS_MODELS,
         sets=list(GWYS_EVAL_SETS),
     log:
         "logs/gwys/eval/table.log",
@@ -451,7 +451,7 @@ rule plot_gwys_eval:
             labels={"figure": "accuracy per model"},
         ),
     params:
-        models=GWYS_MODELS,
+        rows=GWYS_MODELS,
     log:
         "logs/gwys/report/eval.log",
     benchmark:

@@ -146,7 +146,7 @@ def test_eval_every_set_and_the_table(run):
 
     table = {"table": str(run["root"] / "eval" / "table.tsv"), "markdown": str(run["root"] / "eval" / "table.md")}
     run_script("gwys_eval_table.py", FakeSnakemake(input={"scores": [out["scores"], out["scores"]]}, output=table,
-                                                   params={"models": ["base", "sft"]}, log=_log(run, "table")))
+                                                   params={"rows": ["base", "sft"]}, log=_log(run, "table")))
     lines = open(table["table"]).read().splitlines()
     assert lines[0] == "model\tfixture_eval\tpool" and [l.split("\t")[0] for l in lines[1:]] == ["base", "sft"]
     assert open(table["markdown"]).read().startswith("| model | fixture_eval | pool |")

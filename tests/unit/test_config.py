@@ -56,14 +56,15 @@ def test_defaults_are_not_shared_between_configs():
     assert b["resources"]["cpu_job"]["mem_mb"] != 1
 
 
-@pytest.mark.parametrize("preset, absent", [("cvc-paper", "cings"), ("cings-paper", "cvc"), ("tsst-paper", "cings")])
+@pytest.mark.parametrize("preset, absent", [("cvc-paper", "cings"), ("cings-paper", "cvc"), ("tsst-paper", "cings"),
+                                             ("gwys-paper", "tsst")])
 def test_each_paper_preset_is_a_whole_config_without_the_other_methods_keys(preset, absent):
     config = validate_config(load(f"configs/{preset}.yaml"))
     assert absent not in config
 
 
 @pytest.mark.parametrize("method, section, model", [("cvc", "cvc", "sam"), ("cings", "cings", "cings_lm"),
-                                                    ("tsst", "tsst", "tsst_policy")])
+                                                    ("tsst", "tsst", "tsst_policy"), ("gwys", "gwys", "gwys_policy")])
 def test_a_listed_method_needs_its_section_and_models(method, section, model):
     config = load("config.yaml")
     config["methods"] = [method]
@@ -74,14 +75,14 @@ def test_a_listed_method_needs_its_section_and_models(method, section, model):
     del without_model["models"][model]
     with pytest.raises(ConfigError, match=rf"'models': '{model}' is a required property"):
         validate_config(without_model)
-    for other in {"cvc", "cings", "tsst"} - {method}:
+    for other in {"cvc", "cings", "tsst", "gwys"} - {method}:
         config.pop(other)  # the other methods' sections are not needed
     validate_config(config)
 
 
-@pytest.mark.parametrize("method", ["gwys", "cvcc"])
+@pytest.mark.parametrize("method", ["cvcc", "GWYS"])
 def test_methods_lists_only_methods_whose_rules_exist(method):
     config = load("config.yaml")
     config["methods"] = ["cvc", method]
-    with pytest.raises(ConfigError, match=rf"'methods\.1': '{method}' is not one of \['cvc', 'cings', 'tsst'\]"):
+    with pytest.raises(ConfigError, match=rf"'methods\.1': '{method}' is not one of \['cvc', 'cings', 'tsst', 'gwys'\]"):
         validate_config(config)

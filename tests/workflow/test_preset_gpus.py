@@ -55,7 +55,7 @@ def handed_a_model(rule: dict) -> bool:
     return bool(MODEL_INPUTS & set(rule["input"]) or MODEL_PARAMS & set(rule["params"]))
 
 
-@pytest.mark.parametrize("preset", ["cvc-paper", "cings-paper", "tsst-paper"])
+@pytest.mark.parametrize("preset", ["cvc-paper", "cings-paper", "tsst-paper", "gwys-paper"])
 def test_every_model_rule_of_a_paper_preset_requests_a_gpu(tmp_path, preset):
     run = tmp_path / "run"
     run.mkdir()

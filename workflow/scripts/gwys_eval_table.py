@@ -10,7 +10,7 @@ from groundflow.pipeline import setup_logging
 setup_logging(snakemake.log[0] if snakemake.log else None)
 paths = snakemake.input.scores
 paths = [paths] if isinstance(paths, str) else list(paths)
-models = list(snakemake.params.models)
+models = list(snakemake.params.rows)
 if len(paths) != len(models):
     raise ValueError(f"{len(paths)} scores files for the models {models}")
 scores = {model: json.loads(open(path, encoding="utf-8").read()) for model, path in zip(models, paths)}

@@ -6,7 +6,7 @@ from groundflow.report.plots import gwys_eval_long_table, plot_eval_table, save_
 
 setup_logging(snakemake.log[0] if snakemake.log else None)
 paths = list(snakemake.input.scores)
-models = list(snakemake.params.models)
+models = list(snakemake.params.rows)
 if len(paths) != len(models):
     raise ValueError(f"{len(paths)} scores files for the models {models}")
 scores = {m: json.loads(open(p, encoding="utf-8").read()) for m, p in zip(models, paths)}
