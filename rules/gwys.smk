@@ -82,7 +82,7 @@ def gwys_targets():
 
 
 def gwys_report_targets():
-    return [gwys("report", "selection.png"), gwys("report", "training.png"), gwys("report", "eval.png")]
+    return [gwys("plots", "selection.png"), gwys("plots", "training.png"), gwys("plots", "eval.png")]
 
 
 rule gwys_fixture:
@@ -271,7 +271,7 @@ rule plot_gwys_selection:
         table=gwys("selection", "table.parquet"),
     output:
         plot=report(
-            gwys("report", "selection.png"),
+            gwys("plots", "selection.png"),
             caption="../workflow/report/gwys_selection.rst",
             category="GWYS",
             labels={"figure": "reward-variance selection"},
@@ -279,9 +279,9 @@ rule plot_gwys_selection:
     params:
         selection=GWYS["selection"],
     log:
-        "logs/gwys/report/selection.log",
+        "logs/gwys/plots/selection.log",
     benchmark:
-        "benchmarks/gwys/report/selection.tsv"
+        "benchmarks/gwys/plots/selection.tsv"
     threads: job_threads("cpu_job")
     resources:
         **job_resources("cpu_job"),
@@ -422,7 +422,7 @@ rule plot_gwys_training:
         summaries=[gwys("grpo", v, "train_summary.json") for v in GWYS_VARIANTS],
     output:
         plot=report(
-            gwys("report", "training.png"),
+            gwys("plots", "training.png"),
             caption="../workflow/report/gwys_training.rst",
             category="GWYS",
             labels={"figure": "GRPO curves"},
@@ -430,9 +430,9 @@ rule plot_gwys_training:
     params:
         variants=list(GWYS_VARIANTS),
     log:
-        "logs/gwys/report/training.log",
+        "logs/gwys/plots/training.log",
     benchmark:
-        "benchmarks/gwys/report/training.tsv"
+        "benchmarks/gwys/plots/training.tsv"
     threads: job_threads("cpu_job")
     resources:
         **job_resources("cpu_job"),
@@ -445,7 +445,7 @@ rule plot_gwys_eval:
         scores=[gwys("eval", name, "scores.json") for name in GWYS_MODELS],
     output:
         plot=report(
-            gwys("report", "eval.png"),
+            gwys("plots", "eval.png"),
             caption="../workflow/report/gwys_eval.rst",
             category="GWYS",
             labels={"figure": "accuracy per model"},
@@ -453,9 +453,9 @@ rule plot_gwys_eval:
     params:
         rows=GWYS_MODELS,
     log:
-        "logs/gwys/report/eval.log",
+        "logs/gwys/plots/eval.log",
     benchmark:
-        "benchmarks/gwys/report/eval.tsv"
+        "benchmarks/gwys/plots/eval.tsv"
     threads: job_threads("cpu_job")
     resources:
         **job_resources("cpu_job"),

@@ -58,7 +58,7 @@ def test_the_selection_classes_every_rolled_out_sample_and_keeps_the_top_medium_
     rollouts = pd.read_parquet(gwys / "selection" / "rollouts" / "shard0.parquet")
     assert (rollouts["completions"].map(len) == 8).all()
     assert (rollouts["distinct"] > 1).any(), "every sample's rollouts were one text: sampling did not sample"
-    assert (gwys / "report" / "selection.png").stat().st_size > 0
+    assert (gwys / "plots" / "selection.png").stat().st_size > 0
 
 
 def test_each_variant_trains_from_its_start_with_its_rewards_and_logs_its_terms(gwys):
@@ -108,4 +108,4 @@ def test_the_eval_table_has_every_model_and_its_plots(gwys):
         assert scores["n"] == valid and scores["accuracy"] == pytest.approx(table.loc[model, "demo_eval"], abs=1e-4)
     assert "| ours |" in (gwys / "eval" / "table.md").read_text()
     for plot in ("training.png", "eval.png"):
-        assert (gwys / "report" / plot).stat().st_size > 0
+        assert (gwys / "plots" / plot).stat().st_size > 0
