@@ -78,7 +78,7 @@ def gwys_targets():
     """What `methods: [gwys]` builds: the SFT model, the selection, every variant, the table."""
     return [gwys("sft", "model"), gwys("selection", "table.parquet")] + [
         gwys("grpo", v, "model") for v in GWYS_VARIANTS
-    ] + [gwys("eval", "table.tsv")]
+    ] + [gwys("eval", "table.tsv"), gwys("stage_counts.tsv")]
 
 
 def gwys_report_targets():
@@ -461,3 +461,32 @@ rule plot_gwys_eval:
         **job_resources("cpu_job"),
     script:
         "../workflow/scripts/plot_gwys_eval.py"
+
+
+GWYS_TABLES = ["pool", *GWYS_EVAL_SETS]
+
+
+rule gwys_counts:
+    input:
+        sft_counts=gwys("data", "sft.counts.json"),
+        sft_rejects=gwys("data", "sft.rejects.parquet"),
+        table_counts=[gwys("data", f"{name}.counts.json") for name in GWYS_TABLES],
+        table_rejects=[gwys("data", f"{name}.rejects.parquet") for name in GWYS_TABLES],
+        rollout_counts=[gwys("selection", "rollouts", f"shard{shard}.counts.json") for shard in GWYS_ROLLOUT_SHARDS],
+        rollout_rejects=[gwys("selection", "rollouts", f"shard{shard}.rejects.parquet") for shard in GWYS_ROLLOUT_SHARDS],
+        summaries=[gwys("grpo", v, "train_summary.json") for v in GWYS_VARIANTS],
+    output:
+        counts=gwys("stage_counts.tsv"),
+        rejects=gwys("rejects.parquet"),
+    params:
+        tables=GWYS_TABLES,
+        variants=list(GWYS_VARIANTS),
+    log:
+        "logs/gwys/counts.log",
+    benchmark:
+        "benchmarks/gwys/counts.tsv"
+    threads: job_threads("cpu_job")
+    resources:
+        **job_resources("cpu_job"),
+    script:
+        "../workflow/scripts/gwys_counts.py"
