@@ -18,11 +18,11 @@ SYSTEM_PACKAGES := slurm-wlm munge chromium
 
 venv: $(STAMP)
 
-# --no-compile: byte-compiling every installed module took 40 of the install's ~120 s here; Python
-# compiles the modules the jobs import on first use instead
+# pip byte-compiles what it installs (keep it: these machines set PYTHONDONTWRITEBYTECODE=1, so a
+# venv installed with --no-compile recompiles torch and transformers in every job, twice as slow)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
