@@ -1,0 +1,93 @@
+"""The pure scoring helpers of groundflow's lmms-eval tasks and the harness's record checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from groundflow.evaluate.harness import read_task_records
+from groundflow.evaluate.tasks.task_utils import (
+    YES_NO_METRICS,
+    multiple_choice_prompt,
+    multiple_choice_result,
+    option_letters,
+    read_choice_letter,
+    yes_no_result,
+)
+
+
+@pytest.mark.parametrize("text, letter", [
+    ("B", "B"), (" b ", "B"), ("(C)", "C"), ("A.", "A"), ("B) a cat", "B"), ("c.", "C"),
+    ("The answer is C.", "C"), ("Answer: a", "A"), ("answer - B", "B"),
+    ("a cat on a mat", None),  # the article is not option A
+    ("D", None),  # beyond the three options
+    ("", None), ("I cannot tell", None),
+])
+def test_read_choice_letter(text, letter):
+    assert read_choice_letter(text, 3) == letter
+
+
+def test_option_letters_bounds():
+    assert option_letters(4) == "ABCD"
+    with pytest.raises(ValueError, match="2..26"):
+        option_letters(1)
+    with pytest.raises(ValueError, match="2..26"):
+        option_letters(27)
+
+
+def test_multiple_choice_prompt_and_result():
+    prompt = multiple_choice_prompt(" What is it? ", ["cat", "dog"], "\nPick one.")
+    assert prompt == "What is it?\nA. cat\nB. dog\nPick one."
+    assert multiple_choice_result("B", "b", 2) == {"mc_accuracy": 1.0, "mc_answered": 1.0}
+    assert multiple_choice_result("A", "B", 2) == {"mc_accuracy": 0.0, "mc_answered": 1.0}
+    assert multiple_choice_result("no idea", "B", 2) == {"mc_accuracy": 0.0, "mc_answered": 0.0}
+
+
+def test_yes_no_result_reads_pope_answers():
+    right = yes_no_result(7, "No, there is not.", "No")
+    assert set(right) == set(YES_NO_METRICS)
+    assert right["pope_accuracy"] == {"question_id": 7, "score": 1.0, "prediction": "no", "ground_truth": "no"}
+    wrong = yes_no_result(8, "Yes there is a cat", "no")
+    assert wrong["pope_f1_score"]["prediction"] == "yes" and wrong["pope_f1_score"]["score"] == 0.0
+    with pytest.raises(ValueError, match="question 9"):
+        yes_no_result(9, "yes", "maybe")
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def test_read_task_records_resolves_images_and_names_bad_records(tmp_path):
+    (tmp_path / "img.png").write_bytes(b"not read here")
+    good = {"question_id": 1, "image": "img.png", "question": "Is there a cat?", "answer": "yes"}
+    records = read_task_records("groundflow_yes_no", _write(tmp_path / "ok.jsonl", [good]))
+    assert records == [{**good, "image": str((tmp_path / "img.png").resolve())}]
+
+    missing = _write(tmp_path / "missing.jsonl", [good, {"question_id": 2, "image": "img.png", "question": "q"}])
+    with pytest.raises(ValueError, match=r"missing.jsonl: record 2 \(question_id 2\): missing field\(s\) \['answer'\]"):
+        read_task_records("groundflow_yes_no", missing)
+    no_image = _write(tmp_path / "noimage.jsonl", [{**good, "image": "gone.png"}])
+    with pytest.raises(ValueError, match="image not found: .*gone.png"):
+        read_task_records("groundflow_yes_no", no_image)
+    bad_answer = _write(tmp_path / "bad.jsonl", [{**good, "answer": "maybe"}])
+    with pytest.raises(ValueError, match="answer must be 'yes' or 'no'"):
+        read_task_records("groundflow_yes_no", bad_answer)
+    mc = {"question_id": 3, "image": "img.png", "question": "Which?", "options": ["a", "b"], "answer": "C"}
+    with pytest.raises(ValueError, match="'C' is not one of the option letters AB"):
+        read_task_records("groundflow_multiple_choice", _write(tmp_path / "mc.jsonl", [mc]))
+    with pytest.raises(ValueError, match="2..26 options"):
+        read_task_records("groundflow_multiple_choice", _write(tmp_path / "mc1.jsonl", [{**mc, "options": ["a"]}]))
+    with pytest.raises(ValueError, match="no records"):
+        read_task_records("groundflow_yes_no", _write(tmp_path / "empty.jsonl", []))
+
+
+def test_harness_module_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, groundflow.evaluate.harness, groundflow.evaluate.tasks.task_utils; "
+            "print([m for m in ('torch', 'transformers', 'lmms_eval') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
