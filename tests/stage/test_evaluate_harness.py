@@ -95,3 +95,17 @@ def test_judge_is_refused_loudly(bench):
     with pytest.raises(NotImplementedError, match="judge"):
         run_benchmark(model=bench["model"], task="groundflow_yes_no", data_files={"test": bench["yes_no"]},
                       judge={"base_url": "http://localhost:1"})
+
+
+def test_qwen2_5_vl_checkpoint_runs_through_its_wrapper(bench, tmp_path):
+    from groundflow.models.qwen_vl import build_tiny_qwen_vl
+
+    model = build_tiny_qwen_vl(tmp_path / "qwen", seed=0, texts=["Is there a cat in the image? yes no"])
+    result = run_benchmark(model={"path": str(model), "device": "cpu"}, task="groundflow_yes_no",
+                           data_files={"test": bench["yes_no"]}, limit=2)
+    assert set(result["metrics"]) == POPE_METRICS
+    assert all(0.0 <= value <= 1.0 for value in result["metrics"].values())
+    assert result["n_samples"] == 2
+    with pytest.raises(ValueError, match="bfloat16 only"):
+        run_benchmark(model={"path": str(model), "device": "cpu", "dtype": "float32"}, task="groundflow_yes_no",
+                      data_files={"test": bench["yes_no"]})

@@ -152,6 +152,9 @@ def _evaluate(spec, wrapper: str, task: str, tasks_dir: Path, data_files: dict, 
         from lmms_eval.models.simple.llava_hf import VICUNA_CHAT_TEMPLATE
 
         model_args.update(dtype=dtype, chat_template=VICUNA_CHAT_TEMPLATE)
+    elif spec.dtype not in ("auto", "bfloat16"):
+        # lmms-eval's qwen2_5_vl wrapper always loads bfloat16; say so rather than ignore the spec
+        raise ValueError(f"{spec.path}: lmms-eval's qwen2_5_vl wrapper loads bfloat16 only, not {spec.dtype!r}")
     task_manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
     if task not in task_manager.all_tasks:
         raise ValueError(f"task {task!r} not in {tasks_dir} (found: {sorted(task_manager.all_tasks)})")
