@@ -18,8 +18,8 @@ from groundflow.evaluate.tasks.task_utils import (
 
 
 @pytest.mark.parametrize("text, letter", [
-    ("B", "B"), (" b ", "B"), ("(C)", "C"), ("A.", "A"), ("B) a cat", "B"), ("c.", "C"),
-    ("The answer is C.", "C"), ("Answer: a", "A"), ("answer - B", "B"),
+    ("B", "B"), ("(C)", "C"), ("A.", "A"), ("B) a cat", "B"),
+    ("The answer is C.", "C"), ("Answer: a", "A"), ("I think A, but the answer is B", "B"),
     ("a cat on a mat", None),  # the article is not option A
     ("D", None),  # beyond the three options
     ("", None), ("I cannot tell", None),

@@ -10,12 +10,12 @@ before any model loads, image paths made absolute there:
 Pure helpers (`read_choice_letter`, `yes_no_result`, `multiple_choice_result`) hold the scoring,
 tested without a model; the lmms-eval hooks are thin wrappers over them. The yes/no answers are
 read with POPE's reading (`groundflow.evaluate.pope.parse_answer`), and the yes/no metrics are
-lmms-eval's own POPE aggregations (named by dotted path in the YAML).
+lmms-eval's own POPE aggregations (named by dotted path in the YAML); the option letter of a
+multiple-choice answer is read by lmms-eval's shared `extract_mcq_answer`.
 """
 
 from __future__ import annotations
 
-import re
 import string
 
 YES_NO_METRICS = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio")
@@ -29,24 +29,13 @@ def option_letters(count: int) -> str:
 
 
 def read_choice_letter(text: str, count: int) -> str | None:
-    """The option letter an answer names, or None when it names none.
+    """The option letter an answer names, or None when it names none: lmms-eval's shared reader
+    (`extract_mcq_answer`: "B", "(B)", "B.", "The answer is B", ...; the last answer of the
+    most telling form wins), limited to this item's letters."""
+    from lmms_eval.tasks._task_utils.mcq_extract import extract_mcq_answer
 
-    Accepted: a bare letter ("B", "b", "(B)", "B.", "B) cat"), or "answer is B" / "Answer: B"
-    anywhere. A lower-case letter counts only alone (so the article "a" in a sentence is not
-    read as option A)."""
-    letters = option_letters(count)
-    stripped = text.strip()
-    bare = re.match(r"^\(?([A-Za-z])(?:[).:,]|\s|$)", stripped)
-    if bare:
-        letter = bare.group(1)
-        alone = len(stripped.rstrip(".):,")) <= 3
-        if letter.isupper() or alone:
-            letter = letter.upper()
-            return letter if letter in letters else None
-    stated = re.search(r"answer(?: is)?\s*[:\-]?\s*\(?([A-Z])\b", stripped, flags=re.IGNORECASE)
-    if stated and stated.group(1).upper() in letters:
-        return stated.group(1).upper()
-    return None
+    letter = extract_mcq_answer(text, list(option_letters(count)))
+    return letter or None
 
 
 def yes_no_result(question_id, answer_text: str, truth: str) -> dict:
