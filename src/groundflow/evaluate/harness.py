@@ -105,8 +105,12 @@ def run_benchmark(*, model: dict, task: str, tasks_dir: str | os.PathLike = TASK
                   data_files: dict[str, str | os.PathLike], limit: int | None = None,
                   batch_size: int = 1, judge: dict | None = None) -> dict:
     """Run `task` (a task of `tasks_dir`) on `model` ({path, dtype, device}) over `data_files`
-    ({split: path}); return {"task", "model", "metrics": {metric: value}, "n_samples",
-    "samples": [{doc_id, question_id, target, response, scores}]}."""
+    ({split: path}); `limit`: lmms-eval's (the first N items, or a fraction when a float);
+    `judge` (an OpenAI-compatible endpoint) is not supported yet and raises.
+
+    Returns {"task", "model", "metrics": {metric: value}, "n_samples", "samples": [{doc_id,
+    question_id, target, response, scores: {metric: value}, prediction (record metrics such as
+    POPE's: the answer as read; scores then holds "correct")}]}."""
     from groundflow.models.spec import ModelSpec
 
     spec = ModelSpec.from_config(model)
@@ -123,16 +127,22 @@ def run_benchmark(*, model: dict, task: str, tasks_dir: str | os.PathLike = TASK
     tasks_dir = Path(tasks_dir)
 
     with tempfile.TemporaryDirectory(prefix="groundflow-bench-") as scratch:
+        expected = None  # how many outputs the run must give, where we know the records
         if task in TASK_FIELDS and tasks_dir.resolve() == TASKS_DIR.resolve():
             resolved = {}
             for split, path in paths.items():
+                records = read_task_records(task, path)
                 copy = Path(scratch) / f"{split}.jsonl"
-                copy.write_text("".join(json.dumps(record) + "\n" for record in read_task_records(task, path)),
-                                encoding="utf-8")
+                copy.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
                 resolved[split] = str(copy)
+                if split == "test":  # our tasks' test_split
+                    expected = len(records) if limit is None or isinstance(limit, float) else min(limit, len(records))
         else:
             resolved = {split: str(path.resolve()) for split, path in paths.items()}
-        return _evaluate(spec, wrapper, task, tasks_dir, resolved, limit, batch_size)
+        result = _evaluate(spec, wrapper, task, tasks_dir, resolved, limit, batch_size)
+    if expected is not None and result["n_samples"] != expected:
+        raise BenchmarkError(f"task {task}: lmms-eval gave {result['n_samples']} outputs for {expected} items")
+    return result
 
 
 def _evaluate(spec, wrapper: str, task: str, tasks_dir: Path, data_files: dict, limit, batch_size) -> dict:
