@@ -95,6 +95,34 @@ def test_truncated_file_raises(tmp_path, fmt):
         load_rgb(path)
 
 
+def test_a_truncated_file_raises_even_when_a_library_allows_truncated_images(tmp_path, monkeypatch):
+    """lmms-eval sets PIL's process-wide LOAD_TRUNCATED_IMAGES on import; our loader refuses anyway
+    and leaves the flag as it found it."""
+    from PIL import ImageFile
+
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    path = tmp_path / "cut.png"
+    path.write_bytes(buffer.getvalue()[:1000])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(ImageError, match="image file is truncated"):
+        load_rgb(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_the_harness_imports_lmms_eval_without_changing_pil_truncation():
+    from PIL import ImageFile
+
+    from groundflow.evaluate.harness import _import_lmms_eval
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    _import_lmms_eval()
+    import lmms_eval.api.task  # noqa: F401  (the module that sets the flag, imported by now)
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
 def test_missing_file_raises(tmp_path):
     path = tmp_path / "nope.jpg"
     with pytest.raises(ImageError, match=rf"^missing image file {path}$"):

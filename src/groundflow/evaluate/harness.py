@@ -145,10 +145,24 @@ def run_benchmark(*, model: dict, task: str, tasks_dir: str | os.PathLike = TASK
     return result
 
 
+def _import_lmms_eval():
+    """lmms-eval's evaluator, model registry and task manager. Importing lmms_eval.api.task sets
+    PIL's process-wide ImageFile.LOAD_TRUNCATED_IMAGES = True, after which a truncated image
+    decodes silently (grey rows) everywhere in the process: the flag is put back as it was."""
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        from lmms_eval.evaluator import simple_evaluate
+        from lmms_eval.models import get_model
+        from lmms_eval.tasks import TaskManager
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+    return simple_evaluate, get_model, TaskManager
+
+
 def _evaluate(spec, wrapper: str, task: str, tasks_dir: Path, data_files: dict, limit, batch_size) -> dict:
-    from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.models import get_model
-    from lmms_eval.tasks import TaskManager
+    simple_evaluate, get_model, TaskManager = _import_lmms_eval()
 
     device = spec.torch_device()
     dtype = spec.dtype if spec.dtype != "auto" else ("float32" if device.type == "cpu" else "bfloat16")

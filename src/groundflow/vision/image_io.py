@@ -6,6 +6,7 @@ truncated files raise ImageError with the reason.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise ImageError(f"missing image file {path}")
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im, _truncated_images_refused():
             im.load()
             return to_rgb(im)
     except Image.DecompressionBombError as e:
@@ -35,6 +36,18 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise ImageError(f"unreadable image {path}: not a recognised image format") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"unreadable image {path}: {e}") from None
+
+
+@contextmanager
+def _truncated_images_refused():
+    """PIL's LOAD_TRUNCATED_IMAGES off while an image decodes: a library may set the process-wide
+    flag (lmms-eval does on import), and a truncated file must be rejected, not padded with grey."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
