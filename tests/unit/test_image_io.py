@@ -143,3 +143,20 @@ def test_not_an_image_raises(tmp_path):
 
 def test_image_stem():
     assert image_stem("train2014/COCO_train2014_000000000009.jpg") == "COCO_train2014_000000000009"
+
+
+def test_image_memo_decodes_each_file_once_and_remembers_why_one_is_unusable(tmp_path, monkeypatch):
+    import groundflow.vision.image_io as image_io
+
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    calls = []
+    real = image_io.load_rgb
+    monkeypatch.setattr(image_io, "load_rgb", lambda path: calls.append(path) or real(path))
+    memo = image_io.ImageMemo(tmp_path)
+    for _ in range(3):
+        image, problem = memo.get("ok.png")
+        assert problem is None and image.getpixel((0, 0)) == (1, 2, 3)
+        image, problem = memo.get("bad.png")
+        assert image is None and problem.startswith(f"unreadable image {tmp_path / 'bad.png'}")
+    assert len(calls) == 2

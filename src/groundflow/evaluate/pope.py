@@ -61,7 +61,7 @@ import pandas as pd
 
 from groundflow.io.lines import read_json_records
 from groundflow.io.stage import StageResult, rejects_frame
-from groundflow.vision.image_io import ImageError, load_rgb
+from groundflow.vision.image_io import ImageMemo
 
 if TYPE_CHECKING:  # backends are imported where used, so the pure core stays light
     from groundflow.generate.backends import ChatPrompt, Generator, SamplingParams
@@ -375,20 +375,14 @@ def answer_questions(questions: pd.DataFrame, generator: "Generator", params: "S
         raise ValueError(f"POPE takes one answer per question, not n={params.n}")
     image_dir = Path(image_dir)
     records = questions.reset_index(drop=True)
-    images: dict[str, object] = {}
-    unreadable: dict[str, str] = {}
+    images = ImageMemo(image_dir)
     prompts, positions, rejected = [], [], []
     for position, row in enumerate(records.itertuples(index=False)):
-        name = str(row.image)
-        if name not in images and name not in unreadable:
-            try:
-                images[name] = load_rgb(image_dir / name)
-            except ImageError as e:
-                unreadable[name] = str(e)
-        if name in unreadable:
-            rejected.append((str(row.id), f"question {row.id}: {unreadable[name]}"))
+        image, problem = images.get(str(row.image))
+        if problem is not None:
+            rejected.append((str(row.id), f"question {row.id}: {problem}"))
             continue
-        prompts.append(question_prompt(str(row.question), images[name], system_prompt))
+        prompts.append(question_prompt(str(row.question), image, system_prompt))
         positions.append(position)
     outputs = generator.generate(prompts, params) if prompts else []
     from groundflow.generate.backends import check_result_shape

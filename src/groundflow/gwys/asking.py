@@ -17,7 +17,7 @@ import pandas as pd
 
 from groundflow.generate.backends import ChatPrompt
 from groundflow.gwys.prompts import QuestionPrompts
-from groundflow.vision.image_io import ImageError, load_rgb
+from groundflow.vision.image_io import ImageMemo
 
 
 @dataclass
@@ -38,23 +38,17 @@ def ask_rows(records: pd.DataFrame, prompts: QuestionPrompts, media_root: str | 
     """A chat prompt per row of `records` (see the module docstring)."""
     media_root = Path(media_root)
     records = records.reset_index(drop=True)
-    images: dict[str, object] = {}
-    unreadable: dict[str, str] = {}
+    images = ImageMemo(media_root)
     asked, chat, rejected = [], [], []
     for position, row in enumerate(records.itertuples(index=False)):
         if row.data_type != "image":
             rejected.append((str(row.id), f"sample {row.id}: a {row.data_type} row; the vision generator takes images"))
             continue
-        media = str(row.media)
-        if media not in images and media not in unreadable:
-            try:
-                images[media] = load_rgb(media_root / media)
-            except ImageError as error:
-                unreadable[media] = str(error)
-        if media in unreadable:
-            rejected.append((str(row.id), f"sample {row.id}: {unreadable[media]}"))
+        image, problem = images.get(str(row.media))
+        if problem is not None:
+            rejected.append((str(row.id), f"sample {row.id}: {problem}"))
             continue
-        chat.append(ChatPrompt(messages=[{"role": "user", "content": row_text(prompts, row)}], image=images[media]))
+        chat.append(ChatPrompt(messages=[{"role": "user", "content": row_text(prompts, row)}], image=image))
         asked.append(position)
     return AskedRows(rows=records.iloc[asked].reset_index(drop=True), prompts=chat, rejected=rejected)
 

@@ -52,6 +52,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from groundflow.generate.backends import ChatPrompt, SamplingParams
 from groundflow.gwys.prompts import CaptionJudgePrompts, check_form, load_caption_judge_prompts, split_option
+from groundflow.io.artifacts import append_json_lines
 from groundflow.judge.llm_judge import option_index
 
 log = logging.getLogger(__name__)
@@ -295,15 +296,8 @@ class JudgeAnswerCache:
         new = {k: a for k, a in answers.items() if self._answers.get(k) != a}
         if not new:
             return
-        blob = "".join(json.dumps({"judge": self.fingerprint, "caption": k[0], "question": k[1], "type": k[2],
-                                   "answer": a}, ensure_ascii=False) + "\n" for k, a in new.items()).encode("utf-8")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_json_lines(self.path, [{"judge": self.fingerprint, "caption": k[0], "question": k[1], "type": k[2],
+                                       "answer": a} for k, a in new.items()])
         self._answers.update(new)
 
 

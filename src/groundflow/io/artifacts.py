@@ -117,6 +117,23 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def append_json_lines(path: str | os.PathLike, entries: Sequence[dict]) -> None:
+    """Append `entries` as JSON lines in one O_APPEND write, synced: processes sharing the file
+    never interleave inside a line, and a killed writer leaves at most a torn last line (which the
+    readers of such caches skip). The caches of judge answers are such files."""
+    if not entries:
+        return
+    blob = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries).encode("utf-8")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, blob)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_table(
     df: pd.DataFrame, path: str | os.PathLike, schema: pa.Schema | None = None
 ) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from groundflow.generate.backends import ChatPrompt, Generator, SamplingParams
+from groundflow.io.artifacts import append_json_lines
 from groundflow.prompts import PromptText, load_prompt
 
 log = logging.getLogger(__name__)
@@ -219,15 +220,7 @@ class VerdictCache:
         new = [(q, a, v) for q, a, v in entries if self._verdicts.get((q, a)) != v]
         if not new:
             return
-        blob = "".join(json.dumps({"judge": self.judge, "id": q, "answer": a, "verdict": v}, ensure_ascii=False) + "\n"
-                       for q, a, v in new).encode("utf-8")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_json_lines(self.path, [{"judge": self.judge, "id": q, "answer": a, "verdict": v} for q, a, v in new])
         for q, a, v in new:
             self._verdicts[(q, a)] = v
 

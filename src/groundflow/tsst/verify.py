@@ -78,27 +78,21 @@ def direct_prompt(question: Mapping, prompts: QuestionPrompts, image) -> ChatPro
 def answer_directly(records: pd.DataFrame, generator: Generator, judge: MultipleChoiceJudge, prompts: QuestionPrompts,
                     params: SamplingParams, *, image_dir: str | Path) -> StageResult:
     """Greedy answers of the policy to a chunk of questions, judged; unreadable images rejected."""
-    from groundflow.vision.image_io import ImageError, load_rgb
+    from groundflow.vision.image_io import ImageMemo
 
     if params.n != 1 or params.do_sample:
         raise ValueError("direct evaluation is one greedy answer per question (n=1, do_sample=False)")
     image_dir = Path(image_dir)
-    images: dict[str, object] = {}
-    unreadable: dict[str, str] = {}
+    images = ImageMemo(image_dir)
     kept_questions, chat, rejected = [], [], []
     for question in records.to_dict("records"):
         qid, name = str(question["id"]), question.get("image")
         image = None
         if isinstance(name, str):
-            if name not in images and name not in unreadable:
-                try:
-                    images[name] = load_rgb(image_dir / name)
-                except ImageError as error:
-                    unreadable[name] = str(error)
-            if name in unreadable:
-                rejected.append((qid, f"question {qid}: {unreadable[name]}"))
+            image, problem = images.get(name)
+            if problem is not None:
+                rejected.append((qid, f"question {qid}: {problem}"))
                 continue
-            image = images[name]
         kept_questions.append(question)
         chat.append(direct_prompt(question, prompts, image))
     outputs = generator.generate(chat, params) if chat else []

@@ -38,6 +38,25 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise ImageError(f"unreadable image {path}: {e}") from None
 
 
+class ImageMemo:
+    """The images of one folder, each decoded once however many records name it; a file that
+    cannot be used is remembered with its reason (each record naming it is rejected with it)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._images: dict[str, Image.Image] = {}
+        self._unusable: dict[str, str] = {}
+
+    def get(self, name: str) -> tuple[Image.Image | None, str | None]:
+        """(image, None), or (None, the reason it cannot be used)."""
+        if name not in self._images and name not in self._unusable:
+            try:
+                self._images[name] = load_rgb(self.root / name)
+            except ImageError as error:
+                self._unusable[name] = str(error)
+        return self._images.get(name), self._unusable.get(name)
+
+
 @contextmanager
 def _truncated_images_refused():
     """PIL's LOAD_TRUNCATED_IMAGES off while an image decodes: a library may set the process-wide
