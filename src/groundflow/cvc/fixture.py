@@ -203,6 +203,13 @@ def _scene(rng: np.random.Generator) -> _Scene:
     return _Scene(image, objects)
 
 
+def draw_scene(rng: np.random.Generator) -> tuple[Image.Image, list[str]]:
+    """One drawn scene, as the fixture draws them, and the kind of each object in it (a kind drawn
+    twice, e.g. two kites, is listed twice; "object" is the unnamed shape)."""
+    scene = _scene(rng)
+    return scene.image, [o.kind for o in scene.objects]
+
+
 # --- captions ------------------------------------------------------------------------------------
 
 
