@@ -20,7 +20,7 @@ HEAVY = ("torch", "transformers")
 # Scripts of jobs that load no model: their top-level imports must stay torch-free. Model
 # stages (entities, trials, segmentation, occlusion's torch painter, training...) are not listed.
 LIGHT_SCRIPTS = [
-    "cvc_ingest", "cvc_images", "cvc_gather", "cvc_hybrid", "cvc_fixture", "cvc_eval_fixture",
+    "cvc_ingest", "cvc_images", "cvc_gather", "cvc_hybrid", "cvc_fixture", "cvc_probe_split", "cvc_eval_fixture",
     "cings_fixture", "cings_convert", "cings_counts", "cings_eval_records", "cings_eval_table",
     "plot_box_scores", "plot_causality", "plot_entities", "plot_occluded", "plot_stage_counts",
     "plot_train_loss", "plot_trials", "cings_retrieval_fixture", "cings_eval_fixture", "pope_questions", "pope_score",
