@@ -323,9 +323,10 @@ def eval_panels(table: pd.DataFrame, *, group: str = "mode") -> list[tuple[str, 
 
 
 def plot_eval_table(table: pd.DataFrame, *, group: str = "mode", title: str = "Evaluation",
-                    ncols: int = 3) -> Figure:
+                    ncols: int = 3, ylim: tuple[float, float] | None = (0, 1.15)) -> Figure:
     """One panel per dataset x metric: grouped bars, settings along x, one bar per `group` value
-    (the same colour for it in every panel), scores on a 0-1 axis with the value written above."""
+    (the same colour for it in every panel), the value written above; scores on a 0-1 axis, or
+    each panel on its own scale with `ylim` None (benchmarks with scores like MME's 0-2000)."""
     panels = eval_panels(table, group=group)
     if not panels:
         fig = Figure(figsize=(5, 2), layout="constrained")
@@ -351,7 +352,10 @@ def plot_eval_table(table: pd.DataFrame, *, group: str = "mode", title: str = "E
                 ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center",
                         va="bottom", fontsize="x-small", rotation=90)
         ax.set_xticks(x, [str(s).replace("_", "\n", 1) for s in scores.index], fontsize="x-small")
-        ax.set_ylim(0, 1.15)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        else:
+            ax.margins(y=0.25)
         ax.set_title(f"{dataset}: {metric}", fontsize="small")
     fig.legend(loc="outside lower center", ncols=min(len(members), 4), fontsize="small", title=group)
     fig.suptitle(title)
