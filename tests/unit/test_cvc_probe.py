@@ -308,3 +308,38 @@ def test_probe_metrics_and_report_refuse_what_does_not_add_up():
     with pytest.raises(ValueError, match="1 answered \\+ 0 rejected != 2"):
         probe_report(checked, pd.DataFrame(columns=["stage", "id", "reason"]), model="m", n_records=2)
     assert parse_short_answer("The answer is a kite.") == "kite"
+
+
+def test_evaluate_probe_frees_the_generator_before_the_embedder_loads(tmp_path, monkeypatch):
+    import contextlib
+    import weakref
+
+    import groundflow.embed
+    import groundflow.generate.backends
+    from groundflow.cvc.probe import evaluate_probe
+
+    alive = []
+
+    @contextlib.contextmanager
+    def fake_open_generator(spec, *, kind, server_log=None):
+        assert kind == "vision" and spec["model"]["path"] == "ckpt"
+        generator = FakeGenerator(_names_the_label)
+        alive.append(weakref.ref(generator))
+        yield generator
+
+    def fake_load_embedder(spec, *, batch_size):
+        assert alive and alive[0]() is None, "the generator is still alive when the embedder loads"
+        assert batch_size == 3
+        return FakeEmbedder()
+
+    monkeypatch.setattr(groundflow.generate.backends, "open_generator", fake_open_generator)
+    monkeypatch.setattr(groundflow.embed, "load_embedder", fake_load_embedder)
+    instances = _occluded(tmp_path)
+    result, answers = evaluate_probe(
+        instances, generation={"backend": "hf", "model": {"path": "ckpt"}}, embedder={"path": "e"},
+        opts={"threshold": 0.85, "batch_size": 3, "max_new_tokens": 8, "chunk_size": 2}, image_dir=tmp_path,
+        progress_dir=str(tmp_path / ".progress"))
+    assert result["model"] == "ckpt" and result["metrics"]["probe_accuracy"] == 1.0
+    assert (result["n_records"], result["n_samples"], len(result["rejects"])) == (4, 3, 1)
+    assert result["produced_by"]["sampling"]["do_sample"] is False and result["produced_by"]["threshold"] == 0.85
+    assert list(answers["id"]) == ["scene_0000-kite", "scene_0001-car", "scene_0003-tree"]

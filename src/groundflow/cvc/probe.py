@@ -100,7 +100,7 @@ def instruction_data_images(records: Iterable[dict]) -> set[str]:
 def probe_share(seed: int, key: str) -> float:
     """A number in [0, 1) fixed by (seed, picture key) alone: pictures with a share below the
     probe fraction are held out."""
-    digest = hashlib.sha256(f"{int(seed)}\0{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{int(seed)}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
@@ -211,7 +211,7 @@ def probe_metrics(checked: pd.DataFrame) -> dict:
     return {
         "probe_accuracy": float((checked["n_correct"].to_numpy() > 0).mean()),
         "probe_similarity": float(np.nan_to_num(similarities, nan=0.0).mean()),
-        "n": int(len(checked)),
+        "n": len(checked),
     }
 
 
@@ -235,7 +235,7 @@ def probe_report(checked: pd.DataFrame, rejects: pd.DataFrame, *, model: str, n_
                          f"{n_records} instances")
     metrics = probe_metrics(checked)
     similarity = [_first_similarity(row) for row in checked["similarities"]]
-    prediction = [str(list(row)[0]) for row in checked["predictions"]]
+    prediction = [str(next(iter(row))) for row in checked["predictions"]]
     correct = [bool(n > 0) for n in checked["n_correct"]]
     samples = [
         {"doc_id": position, "question_id": str(record_id), "target": str(label), "response": str(response),
@@ -335,6 +335,23 @@ def _release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _answer_all(instances: pd.DataFrame, generation: dict, params: "SamplingParams", *, image_dir,
+                chunk_size: int, progress_dir: str | None, server_log: str | None) -> tuple[StageResult, dict]:
+    """`answer_probe` over chunks (resumable in `progress_dir`) with the generator of `generation`,
+    which lives only as long as this call."""
+    from groundflow.generate.backends import open_generator
+
+    with open_generator(generation, kind="vision", server_log=server_log) as generator:
+        described = generator.describe()
+        answered, _ = run_chunked(
+            instances,
+            lambda chunk: answer_probe(chunk, generator, params, image_dir=image_dir),
+            chunk_size=chunk_size, progress_dir=progress_dir,
+            params={"generator": described, "sampling": params.describe()},
+        )
+    return answered, described
+
+
 def evaluate_probe(instances: pd.DataFrame, *, generation: dict, embedder: dict, opts: dict,
                    image_dir: str | Path, progress_dir: str | None = None,
                    server_log: str | None = None) -> tuple[dict, pd.DataFrame]:
@@ -346,23 +363,17 @@ def evaluate_probe(instances: pd.DataFrame, *, generation: dict, embedder: dict,
     given, for a restarted job). Returns (result, answers table), see `probe_report`.
     """
     from groundflow.embed import load_embedder
-    from groundflow.generate.backends import SamplingParams, open_generator
+    from groundflow.generate.backends import SamplingParams
 
     if instances.empty:
         raise ValueError(f"no probe instances to evaluate; see {FRACTION_KEY} and {UNSEEN_KEY}")
     model = generation.get("model")
     model_path = model if isinstance(model, str) else (model or {}).get("path")
     params = SamplingParams(max_new_tokens=int(opts["max_new_tokens"]), n=1, do_sample=False)
-    with open_generator(generation, kind="vision", server_log=server_log) as generator:
-        described = generator.describe()
-        answered, _ = run_chunked(
-            instances,
-            lambda chunk: answer_probe(chunk, generator, params, image_dir=image_dir),
-            chunk_size=int(opts["chunk_size"]), progress_dir=progress_dir,
-            params={"generator": described, "sampling": params.describe()},
-        )
-        del generator
-    _release_accelerator_memory()
+    answered, described = _answer_all(instances, generation, params, image_dir=image_dir,
+                                      chunk_size=int(opts["chunk_size"]), progress_dir=progress_dir,
+                                      server_log=server_log)
+    _release_accelerator_memory()  # the generator is gone with _answer_all's frame
     counts = check_accounting(ANSWER_STAGE, instances["id"], answered)
     log.info("probe answers: in %d = answered %d + rejected %d", counts["in"], counts["out"], counts["rejected"])
     if answered.kept.empty:
