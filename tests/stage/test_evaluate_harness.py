@@ -47,7 +47,7 @@ def test_yes_no_task_runs_end_to_end(bench):
     assert result["task"] == "groundflow_yes_no"
     assert set(result["metrics"]) == POPE_METRICS
     assert all(0.0 <= value <= 1.0 for value in result["metrics"].values())
-    assert result["n_samples"] == 4
+    assert result["n_samples"] == result["n_records"] == 4 and result["rejects"] == []
     assert sorted(sample["question_id"] for sample in result["samples"]) == ["q0", "q1", "q2", "q3"]
     assert all(isinstance(sample["response"], str) for sample in result["samples"])
     assert all(sample["prediction"] in ("yes", "no") for sample in result["samples"])
@@ -91,10 +91,31 @@ def test_a_task_that_fails_raises(bench, tmp_path):
         run_benchmark(model=bench["model"], task="groundflow_nope", data_files={"test": bench["yes_no"]})
 
 
-def test_judge_is_refused_loudly(bench):
-    with pytest.raises(NotImplementedError, match="judge"):
-        run_benchmark(model=bench["model"], task="groundflow_yes_no", data_files={"test": bench["yes_no"]},
-                      judge={"base_url": "http://localhost:1"})
+def test_bad_records_are_rejected_and_the_run_goes_on(bench, tmp_path):
+    good = json.loads(bench["yes_no"].read_text().splitlines()[0])
+    image = str(bench["yes_no"].parent / good["image"])
+    extra = _write(tmp_path / "extra.jsonl", [
+        {**good, "question_id": "e1", "image": image},
+        {**good, "question_id": "e2", "image": str(tmp_path / "gone.png")},
+        {"question_id": "e3", "image": image, "question": "Is there a cat?"},
+        {**good, "question_id": "e4", "image": image, "answer": "perhaps"}])
+    # a list of files for the split; a judge given to a task scored without one is not used
+    result = run_benchmark(model=bench["model"], task="groundflow_yes_no",
+                           data_files={"test": [bench["yes_no"], extra]},
+                           judge={"base_url": "http://127.0.0.1:9/v1", "served_model": "m", "api_key_env": "NONE"})
+    assert result["n_records"] == 8 and result["n_samples"] == 5
+    assert result["n_records"] == result["n_samples"] + len(result["rejects"])
+    assert sorted(sample["question_id"] for sample in result["samples"]) == ["e1", "q0", "q1", "q2", "q3"]
+    assert [(reject["question_id"], reject["line"], reject["file"]) for reject in result["rejects"]] == [
+        ("e2", 2, str(extra)), ("e3", 3, str(extra)), ("e4", 4, str(extra))]
+    assert [reject["reason"].split(":")[0] for reject in result["rejects"]] == [
+        "image not found", "missing field(s) ['answer']", "answer must be 'yes' or 'no', got 'perhaps'"]
+    assert result["judge"] is None and result["limit"] is None
+    # a file without one good record still stops the run, naming the file, before the model loads
+    only_bad = _write(tmp_path / "only_bad.jsonl", [{**good, "image": str(tmp_path / "gone.png")}])
+    with pytest.raises(ValueError, match=r"only_bad.jsonl: no usable records; 1 rejected"):
+        run_benchmark(model={"path": str(tmp_path / "no-model"), "device": "cpu"}, task="groundflow_yes_no",
+                      data_files={"test": [bench["yes_no"], only_bad]})
 
 
 def test_qwen2_5_vl_checkpoint_runs_through_its_wrapper(bench, tmp_path):

@@ -59,28 +59,54 @@ def _write(path, records):
     return path
 
 
-def test_read_task_records_resolves_images_and_names_bad_records(tmp_path):
+def test_read_task_records_rejects_bad_records_and_keeps_the_good(tmp_path):
     (tmp_path / "img.png").write_bytes(b"not read here")
     good = {"question_id": 1, "image": "img.png", "question": "Is there a cat?", "answer": "yes"}
-    records = read_task_records("groundflow_yes_no", _write(tmp_path / "ok.jsonl", [good]))
+    records, rejects = read_task_records("groundflow_yes_no", _write(tmp_path / "ok.jsonl", [good]))
     assert records == [{**good, "image": str((tmp_path / "img.png").resolve())}]
+    assert rejects == []
 
-    missing = _write(tmp_path / "missing.jsonl", [good, {"question_id": 2, "image": "img.png", "question": "q"}])
-    with pytest.raises(ValueError, match=r"missing.jsonl: record 2 \(question_id 2\): missing field\(s\) \['answer'\]"):
-        read_task_records("groundflow_yes_no", missing)
-    no_image = _write(tmp_path / "noimage.jsonl", [{**good, "image": "gone.png"}])
-    with pytest.raises(ValueError, match="image not found: .*gone.png"):
-        read_task_records("groundflow_yes_no", no_image)
-    bad_answer = _write(tmp_path / "bad.jsonl", [{**good, "answer": "maybe"}])
-    with pytest.raises(ValueError, match="answer must be 'yes' or 'no'"):
-        read_task_records("groundflow_yes_no", bad_answer)
-    mc = {"question_id": 3, "image": "img.png", "question": "Which?", "options": ["a", "b"], "answer": "C"}
-    with pytest.raises(ValueError, match="'C' is not one of the option letters AB"):
-        read_task_records("groundflow_multiple_choice", _write(tmp_path / "mc.jsonl", [mc]))
-    with pytest.raises(ValueError, match="2..26 options"):
-        read_task_records("groundflow_multiple_choice", _write(tmp_path / "mc1.jsonl", [{**mc, "options": ["a"]}]))
-    with pytest.raises(ValueError, match="no records"):
+    path = _write(tmp_path / "mixed.jsonl", [
+        good,
+        {"question_id": 2, "image": "img.png", "question": "q"},
+        {**good, "question_id": 3, "image": "gone.png"},
+        {**good, "question_id": 4, "answer": "maybe"},
+        [1, 2],
+        {**good, "question_id": 6},
+    ])
+    with path.open("a", encoding="utf-8") as file:
+        file.write("{not json\n")
+    records, rejects = read_task_records("groundflow_yes_no", path)
+    assert [record["question_id"] for record in records] == [1, 6]
+    assert [(reject["question_id"], reject["line"]) for reject in rejects] == [(2, 2), (3, 3), (4, 4), (None, 5), (None, 7)]
+    assert all(reject["file"] == str(path) for reject in rejects)
+    reasons = [reject["reason"] for reject in rejects]
+    assert reasons[0] == "missing field(s) ['answer']"
+    assert reasons[1].startswith("image not found: ") and reasons[1].endswith("gone.png")
+    assert reasons[2] == "answer must be 'yes' or 'no', got 'maybe'"
+    assert reasons[3] == "not a JSON object"
+    assert "line 7 is not valid JSON" in reasons[4]
+
+    mc = {"question_id": 3, "image": "img.png", "question": "Which?", "options": ["a", "b"], "answer": "B"}
+    records, rejects = read_task_records("groundflow_multiple_choice", _write(tmp_path / "mc.jsonl", [
+        mc, {**mc, "question_id": 4, "answer": "C"}, {**mc, "question_id": 5, "options": ["a"]},
+        {**mc, "question_id": 6, "options": "a b"}]))
+    assert [record["question_id"] for record in records] == [3]
+    assert [reject["reason"] for reject in rejects] == [
+        "answer 'C' is not one of the option letters AB", "a multiple-choice item needs 2..26 options, got 1",
+        "options must be a list of strings"]
+
+
+def test_read_task_records_raises_for_a_file_without_good_records(tmp_path):
+    with pytest.raises(ValueError, match=r"empty.jsonl: no usable records$"):
         read_task_records("groundflow_yes_no", _write(tmp_path / "empty.jsonl", []))
+    bad = _write(tmp_path / "bad.jsonl", [{"question_id": 1, "image": "gone.png", "question": "q", "answer": "no"}])
+    with pytest.raises(ValueError, match=r"bad.jsonl: no usable records; 1 rejected, the first: line 1: image not found"):
+        read_task_records("groundflow_yes_no", bad)
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"question_id": 1,', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"broken.json: cannot be read as groundflow_yes_no records"):
+        read_task_records("groundflow_yes_no", broken)
 
 
 def test_harness_module_stays_light():

@@ -7,6 +7,10 @@ before any model loads, image paths made absolute there:
 - multiple choice: `question_id`, `image`, `question`, `options` (a list of 2..26 strings, shown
   as "A. ...", "B. ..."), `answer` (the correct option's letter).
 
+The paper benchmarks' YAMLs (groundflow_mme, groundflow_mmbench_en_dev, groundflow_seedbench,
+groundflow_mmvet) name lmms-eval's own utils by dotted path; from here they take only
+`seedbench_image_docs`, SEED-Bench's image questions.
+
 Pure helpers (`read_choice_letter`, `yes_no_result`, `multiple_choice_result`) hold the scoring,
 tested without a model; the lmms-eval hooks are thin wrappers over them. The yes/no answers are
 read with POPE's reading (`groundflow.evaluate.pope.parse_answer`), and the yes/no metrics are
@@ -88,3 +92,9 @@ def multiple_choice_doc_to_text(doc, lmms_eval_specific_kwargs=None):
 
 def multiple_choice_process_results(doc, results):
     return multiple_choice_result(results[0], doc["answer"], len(doc["options"]))
+
+
+def seedbench_image_docs(dataset):
+    """SEED-Bench's image questions (groundflow_seedbench.yaml's process_docs), told by the
+    data_type column alone so that no image is decoded to tell them."""
+    return dataset.filter(lambda data_type: data_type == "image", input_columns="data_type")
