@@ -117,3 +117,23 @@ def test_harness_module_stays_light():
             "print([m for m in ('torch', 'transformers', 'lmms_eval') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_judge_environment_gives_each_task_its_url_form(monkeypatch):
+    from groundflow.evaluate.harness import JudgeError, judge_environment
+
+    monkeypatch.setenv("EVAL_JUDGE_API_KEY", "sk-secret")
+    judge = {"base_url": "http://judge:8000/v1/", "served_model": "gpt-4-0613", "api_key_env": "EVAL_JUDGE_API_KEY"}
+    # MM-Vet's judge is an openai client given the base URL; MMBench's matcher posts to the full URL
+    assert judge_environment("groundflow_mmvet", judge) == {
+        "API_TYPE": "openai", "OPENAI_API_URL": "http://judge:8000/v1", "OPENAI_API_KEY": "sk-secret",
+        "MODEL_VERSION": "gpt-4-0613"}
+    assert judge_environment("groundflow_mmbench_en_dev", judge)["OPENAI_API_URL"] == \
+        "http://judge:8000/v1/chat/completions"
+    with pytest.raises(ValueError, match=r"missing or empty: \['served_model'\]"):
+        judge_environment("groundflow_mmvet", {**judge, "served_model": ""})
+    with pytest.raises(ValueError, match="backend must be 'openai'"):
+        judge_environment("groundflow_mmvet", {**judge, "backend": "hf"})
+    monkeypatch.setenv("EVAL_JUDGE_API_KEY", "")
+    with pytest.raises(JudgeError, match="EVAL_JUDGE_API_KEY, which is not set or empty"):
+        judge_environment("groundflow_mmvet", judge)
