@@ -335,7 +335,8 @@ def run_benchmark(*, model: dict, task: str, tasks_dir: str | os.PathLike = TASK
     rejected ones included; None for a task of another folder), "rejects": [{question_id, line,
     file, reason}], "limit", "judge": {base_url, served_model} | None, "samples": [{doc_id,
     question_id, target, response, scores: {metric: value}, prediction (record metrics such as
-    POPE's: the answer as read; scores then holds "correct")}]}."""
+    POPE's: the answer as read; scores then holds "correct"), judged (MM-Vet: whether the judge
+    gave a grade)}]}."""
     from groundflow.models.spec import ModelSpec
 
     spec = ModelSpec.from_config(model)
