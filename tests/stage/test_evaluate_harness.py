@@ -4,7 +4,9 @@ its simple_evaluate and TaskManager over our task folder), over a few drawn imag
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
@@ -38,7 +40,8 @@ def bench(tmp_path_factory):
         {"question_id": index, "image": str(images / f"scene{index}.png"), "question": "What colour is the shape?",
          "options": ["red", "green", "blue"], "answer": "ABC"[index % 3]}
         for index in range(4)])
-    return {"model": {"path": str(model), "device": "cpu", "dtype": "float32"}, "yes_no": yes_no, "choice": choice}
+    # "fp32" as configs write it: the harness hands lmms-eval torch's name for it
+    return {"model": {"path": str(model), "device": "cpu", "dtype": "fp32"}, "yes_no": yes_no, "choice": choice}
 
 
 def test_yes_no_task_runs_end_to_end(bench):
@@ -59,8 +62,9 @@ def test_yes_no_task_runs_end_to_end(bench):
 
 
 def test_multiple_choice_task_runs_end_to_end_with_limit(bench):
+    # a pattern names a dataset's shards
     result = run_benchmark(model=bench["model"], task="groundflow_multiple_choice",
-                           data_files={"test": bench["choice"]}, limit=3)
+                           data_files={"test": str(Path(bench["choice"]).parent / "cho*.jsonl")}, limit=3)
     assert set(result["metrics"]) == {"mc_accuracy", "mc_answered"}
     assert all(0.0 <= value <= 1.0 for value in result["metrics"].values())
     assert result["n_samples"] == 3
@@ -75,6 +79,13 @@ def test_missing_data_file_named_before_any_model_load(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(missing)):
         run_benchmark(model={"path": str(tmp_path / "no-model"), "device": "cpu"}, task="groundflow_yes_no",
                       data_files={"test": missing})
+
+
+def test_a_pattern_matching_no_file_is_named(tmp_path):
+    pattern = tmp_path / "MME" / "data" / "test-*.parquet"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"matches {pattern}")):
+        run_benchmark(model={"path": str(tmp_path / "no-model"), "device": "cpu"}, task="groundflow_mme",
+                      data_files={"test": str(pattern)})
 
 
 def test_a_task_that_fails_raises(bench, tmp_path):

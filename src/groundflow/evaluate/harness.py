@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import sys
@@ -130,8 +131,16 @@ def model_wrapper(model_path: str | os.PathLike) -> str:
     from groundflow.models.vision_families import vision_family
 
     config_path = Path(model_path) / "config.json"
+    if not Path(model_path).is_dir() and not config_path.is_file():
+        # a hub id (a paper preset's llava-hf/llava-1.5-7b-hf): its config.json in the local HF cache
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(model_path), "config.json")
+        if isinstance(cached, str):
+            config_path = Path(cached)
     if not config_path.is_file():
-        raise FileNotFoundError(f"model checkpoint has no config.json: {config_path}")
+        raise FileNotFoundError(f"model checkpoint has no config.json: {config_path} (neither a local folder "
+                                f"nor a hub id in the local Hugging Face cache)")
     model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
     family = vision_family(model_type)
     if family is None or family.model_type not in LMMS_EVAL_MODELS:
@@ -252,7 +261,15 @@ def _data_paths(task: str, data_files: dict, split: str | None) -> dict[str, lis
         listed = [value] if isinstance(value, (str, os.PathLike)) else list(value)
         if not listed:
             raise ValueError(f"task {task}: no data file for split {name!r}")
-        paths[name] = [Path(path) for path in listed]
+        paths[name] = []
+        for path in map(str, listed):
+            if glob.has_magic(path):  # a dataset's shards, e.g. data/test-*.parquet
+                matched = sorted(glob.glob(path))
+                if not matched:
+                    raise FileNotFoundError(f"task {task}: no data file of split {name!r} matches {path}")
+                paths[name] += [Path(p) for p in matched]
+            else:
+                paths[name].append(Path(path))
         for path in paths[name]:
             if not path.is_file():
                 raise FileNotFoundError(f"task {task}: data file of split {name!r} not found: {path}")
@@ -427,7 +444,8 @@ def _evaluate(spec, wrapper: str, task: str, tasks_dir: Path, data_files: dict, 
     simple_evaluate, get_model, TaskManager = _import_lmms_eval()
 
     device = spec.torch_device()
-    dtype = spec.dtype if spec.dtype != "auto" else ("float32" if device.type == "cpu" else "bfloat16")
+    # the torch name lmms-eval resolves with getattr(torch, ...): "bf16" in a config is "bfloat16"
+    dtype = str(spec.torch_dtype()).removeprefix("torch.")
     model_args = {"pretrained": str(spec.path), "device": str(device), "device_map": str(device),
                   "batch_size": batch_size}
     if wrapper == "llava_hf":
@@ -438,7 +456,7 @@ def _evaluate(spec, wrapper: str, task: str, tasks_dir: Path, data_files: dict, 
         from lmms_eval.models.simple.llava_hf import VICUNA_CHAT_TEMPLATE
 
         model_args.update(dtype=dtype, chat_template=VICUNA_CHAT_TEMPLATE)
-    elif spec.dtype not in ("auto", "bfloat16"):
+    elif spec.dtype != "auto" and dtype != "bfloat16":
         # lmms-eval's qwen2_5_vl wrapper always loads bfloat16; say so rather than ignore the spec
         raise ValueError(f"{spec.path}: lmms-eval's qwen2_5_vl wrapper loads bfloat16 only, not {spec.dtype!r}")
     task_manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
