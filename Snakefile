@@ -23,6 +23,7 @@ if "cvc" in config:
     include: "rules/cvc_data.smk"
     include: "rules/cvc_trials.smk"
     include: "rules/report.smk"
+    include: "rules/cvc_eval.smk"
 
     rule cvc_prep:
         input:
@@ -30,7 +31,7 @@ if "cvc" in config:
 
     rule cvc_all:
         input:
-            cvc_targets() + cvc_training_targets() + cvc_report_targets(),
+            cvc_targets() + cvc_training_targets() + cvc_report_targets() + cvc_eval_targets(),
 
 
 if "cings" in config:

@@ -118,7 +118,7 @@ def tiny_model_targets():
 def all_targets():
     targets = tiny_model_targets()
     if "cvc" in config["methods"]:
-        targets += cvc_targets() + cvc_training_targets() + cvc_report_targets()
+        targets += cvc_targets() + cvc_training_targets() + cvc_report_targets() + cvc_eval_targets()
     if "cings" in config["methods"]:
         targets += cings_targets() + cings_eval_targets() + cings_pope_targets() + cings_report_targets()
     if "tsst" in config["methods"]:

@@ -12,7 +12,8 @@ def cvc_training_targets():
 
 rule cvc_trials:
     input:
-        records=stage_records("instructions"),
+        # the instructions less the pictures held out for the probe (rules/cvc_eval.smk)
+        records=cvc("trial_pool", "{shard}.parquet"),
         images=cvc("occluded", "{shard}"),
         model=generation_model_input("vision", "llava"),
     output:

@@ -46,6 +46,10 @@ SENTENCE_TOKENS = 64
 # A KILT passage (Contriever's 100-word chunks) with its title, and the question and template.
 PASSAGE_TOKENS = 200
 QUESTION_TOKENS = 256
+# A benchmark question with its options and instructions (MMBench's hint + four options is the
+# longest of the CVC benchmarks), and the largest answer budget of their lmms-eval tasks (MM-Vet's).
+EVAL_PROMPT_TOKENS = 256
+EVAL_NEW_TOKENS = 1024
 POPE_QUESTION_TOKENS = 64  # system prompt + one yes/no question about one object
 TSST_QUESTION_TOKENS = 320  # system sentence + the step-by-step instructions + question + options
 # A GWYS prompt: the default system turn, the image (at most max_pixels / 28^2 merged tokens: 512
@@ -215,9 +219,10 @@ def _served(config, job, job_class, model_label) -> JobCheck:
 
 
 def generation_check(config, job, model_name, kind, *, n, prompt_tokens, max_new_tokens, base_dir,
-                     job_class: str = "model_job", arch_for=None) -> JobCheck:
+                     job_class: str = "model_job", arch_for=None, batch_setting: str | None = None) -> JobCheck:
     """A generation job of `models.<model_name>`; `arch_for` () -> (label, config) where the job's
-    model is composed rather than configured (a CINGS VL checkpoint: cings_lm + vision_tower)."""
+    model is composed rather than configured (a CINGS VL checkpoint: cings_lm + vision_tower);
+    `batch_setting` names the config key of its batch where that is not generation.<kind>.batch_size."""
     spec = config["models"][model_name]
     label = spec["path"]
     generation = config["generation"][kind]
@@ -235,7 +240,7 @@ def generation_check(config, job, model_name, kind, *, n, prompt_tokens, max_new
     return _check(config, job, job_class, label,
                   lambda b: memory.generation_memory(arch, dtype=dtype, batch=b, n=n, prompt_tokens=prompt_tokens,
                                                      max_new_tokens=max_new_tokens),
-                  f"generation.{kind}.batch_size", generation["batch_size"])
+                  batch_setting or f"generation.{kind}.batch_size", generation["batch_size"])
 
 
 def trials_check(config: dict, *, base_dir: Path | None = None) -> JobCheck:
@@ -334,6 +339,7 @@ def plan(config: dict, *, run_dir: Path = Path(), base_dir: Path | None = None) 
         checks.append(_training(config, "cvc_train", lambda: _cvc_train_base(config, base, base_dir),
                                 config["models"][base], cvc["train"], run_dir,
                                 "cvc.train.per_device_batch_size"))
+        checks += cvc_eval_checks(config, base, base_dir=base_dir)
     if "cings" in config["methods"]:
         cings = config["cings"]
         lm = config["models"]["cings_lm"]
@@ -366,6 +372,32 @@ def plan(config: dict, *, run_dir: Path = Path(), base_dir: Path | None = None) 
         checks += tsst_checks(config, run_dir=run_dir, base_dir=base_dir)
     if "gwys" in config["methods"]:
         checks += gwys_checks(config, run_dir=run_dir, base_dir=base_dir)
+    return checks
+
+
+def cvc_eval_checks(config: dict, train_base: str, *, base_dir: Path | None) -> list[JobCheck]:
+    """CVC's evaluation jobs (infer_job) of the largest compared checkpoint: lmms-eval always loads
+    the model in its own process (whatever generation.vision says), batch cvc.eval.batch_size, up
+    to EVAL_NEW_TOKENS; the probe answers through generation.vision."""
+    cvc = config["cvc"]
+    job_class = "infer_job" if config["resources"].get("infer_job") else "model_job"
+    trained = lambda: _cvc_train_base(config, train_base, base_dir)  # noqa: E731
+    compared = [(name, None) for name in cvc["eval"]["models"].values()] + [(train_base, trained)]
+    lmms_config = {**config, "generation": {**config["generation"],
+                                            "lmms_eval": {"backend": "hf", "batch_size": cvc["eval"]["batch_size"]}}}
+    checks = []
+    for job, kind, settings, new_tokens, batch_setting in (
+            ("cvc_eval", "lmms_eval", lmms_config, EVAL_NEW_TOKENS, "cvc.eval.batch_size"),
+            ("cvc_probe_eval", "vision", config, cvc["probe"]["max_new_tokens"], None)):
+        if job == "cvc_eval" and not cvc["eval"]["benchmarks"] or job == "cvc_probe_eval" and not cvc["probe"]["fraction"]:
+            continue
+        candidates = [generation_check(settings, job, name, kind, n=1, prompt_tokens=IMAGE_TOKENS + EVAL_PROMPT_TOKENS,
+                                       max_new_tokens=new_tokens, base_dir=base_dir, job_class=job_class,
+                                       arch_for=arch_for, batch_setting=batch_setting)
+                      for name, arch_for in compared]
+        # one line per job: a checkpoint that fails, else the largest
+        failed = [c for c in candidates if c.failed]
+        checks.append(failed[0] if failed else max(candidates, key=lambda c: c.estimate.total if c.estimate else 0))
     return checks
 
 

@@ -61,6 +61,7 @@ def test_markdown_signs_deltas_and_lists_notes():
     text = table_markdown(table, notes=["the paper: +5.4 % on four tasks"])
     lines = text.splitlines()
     assert lines[0] == "| benchmark | metric | base | cvc | delta_cvc | n | rejected | paper_delta |"
+    assert lines[1] == "|---|---|---:|---:|---:|---:|---:|---|"
     assert "| pope_form | pope_accuracy | 0.500 | 0.750 | +0.250 | 10 | 1 | – |" in lines
     assert "| mme | mme_perception_score | 1500.000 | 1480.500 | -19.500 | 4 | 0 | +12.3 |" in lines
     assert lines[-1] == "- the paper: +5.4 % on four tasks"

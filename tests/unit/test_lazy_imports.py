@@ -28,7 +28,7 @@ LIGHT_SCRIPTS = [
     "tsst_fixture", "tsst_questions", "tsst_split_questions", "tsst_warmup_data", "tsst_round_data",
     "tsst_eval_table", "plot_tsst_eval",
     "gwys_fixture", "gwys_sft_data", "gwys_pool", "gwys_select", "gwys_eval_table", "plot_gwys_selection",
-    "gwys_split_pool", "gwys_counts", "plot_gwys_training", "plot_gwys_eval",
+    "gwys_split_pool", "gwys_counts", "plot_gwys_training", "plot_gwys_eval", "cvc_eval_table", "plot_cvc_eval",
 ]
 
 

@@ -83,7 +83,7 @@ def _cell(value, digits: int) -> str:
 def table_markdown(table: pd.DataFrame, *, digits: int = 3, notes: Sequence[str] = ()) -> str:
     """The table as Markdown (deltas signed), followed by the notes as a list."""
     header = list(table.columns)
-    align = ["---" if table[c].dtype == object else "---:" for c in header]
+    align = ["---:" if pd.api.types.is_numeric_dtype(table[c]) else "---" for c in header]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for row in table.to_dict("records"):
         cells = []

@@ -354,8 +354,14 @@ def plot_eval_table(table: pd.DataFrame, *, group: str = "mode", title: str = "E
         ax.set_xticks(x, [str(s).replace("_", "\n", 1) for s in scores.index], fontsize="x-small")
         if ylim is not None:
             ax.set_ylim(*ylim)
-        else:
-            ax.margins(y=0.25)
+        else:  # the panel's own scale from 0, room above the tallest bar for its label
+            values = scores.to_numpy(dtype=float)
+            finite = values[np.isfinite(values)]
+            top = float(finite.max()) if finite.size else 0.0
+            if finite.size and finite.min() < 0:
+                ax.margins(y=0.25)
+            else:
+                ax.set_ylim(0, top * 1.25 if top > 0 else 1.0)
         ax.set_title(f"{dataset}: {metric}", fontsize="small")
     fig.legend(loc="outside lower center", ncols=min(len(members), 4), fontsize="small", title=group)
     fig.suptitle(title)
