@@ -33,9 +33,10 @@ def stage_status(results_dir: str | Path, top: int = 3) -> str:
         counts = pd.read_csv(counts_file, sep="\t")
         rejects_file = counts_file.with_name(f"{part}_rejects.parquet" if part else "rejects.parquet")
         rejects = pd.read_parquet(rejects_file) if rejects_file.exists() else None
-        lines = [f"{method}: {'stage':<14} {'in':>8} {'out':>8} {'rejected':>9}"]
+        width = max([14, *(len(str(stage)) for stage in counts["stage"])])
+        lines = [f"{method}: {'stage':<{width}} {'in':>8} {'out':>8} {'rejected':>9}"]
         for row in counts.to_dict("records"):
-            lines.append(f"{'':<{len(method) + 2}}{row['stage']:<14} {row['in']:>8} {row['out']:>8} {row['rejected']:>9}")
+            lines.append(f"{'':<{len(method) + 2}}{row['stage']:<{width}} {row['in']:>8} {row['out']:>8} {row['rejected']:>9}")
             if rejects is not None and row["rejected"]:
                 reasons = _reason_kinds(rejects.loc[rejects["stage"] == row["stage"], "reason"])
                 for reason, n in reasons.head(top).items():

@@ -45,6 +45,9 @@ from groundflow.evaluate.pope import QUESTIONS_STAGE as POPE_QUESTIONS_STAGE
 from groundflow.io.artifacts import REJECT_COLUMNS, read_table
 
 KEPT, REJECTED, MISSING, NOT_RUN = "kept", "rejected", "missing", "not run"
+# an instance whose picture was split off before trial learning for the evaluation probe
+HELD_OUT = "held out"
+PROBE_SPLIT = "probe_split"
 
 # CVC stages whose rows are captions, then those whose rows are entities (instances); the
 # columns each stage adds are what a trace shows of its row.
@@ -316,6 +319,10 @@ def _entity_node(entity_id: str, tables: Tables, names: set[str], *, with_origin
     # columns of several (rationales, answers, checks; the occluded image naming the samples)
     seen: dict = {}
     for stage, columns in ENTITY_STAGES.items():
+        if stage == TRIAL_STAGES[0] and len(tables.rows("cvc/probe", "id", [entity_id], ["id"])):
+            node.steps.append(Step(PROBE_SPLIT, HELD_OUT, reason="its picture is held out of trial learning "
+                                   "for the evaluation probe (results/cvc/eval/occluded_probe)"))
+            break
         step, row = _outcome(stage, entity_id, f"cvc/{stage}", tables, names, columns)
         if row is not None:
             seen.update(row.to_dict())
@@ -762,6 +769,7 @@ class ParquetTables:
         if "cvc/instructions" not in self.files:  # shards cleaned up after the gather
             self._add("cvc/instructions", [cvc / "instances.parquet"])
         self._add("cvc/selection.rejects", [cvc / "trial_rejects.parquet"])
+        self._add("cvc/probe", sorted((cvc / "probe").glob("*.parquet")))
         self._add("cvc/hybrid", [cvc / "hybrid" / "train.parquet"])
         cings = self.root / "cings"
         self._add("cings/convert", [cings / "data" / "records.parquet"])
@@ -855,6 +863,7 @@ def trace_results(query: str, results_dir: str | Path) -> Trace:
 
 __all__ = [
     "FrameTables",
+    "HELD_OUT",
     "KEPT",
     "MISSING",
     "NOT_RUN",

@@ -9,7 +9,7 @@ import pytest
 
 from groundflow.cli import main
 from groundflow.io import rejects_frame, write_table
-from groundflow.trace import (KEPT, MISSING, NOT_RUN, REJECTED, FrameTables, ParquetTables, UnknownId,
+from groundflow.trace import (HELD_OUT, KEPT, MISSING, NOT_RUN, REJECTED, FrameTables, ParquetTables, UnknownId,
                               render_json, render_text, trace)
 
 ENTITY_STAGES = ["causality", "grounding", "segmentation", "occlusion", "instructions", "trials", "extraction", "checking"]
@@ -158,6 +158,21 @@ def test_a_stage_not_run_and_a_record_missing_from_a_stage_are_told_apart():
     dog = trace("img-1-dog", FrameTables(frames)).matches[0]
     assert (dog.steps[-1].stage, dog.steps[-1].status) == ("segmentation", MISSING)
     assert "neither the output nor the rejects" in dog.steps[-1].reason
+
+
+def test_an_instance_held_out_for_the_probe_ends_at_the_split_not_missing_from_trials():
+    frames = cvc_tables()
+    sky = frames["cvc/instructions"][frames["cvc/instructions"]["id"] == "img-1-sky"]
+    frames["cvc/probe"] = sky
+    for stage in ["trials", "extraction", "checking"]:
+        frames[f"cvc/{stage}"] = frames[f"cvc/{stage}"][frames[f"cvc/{stage}"]["id"] != "img-1-sky"]
+    frames["cvc/selection.rejects"] = rejects_frame("selection")
+    sky_node = trace("img-1-sky", FrameTables(frames)).matches[0]
+    assert [s.stage for s in sky_node.steps][-2:] == ["instructions", "probe_split"]
+    assert sky_node.steps[-1].status == HELD_OUT and "probe" in sky_node.steps[-1].reason
+    # an instance that went on to trial learning is traced through it as before
+    dog = trace("img-1-dog", FrameTables(frames)).matches[0]
+    assert [s.stage for s in dog.steps][-4:] == ["trials", "extraction", "checking", "selection"]
 
 
 def predictions_frame(rows):

@@ -20,7 +20,8 @@ Two kinds of task of ours:
   files are passed through whole; each file's columns are checked against what the utils read,
   its rows counted, and rows outside the benchmark's scored part (SEED-Bench's video questions)
   listed in `rejects` with the reason.
-A data file that is missing raises FileNotFoundError naming it; one that cannot be read at all,
+A data file may be a glob pattern naming a dataset's shards (`data/test-*.parquet`). A data
+file that is missing (a pattern that matches nothing) raises FileNotFoundError naming it; one that cannot be read at all,
 or holds no usable record, raises ValueError naming it. So `n_records` (records read) ==
 `n_samples` (outputs) + len(`rejects`) when no limit is given.
 
