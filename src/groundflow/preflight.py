@@ -385,10 +385,13 @@ def cvc_eval_checks(config: dict, train_base: str, *, base_dir: Path | None) -> 
     compared = [(name, None) for name in cvc["eval"]["models"].values()] + [(train_base, trained)]
     lmms_config = {**config, "generation": {**config["generation"],
                                             "lmms_eval": {"backend": "hf", "batch_size": cvc["eval"]["batch_size"]}}}
+    # the probe generates through generation.vision at its own batch size (rules/cvc_eval.smk)
+    probe_config = {**config, "generation": {**config["generation"], "vision": {
+        **config["generation"]["vision"], "batch_size": cvc["probe"]["batch_size"]}}}
     checks = []
     for job, kind, settings, new_tokens, batch_setting in (
             ("cvc_eval", "lmms_eval", lmms_config, EVAL_NEW_TOKENS, "cvc.eval.batch_size"),
-            ("cvc_probe_eval", "vision", config, cvc["probe"]["max_new_tokens"], None)):
+            ("cvc_probe_eval", "vision", probe_config, cvc["probe"]["max_new_tokens"], "cvc.probe.batch_size")):
         if job == "cvc_eval" and not cvc["eval"]["benchmarks"] or job == "cvc_probe_eval" and not cvc["probe"]["fraction"]:
             continue
         candidates = [generation_check(settings, job, name, kind, n=1, prompt_tokens=IMAGE_TOKENS + EVAL_PROMPT_TOKENS,
