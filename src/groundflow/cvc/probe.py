@@ -38,9 +38,8 @@ import numpy as np
 import pandas as pd
 
 from groundflow.cvc.hybrid import answer_question
-from groundflow.cvc.trials import check_answers, parse_short_answer
+from groundflow.cvc.trials import check_answers, occluded_prompts, parse_short_answer
 from groundflow.io.stage import StageResult, check_accounting, rejects_frame, run_chunked
-from groundflow.vision.image_io import ImageError, load_rgb
 
 if TYPE_CHECKING:  # the backends module is shared; imported lazily where it is used
     from groundflow.generate.backends import ChatPrompt, Generator, SamplingParams
@@ -172,20 +171,8 @@ def answer_probe(
                          f"do_sample={params.do_sample}")
     from groundflow.generate.backends import check_result_shape
 
-    image_dir = Path(image_dir)
     records = instances.reset_index(drop=True)
-    prompts: list = []
-    positions: list[int] = []
-    rejected: list[tuple[str, str]] = []
-    for position, row in enumerate(records.itertuples(index=False)):
-        record_id = str(row.id)
-        try:
-            image = load_rgb(image_dir / row.occluded_image)
-        except ImageError as error:
-            rejected.append((record_id, f"occluded image of '{record_id}': {error}"))
-            continue
-        prompts.append(probe_prompt(str(row.instruction), image))
-        positions.append(position)
+    prompts, positions, rejected = occluded_prompts(records, probe_prompt, image_dir=image_dir)
     outputs = generator.generate(prompts, params) if prompts else []
     check_result_shape(outputs, prompts, 1)
     kept = records.iloc[positions].reset_index(drop=True)

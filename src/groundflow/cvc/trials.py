@@ -198,6 +198,27 @@ def _check_outputs(outputs: list[list[str]], n_prompts: int, n: int, what: str) 
         )
 
 
+def occluded_prompts(records: pd.DataFrame, make_prompt, *, image_dir: str | Path
+                     ) -> tuple[list, list[int], list[tuple[str, str]]]:
+    """One prompt per instance, `make_prompt(instruction, occluded image)`, the image read from
+    `image_dir / occluded_image`: (prompts, their row positions, (id, reason) of each instance
+    whose image cannot be read)."""
+    image_dir = Path(image_dir)
+    prompts: list = []
+    positions: list[int] = []
+    rejected: list[tuple[str, str]] = []
+    for position, row in enumerate(records.itertuples(index=False)):
+        record_id = str(row.id)
+        try:
+            image = load_rgb(image_dir / row.occluded_image)
+        except ImageError as error:
+            rejected.append((record_id, f"occluded image of '{record_id}': {error}"))
+            continue
+        prompts.append(make_prompt(str(row.instruction), image))
+        positions.append(position)
+    return prompts, positions, rejected
+
+
 def sample_trials(
     instances: pd.DataFrame, generator: "Generator", params: "SamplingParams", *, image_dir: str | Path
 ) -> StageResult:
@@ -207,20 +228,8 @@ def sample_trials(
     instance with the reason. Every image of the chunk is held in memory during the call, so the
     chunk size bounds memory (about 1 MB per COCO image).
     """
-    image_dir = Path(image_dir)
     records = instances.reset_index(drop=True)
-    prompts: list = []
-    positions: list[int] = []
-    rejected: list[tuple[str, str]] = []
-    for pos, row in enumerate(records.itertuples(index=False)):
-        record_id = str(row.id)
-        try:
-            image = load_rgb(image_dir / row.occluded_image)
-        except ImageError as e:
-            rejected.append((record_id, f"occluded image of '{record_id}': {e}"))
-            continue
-        prompts.append(trial_prompt(str(row.instruction), image))
-        positions.append(pos)
+    prompts, positions, rejected = occluded_prompts(records, trial_prompt, image_dir=image_dir)
     outputs = generator.generate(prompts, params) if prompts else []
     _check_outputs(outputs, len(prompts), params.n, "trial sampling")
     kept = records.iloc[positions].reset_index(drop=True)
@@ -339,6 +348,7 @@ __all__ = [
     "extraction_prompt",
     "instruction_text",
     "load_extraction_prompt",
+    "occluded_prompts",
     "parse_confined_answer",
     "parse_short_answer",
     "rationale_answer_choices",
