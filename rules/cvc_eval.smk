@@ -4,6 +4,8 @@
 # learning, answered by each checkpoint and scored by the trial answer check), gathered into one
 # table. The probe split itself sits between the instructions and the trials (cvc_probe_split).
 
+from groundflow.evaluate.harness import JUDGE_TASKS
+
 CVC_EVAL = CVC["eval"]
 CVC_PROBE = CVC["probe"]
 CVC_EVAL_FIXTURE = CVC_EVAL["fixture"]["dir"]
@@ -141,8 +143,9 @@ rule cvc_eval:
         benchmark=lambda wildcards: CVC_BENCHMARKS[wildcards.cvc_benchmark],
         limit=CVC_EVAL["limit"],
         batch_size=CVC_EVAL["batch_size"],
-        # the endpoint only: its key is read from the environment variable it names, in the job
-        judge=CVC_EVAL["judge"],
+        # for judge-graded tasks only (another's params stay unchanged when the judge changes); the
+        # endpoint only: its key is read in the job from the environment variable it names
+        judge=lambda wildcards: CVC_EVAL["judge"] if CVC_BENCHMARKS[wildcards.cvc_benchmark]["task"] in JUDGE_TASKS else None,
     log:
         "logs/cvc/eval/{cvc_benchmark}/{cvc_model}.log",
     benchmark:
