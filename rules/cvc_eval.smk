@@ -16,6 +16,9 @@ CVC_TRAINED = "cvc"
 CVC_EVAL_MODELS = [*CVC_EVAL["models"], CVC_TRAINED]
 CVC_PROBE_ON = CVC_PROBE["fraction"] > 0
 CVC_PROBE_NAME = "occluded_probe"
+_unknown = {name: key for name, key in CVC_EVAL["models"].items() if key not in config["models"]}
+if _unknown:
+    raise ValueError(f"cvc.eval.models names models that `models` lacks: {_unknown}")
 if CVC_PROBE_NAME in CVC_BENCHMARKS or CVC_TRAINED in CVC_EVAL["models"]:
     raise ValueError(f"cvc.eval: the names {CVC_PROBE_NAME!r} (a benchmark) and {CVC_TRAINED!r} (a model) are "
                      "the probe's and the trained checkpoint's; give yours another name")
