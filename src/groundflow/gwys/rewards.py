@@ -52,7 +52,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from groundflow.generate.backends import ChatPrompt, SamplingParams
 from groundflow.gwys.prompts import CaptionJudgePrompts, check_form, load_caption_judge_prompts, split_option
-from groundflow.io.artifacts import append_json_lines
+from groundflow.io.artifacts import append_json_lines, read_appended_json_lines
 from groundflow.judge.llm_judge import option_index
 
 log = logging.getLogger(__name__)
@@ -273,18 +273,10 @@ class JudgeAnswerCache:
         self.path = Path(path)
         self.fingerprint = fingerprint
         self._answers: dict[JudgeKey, str] = {}
-        if self.path.exists():
-            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    judge, key, answer = entry["judge"], (entry["caption"], entry["question"], entry["type"]), entry["answer"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    log.warning("caption judge cache %s line %d is unreadable (a write cut short?); skipped", self.path, number)
-                    continue
-                if judge == fingerprint and isinstance(answer, str) and all(isinstance(k, str) for k in key):
-                    self._answers[key] = answer
+        for entry in read_appended_json_lines(self.path, ("judge", "caption", "question", "type", "answer")):
+            key, answer = (entry["caption"], entry["question"], entry["type"]), entry["answer"]
+            if entry["judge"] == fingerprint and isinstance(answer, str) and all(isinstance(k, str) for k in key):
+                self._answers[key] = answer
 
     def __len__(self) -> int:
         return len(self._answers)

@@ -10,6 +10,7 @@ import contextlib
 import fnmatch
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -132,6 +133,27 @@ def append_json_lines(path: str | os.PathLike, entries: Sequence[dict]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_appended_json_lines(path: str | os.PathLike, fields: Sequence[str]) -> Iterator[dict]:
+    """The entries of a file written by `append_json_lines` that hold every one of `fields`, in
+    file order; nothing when there is no file. A line that is not a whole JSON object with those
+    fields (a write cut short by a killed job, even inside a multi-byte character) is skipped with
+    a warning naming it, so its entry is simply made again."""
+    path = Path(path)
+    if not path.exists():
+        return
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+            if not isinstance(entry, dict) or any(field not in entry for field in fields):
+                raise ValueError("fields missing")
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            logging.getLogger(__name__).warning("%s line %d is unreadable (a write cut short?); skipped", path, number)
+            continue
+        yield entry
 
 
 def write_table(

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from groundflow.generate.backends import ChatPrompt, Generator, SamplingParams
-from groundflow.io.artifacts import append_json_lines
+from groundflow.io.artifacts import append_json_lines, read_appended_json_lines
 from groundflow.prompts import PromptText, load_prompt
 
 log = logging.getLogger(__name__)
@@ -196,18 +196,9 @@ class VerdictCache:
         self.path = Path(path)
         self.judge = judge
         self._verdicts: dict[tuple[str, str], str] = {}
-        if self.path.exists():
-            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    key, verdict = (entry["judge"], entry["id"], entry["answer"]), entry["verdict"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    log.warning("judge cache %s line %d is unreadable (a write cut short?); skipped", self.path, number)
-                    continue
-                if key[0] == judge and verdict in VERDICTS:
-                    self._verdicts[key[1:]] = verdict
+        for entry in read_appended_json_lines(self.path, ("judge", "id", "answer", "verdict")):
+            if entry["judge"] == judge and entry["verdict"] in VERDICTS:
+                self._verdicts[(entry["id"], entry["answer"])] = entry["verdict"]
 
     def __len__(self) -> int:
         return len(self._verdicts)
