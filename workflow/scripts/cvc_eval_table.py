@@ -4,7 +4,8 @@ base and the paper's reported ones (TSV + Markdown); every evaluation job's coun
 import json
 
 from groundflow.evaluate.comparison import comparison_table, job_counts, job_rejects, table_markdown
-from groundflow.io.artifacts import atomic_write_text, write_table
+from groundflow.io.artifacts import atomic_write_text
+from groundflow.io.stage import write_stage_counts
 from groundflow.pipeline import log, setup_logging
 
 setup_logging(snakemake.log[0] if snakemake.log else None)
@@ -24,6 +25,6 @@ notes.append(f"occluded_probe: {held_out} of {sum(split['in'] for split in split
 table = comparison_table(results, benchmarks=snakemake.params.benchmarks, models=list(snakemake.params.checkpoints))
 atomic_write_text(snakemake.output.table, table.to_csv(sep="\t", index=False, float_format="%.4f"))
 atomic_write_text(snakemake.output.markdown, table_markdown(table, notes=notes))
-atomic_write_text(snakemake.output.counts, job_counts(results).to_csv(sep="\t", index=False))
-write_table(job_rejects(results), snakemake.output.rejects)
+write_stage_counts(job_counts(results), [job_rejects(results)], counts_out=snakemake.output.counts,
+                   rejects_out=snakemake.output.rejects, what="CVC evaluation")
 log.info("CVC evaluation table:\n%s", table.to_string(index=False))

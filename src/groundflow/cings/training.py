@@ -38,7 +38,7 @@ from groundflow.cings.labels import CingsLabeler, Encoded, LabelSettings
 from groundflow.io.artifacts import atomic_path, atomic_write_json, atomic_write_text, read_table, write_table
 from groundflow.io.lines import read_json_records
 from groundflow.io.schemas import table_schema
-from groundflow.io.stage import StageResult, check_accounting, rejects_frame
+from groundflow.io.stage import StageResult, check_accounting, rejects_frame, write_stage_counts
 from groundflow.train.chat_formats import resolve_chat_template
 from groundflow.train.conversations import IGNORE_INDEX
 
@@ -378,11 +378,7 @@ def gather_counts(*, convert_counts: str, convert_rejects: str, tokenize_counts:
     summary_of = {mode: _read_json(path) for mode, path in summaries.items()}
     counts = stage_counts(_read_json(convert_counts), [_read_json(p) for p in tokenize_counts], summary_of)
     parts = [read_table(convert_rejects)] + [read_table(p) for p in tokenize_rejects] + [train_rejects(summary_of)]
-    rejects = pd.concat([p for p in parts if len(p)] or [rejects_frame("")], ignore_index=True)
-    if len(rejects) != int(counts["rejected"].sum()):
-        raise AssertionError(f"{len(rejects)} rejects on file, but the steps count {int(counts['rejected'].sum())}")
-    atomic_write_text(counts_out, counts.to_csv(sep="\t", index=False))
-    write_table(rejects, rejects_out, schema=table_schema("rejects"))
+    write_stage_counts(counts, parts, counts_out=counts_out, rejects_out=rejects_out, what="CINGS")
     log.info("CINGS steps:\n%s", counts.to_string(index=False))
     return counts
 

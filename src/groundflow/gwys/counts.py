@@ -11,8 +11,8 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from groundflow.io.artifacts import atomic_write_text, read_table, write_table
-from groundflow.io.schemas import table_schema
+from groundflow.io.artifacts import read_table
+from groundflow.io.stage import write_stage_counts
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,6 @@ def gather_counts(*, stages: Mapping[str, tuple[Sequence[str], Sequence[str]]], 
         rows.append(row)
         parts.append(skipped)
     counts = pd.DataFrame(rows, columns=COLUMNS)
-    rejects = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(columns=["stage", "id", "reason"])],
-                        ignore_index=True)
-    if len(rejects) != int(counts["rejected"].sum()):
-        raise AssertionError(f"{len(rejects)} rejects on file, but the stages count {int(counts['rejected'].sum())}")
-    atomic_write_text(counts_out, counts.to_csv(sep="\t", index=False))
-    write_table(rejects, rejects_out, schema=table_schema("rejects"))
+    write_stage_counts(counts, parts, counts_out=counts_out, rejects_out=rejects_out, what="GWYS")
     log.info("GWYS stages:\n%s", counts.to_string(index=False))
     return counts

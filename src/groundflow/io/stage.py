@@ -18,7 +18,8 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from groundflow.io.artifacts import REJECT_COLUMNS, atomic_path, atomic_write_json, read_table, write_table
+from groundflow.io.artifacts import (REJECT_COLUMNS, atomic_path, atomic_write_json, atomic_write_text, read_table,
+                                    write_table)
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +246,20 @@ def read_counts(paths: list[str]) -> pd.DataFrame:
     rows = [json.loads(Path(p).read_text()) for p in paths]
     df = pd.DataFrame([{k: r[k] for k in ("stage", "in", "out", "rejected")} for r in rows])
     return df.groupby("stage", sort=False, as_index=False).sum()
+
+
+def write_stage_counts(counts: pd.DataFrame, reject_parts: Iterable[pd.DataFrame], *, counts_out: str | Path,
+                       rejects_out: str | Path, what: str) -> pd.DataFrame:
+    """A method's `stage_counts.tsv` (stage, in, out, rejected: what `groundflow status` reads) and
+    its rejects table, every rejected record with its stage and reason, written atomically; the
+    records on file must be exactly as many as the stages count rejected (AssertionError naming
+    `what` otherwise). Returns the rejects."""
+    from groundflow.io.schemas import table_schema
+
+    rejects = _concat(list(reject_parts), rejects_frame(""))
+    counted = int(counts["rejected"].sum())
+    if len(rejects) != counted:
+        raise AssertionError(f"{what}: {len(rejects)} rejects on file, but the stages count {counted}")
+    atomic_write_text(counts_out, counts.to_csv(sep="\t", index=False))
+    write_table(rejects, rejects_out, schema=table_schema("rejects"))
+    return rejects
